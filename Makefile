@@ -1,0 +1,22 @@
+# The two commands: `make test` and (with the demo) `make demo`. Each runs the set-up first.
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-done
+SETUP_INPUTS := requirements.txt setup.py CMakeLists.txt package.xml scripts/setup_venv.sh $(wildcard msg/*.msg)
+
+.PHONY: setup test lint clean
+
+setup: $(STAMP)
+
+$(STAMP): $(SETUP_INPUTS)
+	bash scripts/setup_venv.sh
+	touch $@
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check panoptic_ros test launch scripts
+
+clean:
+	rm -rf $(VENV) build

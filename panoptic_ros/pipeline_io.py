@@ -1,0 +1,87 @@
+"""The pipeline graph's interface: input and output names, the instance table's columns, and the
+runtime thresholds with their valid ranges.
+
+Every runtime (PyTorch, ONNX Runtime, TensorRT), the node and the evaluation speak this one
+interface, so it lives apart from all of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+IMAGE_INPUT = "image"  # uint8 (H, W, 3) RGB
+# Scalar inputs after the image, in this order: float32 thresholds, then int32 label_divisor.
+THRESHOLD_INPUTS = ("score_threshold", "center_threshold", "nms_iou", "mask_sigma",
+                    "overlap_threshold", "min_stuff_area")
+LABEL_DIVISOR_INPUT = "label_divisor"
+INPUT_NAMES = (IMAGE_INPUT, *THRESHOLD_INPUTS, LABEL_DIVISOR_INPUT)
+
+# Outputs: panoptic id map int32 (H, W) (-1 void), semantic map uint8 (H, W) (255 void),
+# instance table float32 (K, len(INSTANCE_COLUMNS)), number of valid rows int32 scalar.
+OUTPUT_NAMES = ("panoptic", "semantic", "instances", "num_instances")
+
+# Columns of the instance table. Valid rows come first; box corners are inclusive pixel
+# coordinates (x = column, y = row) in the graph's input resolution.
+INSTANCE_COLUMNS = ("valid", "id", "class_id", "score", "x1", "y1", "x2", "y2", "area",
+                    "centroid_x", "centroid_y")
+COL = {name: i for i, name in enumerate(INSTANCE_COLUMNS)}
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Runtime thresholds of the fusion (graph inputs: changing them needs no rebuild).
+
+    Each method uses the ones its paper has; the others are ignored by its graph.
+    """
+
+    score_threshold: float = 0.3  # minimum instance / detection confidence
+    center_threshold: float = 0.1  # PSN: minimum center-heatmap peak
+    nms_iou: float = 0.5  # box / mask NMS IoU
+    mask_sigma: float = 0.5  # RTPS: IoU x P_sem threshold; FPSNet/SPINet: mask probability
+    overlap_threshold: float = 0.3  # LPSNet / merge: drop an instance whose overlap exceeds this
+    min_stuff_area: float = 64.0  # stuff segments smaller than this (pixels) become void
+
+    # (low, high, inclusive) valid range of each field
+    RANGES = {
+        "score_threshold": (0.0, 1.0),
+        "center_threshold": (0.0, 1.0),
+        "nms_iou": (0.0, 1.0),
+        "mask_sigma": (0.0, 1.0),
+        "overlap_threshold": (0.0, 1.0),
+        "min_stuff_area": (0.0, 1.0e7),
+    }
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            low, high = self.RANGES[f.name]
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not np.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number, got {value!r}")
+            if not low <= value <= high:
+                raise ValueError(f"{f.name} must be in [{low}, {high}], got {value}")
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    def as_inputs(self, label_divisor: int) -> dict[str, np.ndarray]:
+        """The scalar graph inputs for these thresholds and label divisor."""
+        inputs = {name: np.asarray(getattr(self, name), dtype=np.float32) for name in THRESHOLD_INPUTS}
+        inputs[LABEL_DIVISOR_INPUT] = np.asarray(label_divisor, dtype=np.int32)
+        return inputs
+
+
+@dataclass
+class PanopticResult:
+    """One frame's pipeline outputs, as NumPy arrays."""
+
+    panoptic: np.ndarray  # int32 (H, W), -1 void
+    semantic: np.ndarray  # uint8 (H, W), 255 void
+    instances: np.ndarray  # float32 (K, len(INSTANCE_COLUMNS))
+    num_instances: int
+
+    @property
+    def valid_instances(self) -> np.ndarray:
+        """The valid rows of the instance table."""
+        return self.instances[: self.num_instances]
