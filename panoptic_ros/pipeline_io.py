@@ -85,3 +85,10 @@ class PanopticResult:
     def valid_instances(self) -> np.ndarray:
         """The valid rows of the instance table."""
         return self.instances[: self.num_instances]
+
+
+# ONNX metadata_props written by export and read by every backend (an engine keeps a copy in
+# its sidecar JSON), so a model file says what it is without its checkpoint.
+META_MODEL = "panoptic_ros.model"  # network name, e.g. "psn"
+META_LABEL_SET = "panoptic_ros.label_set"  # JSON of LabelSet.to_dict()
+META_MAX_INSTANCES = "panoptic_ros.max_instances"  # K, the build-time number of thing rows
