@@ -10,6 +10,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 # Largest log-scale a box delta may take before exp, as in Detectron2: a box at most 1000/16 times
@@ -76,3 +77,35 @@ def decode_deltas(anchors: Tensor, deltas: Tensor) -> Tensor:
     w = aw * torch.exp(deltas[..., 2].clamp(max=DELTA_SCALE_CLAMP))
     h = ah * torch.exp(deltas[..., 3].clamp(max=DELTA_SCALE_CLAMP))
     return torch.stack((cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h), dim=-1)
+
+
+def box_iou(a: Tensor, b: Tensor) -> Tensor:
+    """Pairwise IoU of boxes a (..., N, 4) and b (..., M, 4), both x1y1x2y2 -> (..., N, M).
+
+    Degenerate boxes (zero or negative extent) have IoU 0 with everything.
+    """
+    area_a = (a[..., 2] - a[..., 0]).clamp(min=0) * (a[..., 3] - a[..., 1]).clamp(min=0)
+    area_b = (b[..., 2] - b[..., 0]).clamp(min=0) * (b[..., 3] - b[..., 1]).clamp(min=0)
+    top_left = torch.maximum(a[..., :, None, :2], b[..., None, :, :2])
+    bottom_right = torch.minimum(a[..., :, None, 2:], b[..., None, :, 2:])
+    wh = (bottom_right - top_left).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    return inter / (area_a[..., :, None] + area_b[..., None, :] - inter).clamp(min=1e-6)
+
+
+def dense_level_boxes(box_reg: Sequence[Tensor], strides: Sequence[int], out_stride: int) -> Tensor:
+    """Absolute boxes of every level's cells, repeated onto a finer grid: (B, L, 4, H/out_stride, W/out_stride).
+
+    box_reg[l] is (B, 4, h, w) distances l, t, r, b at level l (stride strides[l]). Each cell's box
+    is copied to the out_stride cells inside it (nearest upsampling), which is the per-level box
+    B^(l)(x, y) that RTPS's levelness selects from (its eq. 14).
+    """
+    boxes = []
+    for reg, stride in zip(box_reg, strides, strict=True):
+        b, _, h, w = reg.shape
+        points = level_points(h, w, stride, device=reg.device).to(reg.dtype)
+        level = ltrb_to_boxes(points, reg.reshape(b, 4, h * w).transpose(1, 2))  # (B, h*w, 4)
+        level = level.transpose(1, 2).reshape(b, 4, h, w)
+        factor = stride // out_stride
+        boxes.append(level if factor == 1 else F.interpolate(level, scale_factor=float(factor), mode="nearest"))
+    return torch.stack(boxes, dim=1)

@@ -56,8 +56,18 @@ def gaussian_attention_masks(boxes: Tensor, valid: Tensor, out_hw: tuple[int, in
     return masks * (valid.to(boxes.dtype) * scale)[..., None, None]
 
 
+def flatten_anchor_predictions(x: Tensor, per_anchor: int) -> Tensor:
+    """(B, A*K, h, w) head output -> (B, h*w*A, K), the row order of `retinanet_anchors` (cell-major, then anchor).
+
+    Channel a*K + k of the head is value k of anchor a.
+    """
+    b, _, h, w = x.shape
+    return x.reshape(b, -1, per_anchor, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, per_anchor)
+
+
 class FPSNet(PanopticNetwork):
-    """forward -> {"box_cls": [(B,A*T,h,w)], "box_reg": [(B,A*4,h,w)] anchor deltas, "features": (B,F,H/8,W/8)};
+    """forward -> {"box_cls": [(B,A*T,h,w)], "box_reg": [(B,A*4,h,w)] anchor deltas, "features": (B,F,H/8,W/8)}
+    (channel a*T + t: anchor a, class t; see `flatten_anchor_predictions`);
     `panoptic_head(features, attention_masks)` -> (B, N_att + N_stuff, H/8, W/8) logits."""
 
     model_name = "fpsnet"

@@ -21,24 +21,13 @@ import torch
 from torch import Tensor
 
 from panoptic_ros.classes import VOID_CLASS
-from panoptic_ros.networks.box_coding import encode_deltas, retinanet_anchors
+from panoptic_ros.networks.box_coding import box_iou, encode_deltas, retinanet_anchors
 from panoptic_ros.training.targets.common import check_ground_truth, instance_pixels, instance_table
 
 POSITIVE_IOU = 0.5
 NEGATIVE_IOU = 0.4
 NEGATIVE = -1
 IGNORED = -2
-
-
-def box_iou(a: Tensor, b: Tensor) -> Tensor:
-    """Pairwise IoU of boxes a (..., N, 4) and b (..., M, 4) x1y1x2y2 -> (..., N, M)."""
-    area_a = (a[..., 2] - a[..., 0]).clamp(min=0) * (a[..., 3] - a[..., 1]).clamp(min=0)
-    area_b = (b[..., 2] - b[..., 0]).clamp(min=0) * (b[..., 3] - b[..., 1]).clamp(min=0)
-    lt = torch.maximum(a[..., :, None, :2], b[..., None, :, :2])
-    rb = torch.minimum(a[..., :, None, 2:], b[..., None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    return inter / (area_a[..., :, None] + area_b[..., None, :] - inter).clamp(min=1e-6)
 
 
 def fpsnet_targets(class_map: Tensor, instance_map: Tensor, thing_ids: Sequence[int], strides: Sequence[int],
