@@ -1,0 +1,138 @@
+"""From one PanopticResult at the model's resolution to what the node publishes at the camera's.
+
+The model runs at its fixed input size; the camera may differ. `Resampler` shrinks the image to
+the model (bilinear) and maps the outputs back (nearest, so ids stay ids), and maps the instance
+table's boxes, areas and centroids into camera pixels, so everything published lines up with the
+source image. The rest builds the messages and the RViz overlay.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import cv2
+import numpy as np
+from sensor_msgs.msg import RegionOfInterest
+from std_msgs.msg import ColorRGBA, Header
+
+from panoptic_ros.classes import LabelSet
+from panoptic_ros.msg import PanopticClass, PanopticClassMap, PanopticInstance, PanopticInstanceArray
+from panoptic_ros.pipeline_io import COL, INSTANCE_COLUMNS
+
+# Brightness of a thing instance's color: instance i gets 1 - SHADE_DEPTH * frac(i * golden ratio),
+# so neighbouring instance numbers get clearly different shades of their class color.
+SHADE_DEPTH = 0.55
+_GOLDEN = 0.6180339887
+
+
+class Resampler:
+    """Image and output resampling between one camera size and one model input size (both (H, W))."""
+
+    def __init__(self, camera_hw: tuple[int, int], model_hw: tuple[int, int]) -> None:
+        self.camera_hw = (int(camera_hw[0]), int(camera_hw[1]))
+        self.model_hw = (int(model_hw[0]), int(model_hw[1]))
+
+    @property
+    def identity(self) -> bool:
+        return self.camera_hw == self.model_hw
+
+    def to_model(self, rgb: np.ndarray) -> np.ndarray:
+        """The camera image at the model's input size (bilinear), C-contiguous."""
+        if self.identity:
+            return np.ascontiguousarray(rgb)
+        height, width = self.model_hw
+        return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_LINEAR)
+
+    def to_camera(self, label_image: np.ndarray) -> np.ndarray:
+        """A model-resolution id or class map at the camera's size (nearest neighbour: no mixed labels)."""
+        if self.identity:
+            return label_image
+        height, width = self.camera_hw
+        return cv2.resize(label_image, (width, height), interpolation=cv2.INTER_NEAREST)
+
+    @cached_property
+    def _source_rows(self) -> np.ndarray:
+        """Model row that each camera row takes its labels from (exactly what `to_camera` does)."""
+        return self._source_index(self.model_hw[0], self.camera_hw[0])
+
+    @cached_property
+    def _source_cols(self) -> np.ndarray:
+        return self._source_index(self.model_hw[1], self.camera_hw[1])
+
+    @staticmethod
+    def _source_index(model_size: int, camera_size: int) -> np.ndarray:
+        # Ask OpenCV rather than re-deriving its rounding rule: resize a ramp the same way.
+        ramp = np.arange(model_size, dtype=np.int32).reshape(-1, 1)
+        return cv2.resize(ramp, (1, camera_size), interpolation=cv2.INTER_NEAREST).ravel()
+
+    def segments_to_camera(self, rows: np.ndarray) -> np.ndarray:
+        """Instance-table rows with box, area and centroid in camera pixels; rows with no camera pixel left out.
+
+        Boxes are exact (nearest-neighbour mapping is monotonic, so the camera pixels that show a
+        model row or column form one run). Areas scale by the pixel-count ratio and centroids by
+        the size ratio: exact for integer scale factors, within the resampling error otherwise.
+        """
+        rows = np.array(rows, dtype=np.float64).reshape(-1, len(INSTANCE_COLUMNS))
+        if self.identity or len(rows) == 0:
+            return rows
+        for lo, hi, source in ((COL["x1"], COL["x2"], self._source_cols), (COL["y1"], COL["y2"], self._source_rows)):
+            rows[:, lo] = np.searchsorted(source, rows[:, lo], side="left")
+            rows[:, hi] = np.searchsorted(source, rows[:, hi], side="right") - 1
+        scale_y = self.camera_hw[0] / self.model_hw[0]
+        scale_x = self.camera_hw[1] / self.model_hw[1]
+        rows[:, COL["area"]] = np.round(rows[:, COL["area"]] * scale_x * scale_y)
+        rows[:, COL["centroid_x"]] = (rows[:, COL["centroid_x"]] + 0.5) * scale_x - 0.5
+        rows[:, COL["centroid_y"]] = (rows[:, COL["centroid_y"]] + 0.5) * scale_y - 0.5
+        visible = (rows[:, COL["x2"]] >= rows[:, COL["x1"]]) & (rows[:, COL["y2"]] >= rows[:, COL["y1"]])
+        return rows[visible]
+
+
+def _segment_order(rows: np.ndarray, label_set: LabelSet) -> np.ndarray:
+    """Things first by descending score, then stuff by class id (the PanopticInstanceArray convention)."""
+    class_ids = rows[:, COL["class_id"]].astype(np.int64)
+    is_thing = np.array([label_set.thing[c] for c in class_ids], dtype=bool)
+    # lexsort: last key is primary. Stuff sorts after things; within things by -score, within stuff by class.
+    return np.lexsort((class_ids, np.where(is_thing, -rows[:, COL["score"]], 0.0), ~is_thing))
+
+
+def instance_array_msg(rows: np.ndarray, label_set: LabelSet, header: Header, camera_hw: tuple[int, int],
+                       label_divisor: int, model_name: str) -> PanopticInstanceArray:
+    """PanopticInstanceArray of valid instance-table rows already in camera pixels (things and stuff)."""
+    segments = []
+    for row in rows[_segment_order(rows, label_set)]:
+        class_id = int(row[COL["class_id"]])
+        x1, y1, x2, y2 = (int(row[COL[k]]) for k in ("x1", "y1", "x2", "y2"))
+        is_thing = label_set.thing[class_id]
+        segments.append(PanopticInstance(
+            id=int(row[COL["id"]]), class_id=class_id, class_name=label_set.names[class_id], is_thing=is_thing,
+            score=float(row[COL["score"]]) if is_thing else 1.0,
+            bbox=RegionOfInterest(x_offset=x1, y_offset=y1, width=x2 - x1 + 1, height=y2 - y1 + 1),
+            area=int(row[COL["area"]]), centroid_x=float(row[COL["centroid_x"]]),
+            centroid_y=float(row[COL["centroid_y"]])))
+    return PanopticInstanceArray(header=header, width=camera_hw[1], height=camera_hw[0], label_divisor=label_divisor,
+                                 model_name=model_name, segments=segments)
+
+
+def class_map_msg(label_set: LabelSet, header: Header, label_divisor: int, model_name: str) -> PanopticClassMap:
+    """The model's classes with names, thing flags and overlay colors."""
+    described = zip(label_set.names, label_set.thing, label_set.colors, strict=True)
+    classes = [PanopticClass(id=i, name=name, is_thing=thing,
+                             color=ColorRGBA(r=color[0] / 255.0, g=color[1] / 255.0, b=color[2] / 255.0, a=1.0))
+               for i, (name, thing, color) in enumerate(described)]
+    return PanopticClassMap(header=header, model_name=model_name, label_divisor=label_divisor, classes=classes)
+
+
+def segment_colors(panoptic: np.ndarray, semantic: np.ndarray, label_set: LabelSet, label_divisor: int) -> np.ndarray:
+    """uint8 (H, W, 3) color of every pixel: its class color, darkened per thing instance; void is black."""
+    palette = np.zeros((256, 3), dtype=np.float32)
+    palette[: label_set.num_classes] = label_set.colors
+    instance = np.where(panoptic >= 0, panoptic % label_divisor, 0)
+    shade = np.where(instance > 0, 1.0 - SHADE_DEPTH * ((instance * _GOLDEN) % 1.0), 1.0).astype(np.float32)
+    return (palette[semantic] * shade[..., None]).astype(np.uint8)
+
+
+def overlay_image(camera_rgb: np.ndarray, colors: np.ndarray, void: np.ndarray, alpha: float) -> np.ndarray:
+    """Blend segment colors (camera size) onto the camera image; void pixels show the plain image."""
+    blended = cv2.addWeighted(camera_rgb, 1.0 - alpha, colors, alpha, 0.0)
+    np.copyto(blended, camera_rgb, where=void[..., None])
+    return blended

@@ -1,0 +1,218 @@
+"""Every parameter of panoptic_node in one table: type, default, range or choices, description,
+whether it can change at runtime; and the validated settings snapshot the worker reads.
+
+The table is the single source: the node declares from it, the set-parameters callback checks
+against it, and the launch/config tests check that files name only parameters it declares.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.parameter import Parameter
+
+from panoptic_ros.classes import DEFAULT_LABEL_DIVISOR
+from panoptic_ros.pipeline_io import Thresholds
+
+INPUT_TYPES = ("raw", "compressed")
+QOS_PRESETS = ("SENSOR_DATA", "DEFAULT", "SYSTEM_DEFAULT")
+BACKENDS = ("onnxruntime", "torch", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "int8")
+OUTPUT_TOGGLES = ("publish_id_image", "publish_semantic", "publish_overlay", "publish_instances", "publish_latency")
+# A change of any of these loads a new backend (in the background) and swaps it in.
+MODEL_PARAMETERS = ("model", "backend", "engine_path", "device", "precision", "engine_cache_dir",
+                    "allow_engine_build", "threads", "torch_input_height", "torch_input_width")
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    name: str
+    default: Any  # a value, or a Parameter.Type for a parameter with no default (unset unless given)
+    description: str
+    read_only: bool = False  # fixed after start (e.g. it shapes subscriptions)
+    bounds: tuple[float, float] | None = None  # inclusive numeric range
+    choices: tuple[str, ...] | None = None  # allowed string values
+
+    def descriptor(self) -> ParameterDescriptor:
+        descriptor = ParameterDescriptor(name=self.name, description=self.description, read_only=self.read_only)
+        if self.choices:
+            descriptor.additional_constraints = f"one of: {', '.join(self.choices)}"
+        if self.bounds is not None and isinstance(self.default, float):
+            descriptor.floating_point_range = [FloatingPointRange(from_value=float(self.bounds[0]),
+                                                                  to_value=float(self.bounds[1]))]
+        elif self.bounds is not None:
+            descriptor.integer_range = [IntegerRange(from_value=int(self.bounds[0]), to_value=int(self.bounds[1]))]
+        return descriptor
+
+
+_THRESHOLD_HELP = {
+    "score_threshold": "minimum instance / detection confidence",
+    "center_threshold": "Panoptic SwiftNet: minimum center-heatmap peak",
+    "nms_iou": "box / mask NMS IoU",
+    "mask_sigma": "RTPS: IoU x P_sem threshold; FPSNet / SPINet: mask probability",
+    "overlap_threshold": "LPSNet / merge: drop an instance whose overlap with earlier ones exceeds this",
+    "min_stuff_area": "stuff segments smaller than this many model-input pixels become void",
+}
+
+PARAMETERS: tuple[ParameterSpec, ...] = (
+    # Model and runtime (a change swaps the backend in the background).
+    ParameterSpec("model", "", "shipped model name (models/<name>.onnx, or .pt for torch) or path to an .onnx, "
+                  ".engine or .pt file"),
+    ParameterSpec("backend", "onnxruntime", "inference runtime", choices=BACKENDS),
+    ParameterSpec("engine_path", "", "tensorrt: a prebuilt .engine file to load instead of building/caching one "
+                  "from the model's ONNX file"),
+    ParameterSpec("device", "auto", "auto, cpu, cuda or cuda:N"),
+    ParameterSpec("precision", "fp16", "tensorrt: engine precision when building from ONNX", choices=PRECISIONS),
+    ParameterSpec("engine_cache_dir", "", "tensorrt: engine cache directory (empty: the backend's default)"),
+    ParameterSpec("allow_engine_build", True, "tensorrt: build a missing or stale engine (minutes on a Jetson); "
+                  "false refuses with a message saying how to build one"),
+    ParameterSpec("threads", 0, "onnxruntime: intra-op threads (0: ONNX Runtime decides)", bounds=(0, 256)),
+    ParameterSpec("torch_input_height", 0, "torch with a .pt checkpoint: input height in pixels", bounds=(0, 8192)),
+    ParameterSpec("torch_input_width", 0, "torch with a .pt checkpoint: input width in pixels", bounds=(0, 8192)),
+    # Fusion thresholds (graph inputs: they apply from the next frame, no rebuild).
+    *(ParameterSpec(name, float(getattr(Thresholds(), name)), _THRESHOLD_HELP[name], bounds=Thresholds.RANGES[name])
+      for name in _THRESHOLD_HELP),
+    ParameterSpec("label_divisor", DEFAULT_LABEL_DIVISOR, "panoptic id = class_id * label_divisor + instance; must "
+                  "exceed the model's max instances", bounds=(1, 2**31 - 1)),
+    # Outputs.
+    ParameterSpec("publish_id_image", True, "publish panoptic/id_image (32SC1)"),
+    ParameterSpec("publish_semantic", True, "publish panoptic/semantic (mono8)"),
+    ParameterSpec("publish_overlay", True, "publish panoptic/overlay (rgb8; computed only while subscribed)"),
+    ParameterSpec("publish_instances", True, "publish panoptic/instances (PanopticInstanceArray)"),
+    ParameterSpec("publish_latency", True, "publish panoptic/latency/<stage> (std_msgs/Float64, ms)"),
+    ParameterSpec("overlay_alpha", 0.5, "weight of the class colors in panoptic/overlay", bounds=(0.0, 1.0)),
+    # Input and QoS (shape the subscriptions and publishers: fixed after start).
+    ParameterSpec("input_type", "raw", "subscribe to image (sensor_msgs/Image) or image/compressed",
+                  read_only=True, choices=INPUT_TYPES),
+    ParameterSpec("input_qos", "SENSOR_DATA", "QoS of the image subscription (SENSOR_DATA: best effort, depth 5)",
+                  read_only=True, choices=QOS_PRESETS),
+    ParameterSpec("output_qos", "DEFAULT", "QoS of the outputs (DEFAULT: reliable, depth 10)",
+                  read_only=True, choices=QOS_PRESETS),
+    ParameterSpec("cameras", Parameter.Type.STRING_ARRAY, "camera names; camera c reads c/image and publishes "
+                  "c/panoptic/...; unset: one camera on image and panoptic/...", read_only=True),
+    ParameterSpec("max_pixels", 4096 * 4096, "input images with more pixels are rejected", bounds=(1, 2**28)),
+    ParameterSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages", read_only=True,
+                  bounds=(0.05, 60.0)),
+)
+SPECS = {spec.name: spec for spec in PARAMETERS}
+PARAMETER_NAMES = tuple(SPECS)
+
+
+def declare_parameters(node) -> None:
+    """Declare every parameter of the table on `node` (overrides from the command line or a params file apply)."""
+    for spec in PARAMETERS:
+        node.declare_parameter(spec.name, spec.default, spec.descriptor())
+
+
+def check_choice(name: str, value: Any) -> str | None:
+    """Why `value` is not allowed for `name` (choices the descriptor cannot express), or None."""
+    spec = SPECS[name]
+    if spec.choices and value not in spec.choices:
+        return f"{name} must be one of {', '.join(spec.choices)}, got {value!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """What to load: one backend on one device with its options."""
+
+    model: str
+    backend: str
+    engine_path: str
+    device: str
+    precision: str
+    engine_cache_dir: str
+    allow_engine_build: bool
+    threads: int
+    torch_input_height: int
+    torch_input_width: int
+
+    def model_file(self, models_dir: Path) -> Path:
+        """The file the backend loads: the engine for tensorrt with engine_path, else the model (name or path)."""
+        if self.backend == "tensorrt" and self.engine_path:
+            return _existing_file(Path(self.engine_path).expanduser(), "engine_path")
+        return find_model(self.model, self.backend, models_dir)
+
+    def backend_options(self) -> dict[str, Any]:
+        """Keyword options of create_backend for this backend."""
+        if self.backend == "onnxruntime":
+            return {"threads": self.threads}
+        if self.backend == "torch":
+            return ({"height": self.torch_input_height, "width": self.torch_input_width}
+                    if self.torch_input_height and self.torch_input_width else {})
+        options: dict[str, Any] = {"precision": self.precision, "allow_build": self.allow_engine_build}
+        if self.engine_cache_dir:
+            options["cache_dir"] = str(Path(self.engine_cache_dir).expanduser())
+        return options
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """Which outputs to publish and how the overlay looks; the worker reads one snapshot per frame."""
+
+    publish_id_image: bool
+    publish_semantic: bool
+    publish_overlay: bool
+    publish_instances: bool
+    publish_latency: bool
+    overlay_alpha: float
+
+
+def _existing_file(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: no such file: {path}")
+    return path
+
+
+MODEL_SUFFIXES = {"onnxruntime": ".onnx", "tensorrt": ".onnx", "torch": ".pt"}
+
+
+def default_models_dir() -> Path:
+    """The shipped models: the checkout's models/ (source or editable install), else the installed share dir."""
+    checkout = Path(__file__).resolve().parents[2] / "models"
+    if checkout.is_dir():
+        return checkout
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return Path(get_package_share_directory("panoptic_ros")) / "models"
+    except (ImportError, LookupError):  # no ament index, or the package is not in it
+        return checkout
+
+
+def find_model(model: str, backend: str, models_dir: Path) -> Path:
+    """`model` as a path if it names a file, else the shipped model `models_dir/<model><suffix of backend>`."""
+    if not model:
+        raise ValueError("parameter model is empty: give a shipped model name or a model file path")
+    as_path = Path(model).expanduser()
+    if as_path.is_file():
+        return as_path
+    if as_path.suffix or len(as_path.parts) > 1:
+        raise FileNotFoundError(f"model: no such file: {as_path}")
+    shipped = models_dir / f"{model}{MODEL_SUFFIXES[backend]}"
+    if shipped.is_file():
+        return shipped
+    known = sorted(p.stem for p in models_dir.glob(f"*{MODEL_SUFFIXES[backend]}")) if models_dir.is_dir() else []
+    raise FileNotFoundError(f"model {model!r}: no file {shipped.name} in {models_dir}; shipped models for the "
+                            f"{backend} backend: {', '.join(known) or 'none'}")
+
+
+def _snapshot(cls, values: dict[str, Any]):
+    return cls(**{f.name: values[f.name] for f in fields(cls)})
+
+
+def model_settings(values: dict[str, Any]) -> ModelSettings:
+    return _snapshot(ModelSettings, values)
+
+
+def output_settings(values: dict[str, Any]) -> OutputSettings:
+    return _snapshot(OutputSettings, values)
+
+
+def thresholds(values: dict[str, Any]) -> Thresholds:
+    """Thresholds from parameter values; ValueError with the field and its range if one is invalid."""
+    return _snapshot(Thresholds, values)
+
