@@ -102,8 +102,9 @@ def upsample(x: Tensor, factor: int, mode: str = "bilinear") -> Tensor:
 def coordinate_channels(x: Tensor) -> Tensor:
     """Two channels of absolute (x, y) coordinates in [-1, 1] for a (B, C, H, W) map (CoordConv)."""
     b, _, h, w = x.shape
-    xs = torch.linspace(-1.0, 1.0, w, dtype=x.dtype, device=x.device)
-    ys = torch.linspace(-1.0, 1.0, h, dtype=x.dtype, device=x.device)
+    # arange rather than linspace: the TorchScript ONNX exporter emits linspace in double precision.
+    xs = torch.arange(w, dtype=x.dtype, device=x.device) * (2.0 / max(w - 1, 1)) - 1.0
+    ys = torch.arange(h, dtype=x.dtype, device=x.device) * (2.0 / max(h - 1, 1)) - 1.0
     grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
     return torch.stack((grid_x, grid_y)).unsqueeze(0).expand(b, 2, h, w)
 
