@@ -1,0 +1,1 @@
+"""Evaluation: panoptic quality and mIoU, COCO / Cityscapes panoptic evaluation, reports."""
