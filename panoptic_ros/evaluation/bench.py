@@ -1,0 +1,87 @@
+"""`panoptic-ros bench eval`: time of `PQAccumulator.add` on one frame pair (default 1024x2048).
+
+The pair is a synthetic street-like frame: stuff bands, rectangular thing instances, some void and a
+crowd region; the prediction is the ground truth shifted and painted over, with new segment ids of
+COCO's RGB size (so the slower sorted-search id mapping is what is timed).
+Run: `python -m panoptic_ros.evaluation.bench` or `panoptic-ros bench eval`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import numpy as np
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--height", type=int, default=1024, help="frame height (default 1024)")
+    parser.add_argument("--width", type=int, default=2048, help="frame width (default 2048)")
+    parser.add_argument("--instances", type=int, default=60, help="thing instances in the frame (default 60)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed runs (default 20)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def synthetic_pair(height: int, width: int, instances: int, rng: np.random.Generator):
+    """A ground-truth / prediction PanopticAnnotation pair over the SYNTHETIC label set."""
+    from panoptic_ros.classes import SYNTHETIC
+    from panoptic_ros.data.formats import PanopticAnnotation, Segment
+
+    stuff, things = SYNTHETIC.stuff_ids, SYNTHETIC.thing_ids
+    ids = np.zeros((height, width), dtype=np.int32)
+    segments: dict[int, Segment] = {}
+    bands = np.sort(rng.integers(0, height, size=len(stuff) - 1))
+    for k, (top, bottom) in enumerate(zip((0, *bands), (*bands, height), strict=True)):
+        ids[top:bottom] = k + 1
+        segments[k + 1] = Segment(k + 1, stuff[k])
+    for k in range(instances):
+        segment_id = 100 + k
+        h, w = rng.integers(height // 40, height // 6), rng.integers(width // 80, width // 10)
+        y, x = rng.integers(0, height - h), rng.integers(0, width - w)
+        ids[y:y + h, x:x + w] = segment_id
+        segments[segment_id] = Segment(segment_id, int(rng.choice(things)), iscrowd=k == 0)
+    ids[: height // 20] = 0  # void band
+    present = set(np.unique(ids).tolist())
+    gt = PanopticAnnotation(ids, {i: s for i, s in segments.items() if i in present})
+
+    pred_ids = np.roll(ids, (int(rng.integers(-8, 9)), int(rng.integers(-8, 9))), axis=(0, 1))
+    for _ in range(10):
+        h, w = rng.integers(8, height // 8), rng.integers(8, width // 8)
+        y, x = rng.integers(0, height - h), rng.integers(0, width - w)
+        pred_ids[y:y + h, x:x + w] = rng.choice(list(gt.segments))
+    old = np.unique(pred_ids[pred_ids != 0])
+    new = rng.choice(np.arange(1, 256**3), size=old.size, replace=False)
+    lookup = np.zeros(int(old.max()) + 1, dtype=np.int64)
+    lookup[old] = new
+    pred_segments = {int(n): Segment(int(n), gt.segments[int(o)].category_id) for o, n in zip(old, new, strict=True)}
+    return gt, PanopticAnnotation(lookup[pred_ids], pred_segments)
+
+
+def run(args: argparse.Namespace) -> int:
+    from panoptic_ros.classes import SYNTHETIC
+    from panoptic_ros.evaluation.pq import PQAccumulator
+
+    if args.repeats < 1 or args.height < 64 or args.width < 64:
+        raise ValueError("need --repeats >= 1 and a frame of at least 64x64")
+    gt, pred = synthetic_pair(args.height, args.width, args.instances, np.random.default_rng(args.seed))
+    accumulator = PQAccumulator.from_label_set(SYNTHETIC)
+    accumulator.add(gt, pred)  # warm-up
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        accumulator.add(gt, pred)
+        times.append(1000 * (time.perf_counter() - start))
+    report = {"frame": f"{args.height}x{args.width}", "segments": [len(gt.segments), len(pred.segments)],
+              "repeats": args.repeats, "median_ms": statistics.median(times), "min_ms": min(times),
+              "max_ms": max(times), "pq": accumulator.result().all.pq}
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_arguments(parser)
+    sys.exit(run(parser.parse_args()))
