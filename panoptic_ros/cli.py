@@ -14,7 +14,7 @@ import sys
 import panoptic_ros
 
 # Modules that register subcommands, in the order `--help` lists them.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("panoptic_ros.evaluation.cli",)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -175,7 +175,8 @@ def random_frame(rng: np.random.Generator, height: int = 40, width: int = 56, cr
         pred_ids[y:y + h, x:x + w] = rng.choice(pool) if rng.random() < 0.8 else 0
     split = pred_ids.copy()
     cut = int(rng.integers(0, width))
-    split[:, cut:] += 256**3  # distinct ids right of a random column, so some segments split in two
+    # some segments split in two: new ids right of a random column
+    split[:, cut:] += 256**3 * np.isin(split[:, cut:], rng.choice(pool, size=4))
     present = np.unique(split[split % 256**3 != 0])
     new_ids = rng.choice(np.arange(1, 256**3), size=present.size, replace=False)
     position = np.clip(np.searchsorted(present, split), 0, present.size - 1)

@@ -1,0 +1,106 @@
+"""`panoptic-ros eval` on COCO-layout folders: equal to the real Cityscapes panoptic evaluator
+(cityscapesscripts, a port of panopticapi's pq_compute) and to the literal reference to 1e-9."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from test_eval_pq import COCO_CATEGORIES, random_frame, reference, reference_average
+
+from panoptic_ros import cli
+from panoptic_ros.data.formats import PanopticAnnotation, Segment, write_coco_panoptic
+
+
+@pytest.fixture
+def folders(tmp_path, rng):
+    """Random GT and prediction frames written in COCO panoptic layout; returns (paths, pairs)."""
+    pairs = []
+    for k in range(12):
+        gt, pred = random_frame(rng, crowd_per_class=1 + k % 2)
+        name = f"frame_{k:03d}.png"
+        pairs.append((PanopticAnnotation(gt.ids, gt.segments, name), PanopticAnnotation(pred.ids, pred.segments, name)))
+    paths = {"gt_json": tmp_path / "gt.json", "pred_json": tmp_path / "pred.json"}
+    write_coco_panoptic(paths["gt_json"], None, [gt for gt, _ in pairs], COCO_CATEGORIES)
+    write_coco_panoptic(paths["pred_json"], None, [pred for _, pred in pairs], COCO_CATEGORIES)
+    return paths, pairs
+
+
+def run_eval(paths, tmp_path, *extra):
+    output = tmp_path / "metrics.json"
+    code = cli.main(["eval", "--gt-json", str(paths["gt_json"]), "--pred-json", str(paths["pred_json"]),
+                     "--output", str(output), *extra])
+    assert code == 0
+    return json.loads(output.read_text())
+
+
+def assert_same_as(ours: dict, theirs: dict, tolerance: float = 1e-9) -> None:
+    """`theirs`: panopticapi-style results ({All, Things, Stuff, per_class}, 0-1 scale)."""
+    for ours_key, their_key in (("all", "All"), ("things", "Things"), ("stuff", "Stuff")):
+        assert ours[ours_key]["n"] == theirs[their_key]["n"]
+        for metric in ("pq", "sq", "rq"):
+            assert ours[ours_key][metric] == pytest.approx(100 * theirs[their_key][metric], abs=tolerance)
+    for entry in ours["per_class"]:
+        for metric in ("pq", "sq", "rq"):
+            expected = 100 * theirs["per_class"][entry["id"]][metric]
+            assert (entry[metric] if entry[metric] is not None else 0.0) == pytest.approx(expected, abs=tolerance)
+
+
+def test_eval_matches_the_cityscapes_evaluator(folders, tmp_path, capsys):
+    evaluator = pytest.importorskip("cityscapesscripts.evaluation.evalPanopticSemanticLabeling",
+                                    reason="cityscapesscripts (the reference evaluator) is not installed")
+    paths, _ = folders
+    ours = run_eval(paths, tmp_path)
+    gt_json = json.loads(paths["gt_json"].read_text())
+    pred_json = json.loads(paths["pred_json"].read_text())
+    categories = {c["id"]: c for c in gt_json["categories"]}
+    pred_by_image = {a["image_id"]: a for a in pred_json["annotations"]}
+    pairs = [(a, pred_by_image[a["image_id"]]) for a in gt_json["annotations"]]
+    # single-process entry of the reference (its multi-core wrapper only splits this list)
+    stats = evaluator.pq_compute_single_core(0, pairs, str(paths["gt_json"].with_suffix("")),
+                                             str(paths["pred_json"].with_suffix("")), categories)
+    theirs = evaluator.average_pq(stats, categories)
+    assert sum(stats[c].tp for c in categories) > 10 and sum(stats[c].fp for c in categories) > 10
+    assert_same_as(ours, theirs)
+
+
+def test_eval_matches_the_literal_reference_and_prints_the_table(folders, tmp_path, capsys):
+    paths, pairs = folders
+    ours = run_eval(paths, tmp_path)
+    stats = reference(pairs)
+    theirs = {name: reference_average(stats, COCO_CATEGORIES, isthing)[0]
+              for name, isthing in (("All", None), ("Things", True), ("Stuff", False))}
+    theirs["per_class"] = reference_average(stats, COCO_CATEGORIES, None)[1]
+    assert_same_as(ours, theirs)
+    assert ours["num_frames"] == 12 and ours["miou"] is not None
+    printed = capsys.readouterr().out
+    assert "person" in printed and "Things" in printed and "mIoU" in printed
+
+
+def test_eval_with_cityscapes_train_ids_maps_label_ids(tmp_path):
+    # GT in Cityscapes label ids (road 7, car 26), prediction already in train ids (road 0, car 13)
+    ids = np.zeros((16, 16), dtype=np.int64)
+    ids[:8] = 7
+    ids[8:, :8] = 26001
+    gt = PanopticAnnotation(ids, {7: Segment(7, 7), 26001: Segment(26001, 26)}, "a.png")
+    pred_ids = np.where(ids == 7, 1, np.where(ids == 26001, 2, 0))
+    pred = PanopticAnnotation(pred_ids, {1: Segment(1, 0), 2: Segment(2, 13)}, "a.png")
+    label_categories = [{"id": 7, "name": "road", "isthing": 0}, {"id": 26, "name": "car", "isthing": 1}]
+    train_categories = [{"id": 0, "name": "road", "isthing": 0}, {"id": 13, "name": "car", "isthing": 1}]
+    paths = {"gt_json": tmp_path / "gt.json", "pred_json": tmp_path / "pred.json"}
+    write_coco_panoptic(paths["gt_json"], None, [gt], label_categories)
+    write_coco_panoptic(paths["pred_json"], None, [pred], train_categories)
+    ours = run_eval(paths, tmp_path, "--cityscapes-train-ids")
+    assert ours["all"]["pq"] == 100.0 and ours["all"]["n"] == 2
+
+
+def test_eval_reports_missing_predictions_and_files_clearly(folders, tmp_path, capsys):
+    paths, _ = folders
+    pred_json = json.loads(paths["pred_json"].read_text())
+    pred_json["annotations"] = pred_json["annotations"][:-2]
+    paths["pred_json"].write_text(json.dumps(pred_json))
+    assert cli.main(["eval", "--gt-json", str(paths["gt_json"]), "--pred-json", str(paths["pred_json"])]) == 2
+    assert "no prediction for 2 of 12 ground-truth images" in capsys.readouterr().err
+    assert cli.main(["eval", "--gt-json", str(tmp_path / "nope.json"), "--pred-json", str(paths["pred_json"])]) == 2
+    assert "not found" in capsys.readouterr().err
