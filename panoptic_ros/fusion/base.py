@@ -1,0 +1,64 @@
+"""What every method's fusion has in common: the runtime thresholds it receives, the label-set
+lookups, and the hand-over from its front half (`segments`) to the shared back half."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from panoptic_ros.classes import LabelSet
+from panoptic_ros.fusion.core import PanopticAssembler, Segments, SemanticLabels
+from panoptic_ros.pipeline_io import Thresholds
+
+Heads = dict[str, "Tensor | list[Tensor]"]
+
+
+class RuntimeThresholds(NamedTuple):
+    """The threshold graph inputs as 0-d float32 tensors, in pipeline_io.THRESHOLD_INPUTS order."""
+
+    score_threshold: Tensor
+    center_threshold: Tensor
+    nms_iou: Tensor
+    mask_sigma: Tensor
+    overlap_threshold: Tensor
+    min_stuff_area: Tensor
+
+    @classmethod
+    def from_thresholds(cls, thresholds: Thresholds, device: torch.device | str = "cpu") -> RuntimeThresholds:
+        return cls(*(torch.tensor(float(getattr(thresholds, name)), dtype=torch.float32, device=device)
+                     for name in cls._fields))
+
+
+class Fusion(nn.Module):
+    """Base class of the five fusions: `segments` (the method's front half) + PanopticAssembler.
+
+    Subclasses set `num_candidates` (Kc, thing candidates per frame) and implement `segments`.
+    The network is passed in because FPSNet runs its panoptic head inside the fusion.
+    """
+
+    def __init__(self, label_set: LabelSet, num_candidates: int, max_instances: int) -> None:
+        super().__init__()
+        if max_instances < 1:
+            raise ValueError(f"max_instances must be >= 1, got {max_instances}")
+        self.label_set = label_set
+        self.num_candidates = num_candidates
+        self.max_instances = max_instances
+        self.void_label = num_candidates + len(label_set.stuff_ids)
+        self.semantic_labels = SemanticLabels(label_set, num_candidates)
+        self.assembler = PanopticAssembler(label_set, num_candidates, max_instances)
+        self.register_buffer("thing_ids", torch.tensor(label_set.thing_ids, dtype=torch.int64), persistent=False)
+        self.register_buffer("is_thing", torch.tensor(label_set.thing, dtype=torch.bool), persistent=False)
+
+    @classmethod
+    def for_network(cls, network: nn.Module, max_instances: int, nms_kernel: int) -> Fusion:
+        """The fusion for `network`'s outputs (its label set, strides, anchors, ...)."""
+        raise NotImplementedError
+
+    def segments(self, network: nn.Module, heads: Heads, thresholds: RuntimeThresholds) -> Segments:
+        raise NotImplementedError
+
+    def forward(self, network: nn.Module, heads: Heads, thresholds: RuntimeThresholds,
+                label_divisor: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return self.assembler(self.segments(network, heads, thresholds), thresholds.min_stuff_area, label_divisor)

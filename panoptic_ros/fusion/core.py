@@ -1,0 +1,166 @@
+"""The shared back half of every fusion: per-cell segment labels -> panoptic id map, semantic map,
+instance table.
+
+Every method's front half ends in the same thing: a label per cell of the stride-4 fusion grid,
+naming one of Kc thing candidates, one of the label set's stuff classes, or void, plus each
+candidate's class, score and validity (`Segments`). From there the assembly is common:
+
+- per-segment cell counts, row/column occupancy -> area, inclusive box, centroid (in input pixels),
+- stuff segments smaller than `min_stuff_area` pixels and candidates without pixels become void,
+- table rows: valid things by descending score (ties: lower candidate index first), then valid
+  stuff by class id; rows after `num_instances` are all zeros,
+- panoptic id = class * label_divisor + (row + 1) for things (a 1-based index that is global over
+  the table, so unique in the frame), class * label_divisor for stuff, -1 for void; semantic map =
+  the segment's class (a PSN thing takes its instance's voted class), 255 for void,
+- the grid is upsampled to input pixels in blocks, which keeps the statistics exact.
+
+All statistics come from one-hot sums at the grid (no scatter-add: TensorRT has none without a
+plugin) and stay int32 until the final float32 table.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from panoptic_ros.classes import VOID_CLASS, VOID_ID, LabelSet
+from panoptic_ros.fusion.static_ops import block_upsample
+from panoptic_ros.pipeline_io import INSTANCE_COLUMNS
+
+FUSION_STRIDE = 4  # every fusion works on the stride-4 grid of the input
+
+
+class Segments(NamedTuple):
+    """A front half's result on the fusion grid.
+
+    labels: (h, w) int64: k < Kc for thing candidate k, Kc + s for the s-th stuff class of the label
+    set, Kc + S for void. thing_class (Kc,) int64 class ids, thing_score (Kc,) float32,
+    thing_valid (Kc,) bool.
+    """
+
+    labels: Tensor
+    thing_class: Tensor
+    thing_score: Tensor
+    thing_valid: Tensor
+
+
+class SemanticLabels(nn.Module):
+    """Maps semantic class ids (h, w) to segment labels: stuff classes to their stuff segment, thing
+    classes (pixels no instance claimed) to void."""
+
+    def __init__(self, label_set: LabelSet, num_candidates: int) -> None:
+        super().__init__()
+        num_stuff = len(label_set.stuff_ids)
+        lookup = torch.full((label_set.num_classes,), num_candidates + num_stuff, dtype=torch.int64)
+        for s, class_id in enumerate(label_set.stuff_ids):
+            lookup[class_id] = num_candidates + s
+        self.register_buffer("lookup", lookup, persistent=False)
+
+    def forward(self, semantic: Tensor) -> Tensor:
+        return self.lookup[semantic]
+
+
+class PanopticAssembler(nn.Module):
+    """The back half: Segments on the fusion grid -> (panoptic, semantic, instances, num_instances)."""
+
+    def __init__(self, label_set: LabelSet, num_candidates: int, max_instances: int,
+                 stride: int = FUSION_STRIDE) -> None:
+        super().__init__()
+        self.num_candidates = num_candidates
+        self.max_instances = max_instances
+        self.num_stuff = len(label_set.stuff_ids)
+        self.stride = stride
+        self.register_buffer("stuff_class", torch.tensor(label_set.stuff_ids, dtype=torch.int64), persistent=False)
+
+    @property
+    def num_rows(self) -> int:
+        return self.max_instances + self.num_stuff
+
+    def forward(self, segments: Segments, min_stuff_area: Tensor,
+                label_divisor: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        labels = segments.labels
+        device = labels.device
+        kc, num_segments = self.num_candidates, self.num_candidates + self.num_stuff
+        s = self.stride
+
+        # Per-segment occupancy of grid rows and columns, from a one-hot of the label map.
+        segment = torch.arange(num_segments, device=device)
+        one_hot = (labels[None] == segment[:, None, None]).to(torch.int32)
+        rows = one_hot.sum(dim=2, dtype=torch.int32)  # (S, h)
+        cols = one_hot.sum(dim=1, dtype=torch.int32)  # (S, w)
+        cells = rows.sum(dim=1, dtype=torch.int32)  # (S,)
+        area = cells.to(torch.float32) * float(s * s)
+
+        is_thing = segment < kc
+        # (Logical ops, not Where: ONNX Runtime has no bool Where.)
+        no_stuff = torch.zeros(self.num_stuff, dtype=torch.bool, device=device)
+        valid_thing = is_thing & torch.cat((segments.thing_valid, no_stuff))
+        valid = (valid_thing | (~is_thing & (area >= min_stuff_area))) & (cells > 0)
+        row = self._table_rows(segments.thing_score, valid)
+        valid = valid & (row < self.num_rows)
+
+        seg_class = torch.cat((segments.thing_class, self.stuff_class))
+        divisor = label_divisor.to(torch.int64)
+        seg_id = seg_class * divisor + torch.where(is_thing, row + 1, torch.zeros_like(row))
+        stats = self._statistics(rows, cols, cells, area, seg_id, seg_class, segments.thing_score)
+
+        # Table: row r holds the valid segment whose row is r (a one-hot pick, exact in any precision).
+        picks = valid[None, :] & (row[None, :] == torch.arange(self.num_rows, device=device)[:, None])
+        index = (picks.to(torch.int64) * segment[None, :]).sum(dim=1)
+        row_valid = picks.to(torch.int32).amax(dim=1) > 0
+        instances = torch.where(row_valid[:, None], stats[index], torch.zeros_like(stats[index]))
+        num_instances = valid.to(torch.int32).sum(dtype=torch.int32)
+
+        # Maps: gather each cell's segment id / class (void and dropped segments -> -1 / 255).
+        void_id = torch.full((1,), VOID_ID, dtype=torch.int64, device=device)
+        void_class = torch.full((1,), VOID_CLASS, dtype=torch.int64, device=device)
+        id_of = torch.cat((torch.where(valid, seg_id, void_id), void_id)).to(torch.int32)
+        class_of = torch.cat((torch.where(valid, seg_class, void_class), void_class)).to(torch.int32)
+        panoptic = block_upsample(id_of[labels], s)
+        semantic = block_upsample(class_of[labels], s).to(torch.uint8)
+        return panoptic, semantic, instances, num_instances
+
+    def _table_rows(self, thing_score: Tensor, valid: Tensor) -> Tensor:
+        """Row of each segment: valid things by descending score (ties by index), then valid stuff."""
+        kc = self.num_candidates
+        valid_thing = valid[:kc]
+        index = torch.arange(kc, device=valid.device)
+        better = (thing_score[:, None] > thing_score[None, :]) | (
+            (thing_score[:, None] == thing_score[None, :]) & (index[:, None] < index[None, :]))
+        thing_rank = (better & valid_thing[:, None]).to(torch.int64).sum(dim=0)  # [j]: valid things before j
+        # Things beyond K rows are dropped; the stuff rows follow the kept things.
+        kept_things = valid_thing & (thing_rank < self.max_instances)
+        num_things = kept_things.to(torch.int64).sum()
+        stuff = torch.arange(self.num_stuff, device=valid.device)
+        stuff_before = (stuff[:, None] < stuff[None, :]) & valid[kc:, None]  # [s', s]: valid stuff s' before s
+        stuff_rank = num_things + stuff_before.to(torch.int64).sum(dim=0)
+        thing_row = torch.where(kept_things, thing_rank, torch.full_like(thing_rank, self.num_rows))
+        return torch.cat((thing_row, stuff_rank))
+
+    def _statistics(self, rows: Tensor, cols: Tensor, cells: Tensor, area: Tensor, seg_id: Tensor,
+                    seg_class: Tensor, thing_score: Tensor) -> Tensor:
+        """(S, len(INSTANCE_COLUMNS)) float32 per segment, in input pixels."""
+        s = self.stride
+        h, w = rows.shape[1], cols.shape[1]
+        device = rows.device
+        y_index = torch.arange(h, device=device)
+        x_index = torch.arange(w, device=device)
+        y1 = torch.where(rows > 0, y_index, torch.full_like(y_index, h)).amin(dim=1) * s
+        y2 = torch.where(rows > 0, y_index, torch.full_like(y_index, -1)).amax(dim=1) * s + (s - 1)
+        x1 = torch.where(cols > 0, x_index, torch.full_like(x_index, w)).amin(dim=1) * s
+        x2 = torch.where(cols > 0, x_index, torch.full_like(x_index, -1)).amax(dim=1) * s + (s - 1)
+        # A cell's pixels centre on i * s + (s - 1) / 2.
+        y_centre = y_index.to(torch.float32) * s + (s - 1) / 2
+        x_centre = x_index.to(torch.float32) * s + (s - 1) / 2
+        count = cells.to(torch.float32).clamp(min=1.0)
+        centroid_y = (rows.to(torch.float32) * y_centre).sum(dim=1) / count
+        centroid_x = (cols.to(torch.float32) * x_centre).sum(dim=1) / count
+        score = torch.cat((thing_score, torch.ones(self.num_stuff, device=device)))
+        columns = {
+            "valid": torch.ones_like(area), "id": seg_id.to(torch.float32), "class_id": seg_class.to(torch.float32),
+            "score": score, "x1": x1.to(torch.float32), "y1": y1.to(torch.float32), "x2": x2.to(torch.float32),
+            "y2": y2.to(torch.float32), "area": area, "centroid_x": centroid_x, "centroid_y": centroid_y,
+        }
+        return torch.stack([columns[name] for name in INSTANCE_COLUMNS], dim=1)

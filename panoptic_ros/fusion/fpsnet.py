@@ -1,0 +1,76 @@
+"""FPSNet fusion (de Geus et al., section III-A): detections -> attention masks -> panoptic head -> argmax.
+
+1. RetinaNet boxes: anchors decoded per level, class-aware NMS, the best min(K, N_att) boxes by
+   class probability ("If there are more than N_att objects detected ... we pick the N_att
+   bounding boxes with the highest class scores"); remaining attention channels are all zero.
+2. Soft Gaussian attention masks are generated in the graph (networks.fpsnet.gaussian_attention_masks)
+   and fed with the stride-8 features to the network's panoptic head.
+3. Every cell takes the arg-max of the head's N_att + N_stuff logits, bilinearly upsampled to the
+   stride-4 fusion grid; channel n < N_att is the instance of box n, whose class and score are the
+   box's, channel N_att + s the s-th stuff class. Channels of empty attention masks are void.
+Boxes need no shuffling at inference (the head is trained with shuffled masks to be order-free).
+center_threshold, mask_sigma and overlap_threshold are not used by this method.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from panoptic_ros.classes import LabelSet
+from panoptic_ros.fusion.base import Fusion, Heads, RuntimeThresholds
+from panoptic_ros.fusion.core import FUSION_STRIDE, Segments
+from panoptic_ros.fusion.detections import clip_boxes, flatten_locations, level_index, select_detections
+from panoptic_ros.networks.box_coding import decode_deltas, retinanet_anchors
+from panoptic_ros.networks.fpsnet import FEATURE_STRIDE, gaussian_attention_masks
+
+
+class FPSNetFusion(Fusion):
+    def __init__(self, label_set: LabelSet, strides: tuple[int, ...], anchor_sizes: tuple[tuple[float, ...], ...],
+                 anchor_ratios: tuple[tuple[float, ...], ...], num_attention: int, attention_scale: float,
+                 max_instances: int = 100) -> None:
+        # One candidate per attention channel: channel n of the head is candidate n.
+        super().__init__(label_set, num_candidates=num_attention, max_instances=max_instances)
+        self.strides = tuple(strides)
+        self.anchor_sizes, self.anchor_ratios = anchor_sizes, anchor_ratios
+        self.num_anchors = len(anchor_sizes[0]) * len(anchor_ratios[0])
+        self.attention_scale = attention_scale
+        self.num_boxes = min(max_instances, num_attention)
+
+    @classmethod
+    def for_network(cls, network: nn.Module, max_instances: int, nms_kernel: int) -> FPSNetFusion:
+        return cls(network.label_set, network.strides, network.anchor_sizes, network.anchor_ratios,
+                   network.num_attention, network.attention_scale, max_instances)
+
+    def segments(self, network: nn.Module, heads: Heads, thresholds: RuntimeThresholds) -> Segments:
+        features = heads["features"]
+        h8, w8 = features.shape[-2:]
+        device = features.device
+
+        # 1. Detections (box_cls channel a * T + t and box_reg channel a * 4 + c belong to anchor a).
+        anchors = torch.cat([retinanet_anchors(m.shape[-2], m.shape[-1], stride, sizes, ratios, device=device)
+                             for m, stride, sizes, ratios in zip(heads["box_reg"], self.strides, self.anchor_sizes,
+                                                                 self.anchor_ratios, strict=True)])
+        deltas = flatten_locations(heads["box_reg"], self.num_anchors)
+        boxes = clip_boxes(decode_deltas(anchors, deltas), h8 * FEATURE_STRIDE, w8 * FEATURE_STRIDE)
+        class_prob = torch.sigmoid(flatten_locations(heads["box_cls"], self.num_anchors))
+        levels = level_index([m.shape[-2] * m.shape[-1] * self.num_anchors for m in heads["box_reg"]], device)
+        detections = select_detections(boxes, class_prob, class_prob.max(dim=1).values, levels,
+                                       thresholds.score_threshold, thresholds.nms_iou, self.num_boxes)
+
+        # 2. Attention masks (empty channels beyond the boxes) and the panoptic head.
+        empty = self.num_candidates - self.num_boxes
+        att_boxes = torch.cat((detections.boxes, torch.zeros(empty, 4, device=device)))
+        att_valid = torch.cat((detections.valid, torch.zeros(empty, dtype=torch.bool, device=device)))
+        masks = gaussian_attention_masks(att_boxes[None], att_valid[None], (h8, w8), FEATURE_STRIDE,
+                                         self.attention_scale)
+        logits = network.panoptic_head(features, masks)
+
+        # 3. Arg-max on the fusion grid: channel index == segment label (things first, then stuff).
+        factor = FEATURE_STRIDE // FUSION_STRIDE
+        labels = F.interpolate(logits, scale_factor=factor, mode="bilinear", align_corners=False)[0].argmax(dim=0)
+        no_thing = torch.zeros(empty, dtype=torch.int64, device=device)
+        thing_class = self.thing_ids[torch.cat((detections.thing, no_thing))]
+        score = torch.cat((detections.score, torch.zeros(empty, device=device)))
+        return Segments(labels, thing_class, score, att_valid)

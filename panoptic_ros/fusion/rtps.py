@@ -1,0 +1,65 @@
+"""RTPS fusion: parameter-free mask construction from dense detections (Hou et al., section 3.2).
+
+1. Query boxes: NMS of the dense per-level boxes, ranked by class probability x centerness.
+2. The global box map B(x, y) takes, at every stride-4 cell, the box of the level its levelness
+   arg-max names (level 0: no box).
+3. M(x, y, j) = IoU(B(x, y), B_j) * P_sem(x, y, c_j); instance mask j is M > mask_sigma.
+4. "Conventional fusion" of Panoptic FPN: masks pasted by confidence, a mask dropped when more than
+   overlap_threshold of it is taken already, then semantic stuff on the rest.
+center_threshold is not used by this method.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from panoptic_ros.classes import LabelSet
+from panoptic_ros.fusion.base import Fusion, Heads, RuntimeThresholds
+from panoptic_ros.fusion.core import FUSION_STRIDE, Segments
+from panoptic_ros.fusion.detections import flatten_locations, level_boxes, level_index, select_detections
+from panoptic_ros.fusion.static_ops import block_upsample, pairwise_box_iou, paste_by_confidence
+
+
+class RTPSFusion(Fusion):
+    def __init__(self, label_set: LabelSet, strides: tuple[int, ...], max_instances: int = 100) -> None:
+        super().__init__(label_set, num_candidates=max_instances, max_instances=max_instances)
+        self.strides = tuple(strides)
+
+    @classmethod
+    def for_network(cls, network: nn.Module, max_instances: int, nms_kernel: int) -> RTPSFusion:
+        return cls(network.label_set, network.strides, max_instances)
+
+    def segments(self, network: nn.Module, heads: Heads, thresholds: RuntimeThresholds) -> Segments:
+        semantic = heads["semantic"][0]
+        h, w = semantic.shape[-2:]
+        image_size = (h * FUSION_STRIDE, w * FUSION_STRIDE)
+
+        # 1. Query boxes.
+        per_level = level_boxes(heads["box_reg"], self.strides, image_size)
+        boxes = torch.cat(per_level, dim=0)
+        class_prob = torch.sigmoid(flatten_locations(heads["box_cls"]))
+        centerness = torch.sigmoid(flatten_locations(heads["centerness"]))[:, 0]
+        levels = level_index([b.shape[0] for b in per_level], semantic.device)
+        queries = select_detections(boxes, class_prob, class_prob.max(dim=1).values * centerness, levels,
+                                    thresholds.score_threshold, thresholds.nms_iou, self.num_candidates)
+        query_class = self.thing_ids[queries.thing]
+
+        # 2. B(x, y): each cell's box from the level its levelness picks.
+        level = heads["levelness"][0].argmax(dim=0)  # 0 = no instance, l = level l - 1
+        cell_box = torch.zeros(4, h, w, device=semantic.device)
+        for i, (reg, stride) in enumerate(zip(heads["box_reg"], self.strides, strict=True)):
+            grid_boxes = block_upsample(per_level[i].T.reshape(4, *reg.shape[-2:]), stride // FUSION_STRIDE)
+            cell_box = torch.where(level[None] == i + 1, grid_boxes, cell_box)
+        has_box = (level > 0).reshape(1, -1)
+
+        # 3. Masks: IoU with the query box times the probability of the query's class.
+        location = pairwise_box_iou(queries.boxes, cell_box.reshape(4, -1).T)  # (K, cells)
+        probability = torch.softmax(semantic, dim=0).reshape(semantic.shape[0], -1)[query_class]
+        masks = (location * probability > thresholds.mask_sigma) & has_box
+
+        # 4. Panoptic FPN merge.
+        keep, owner = paste_by_confidence(masks, queries.valid, thresholds.overlap_threshold)
+        stuff = self.semantic_labels(semantic.argmax(dim=0))
+        labels = torch.where(owner.reshape(h, w) < self.num_candidates, owner.reshape(h, w), stuff)
+        return Segments(labels, query_class, queries.score, keep)

@@ -1,0 +1,126 @@
+"""Static-shape building blocks shared by the fusions: top-k candidates, box IoU, greedy NMS and
+confidence-ordered pasting, written so that they export to ONNX and build into TensorRT.
+
+Rules every function here keeps: shapes depend only on Python ints (never on tensor values); no
+NonZero, Loop, If or data-dependent Python branching; no ScatterElements/ScatterND with a
+reduction (TensorRT only has those as a plugin); counts are summed as int32 (FP16 would overflow
+at 65504); ArgMax/ArgMin only on float or int32 tensors (TensorRT has no bool ArgMax).
+
+Inherently sequential rules (greedy NMS, pasting masks by confidence) are computed as a fixed
+number of unrolled Jacobi sweeps of the sequential recurrence. Sweep t makes the decisions of the
+first t candidates exact, and in practice decisions depend on chains of at most two or three
+earlier candidates, so a handful of sweeps reproduces the sequential rule; the references in
+panoptic_ros/fusion/reference are the literal sequential versions the tests compare with.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+# Unrolled sweeps of the sequential rules. Each costs one (M, M) mat-vec for NMS and one (K, cells)
+# compare-and-sum for pasting; tests check agreement with the sequential references.
+NMS_SWEEPS = 8
+PASTE_SWEEPS = 6
+
+
+def block_upsample(x: Tensor, stride: int) -> Tensor:
+    """(..., h, w) -> (..., h*stride, w*stride), each cell repeated as a stride x stride block.
+
+    A broadcast add + Reshape rather than Resize: TensorRT resizes only float tensors, and blocks
+    keep per-segment pixel statistics exact multiples of the cell statistics. (A broadcast add,
+    unlike the exported Expand, keeps the shape static for ONNX shape inference.)
+    """
+    *lead, h, w = (int(n) for n in x.shape)
+    blocks = x[..., :, None, :, None] + torch.zeros((stride, 1, stride), dtype=x.dtype, device=x.device)
+    return blocks.reshape(*lead, h * stride, w * stride)
+
+
+def cell_centres(height: int, width: int, stride: int, offset: float, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Pixel coordinates (y (h, 1), x (1, w)) of the cells of a stride-`stride` grid: i * stride + offset."""
+    ys = torch.arange(height, dtype=torch.float32, device=device) * stride + offset
+    xs = torch.arange(width, dtype=torch.float32, device=device) * stride + offset
+    return ys[:, None], xs[None, :]
+
+
+def pairwise_box_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of boxes a (M, 4) and b (N, 4), x1y1x2y2 -> (M, N). Degenerate boxes have IoU 0."""
+    area_a = (a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0)
+    area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
+    left_top = torch.maximum(a[:, None, :2], b[None, :, :2])
+    right_bottom = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    size = (right_bottom - left_top).clamp(min=0)
+    inter = size[..., 0] * size[..., 1]
+    union = area_a[:, None] + area_b[None, :] - inter
+    return inter / union.clamp(min=1e-6)
+
+
+def top_candidates(scores: Tensor, valid: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The k best of `scores` (N,) among `valid` ones, best first: (index, score, valid), each (k,).
+
+    Invalid entries rank below every valid one (scores are expected >= 0 where valid).
+    """
+    keyed = torch.where(valid, scores, torch.full_like(scores, -1.0))
+    top_score, index = torch.topk(keyed, k)
+    # Runtimes order TopK ties differently; order them by index so that all runtimes (and the
+    # references) agree.
+    order = rank_order(top_score, index)
+    index = index[order]
+    return index, top_score[order], valid[index]
+
+
+def rank_order(value: Tensor, index: Tensor) -> Tensor:
+    """Permutation (k,) sorting entries by descending value, ties by ascending index (k x k compares)."""
+    k = value.shape[0]
+    tie = (value[:, None] == value[None, :]) & (index[:, None] < index[None, :])
+    before = (value[:, None] > value[None, :]) | tie
+    rank = before.to(torch.int64).sum(dim=0)  # entries that come before j
+    position = torch.arange(k, device=value.device)
+    return ((rank[None, :] == position[:, None]).to(torch.int64) * position[None, :]).sum(dim=1)
+
+
+def greedy_nms(overlap: Tensor, valid: Tensor, threshold: Tensor, sweeps: int = NMS_SWEEPS) -> Tensor:
+    """Greedy NMS over candidates sorted best first: keep (M,) bool.
+
+    overlap (M, M) is the pairwise IoU (zero between candidates that must not suppress each other,
+    e.g. of different classes). Candidate j is suppressed when a kept candidate i < j overlaps it
+    by more than `threshold`.
+    """
+    m = overlap.shape[0]
+    order = torch.arange(m, device=overlap.device)
+    earlier = order[:, None] < order[None, :]
+    suppresses = ((overlap > threshold) & earlier & valid[:, None]).to(torch.float32)  # [i, j]: i suppresses j
+    keep = valid
+    for _ in range(sweeps):
+        # Counts <= M stay exact in FP16 too.
+        suppressed = torch.matmul(keep.to(torch.float32)[None, :], suppresses)[0] > 0
+        keep = valid & ~suppressed
+    return keep
+
+
+def first_true(mask: Tensor) -> Tensor:
+    """Index of the first True along dim 0 of mask (K, N) -> (N,) int64; K where none."""
+    k = mask.shape[0]
+    as_int = mask.to(torch.int32)
+    first = torch.argmax(as_int, dim=0)
+    return torch.where(as_int.amax(dim=0) > 0, first, torch.full_like(first, k))
+
+
+def paste_by_confidence(masks: Tensor, valid: Tensor, overlap_threshold: Tensor,
+                        sweeps: int = PASTE_SWEEPS) -> tuple[Tensor, Tensor]:
+    """Paste masks (K, N) bool, sorted best first, as Panoptic FPN / LPSNet do: (keep (K,), owner (N,)).
+
+    A mask is dropped when more than `overlap_threshold` of its pixels are already taken by kept
+    masks before it; otherwise it takes its pixels not yet taken. owner[n] is the first kept mask
+    covering pixel n, or K when none does.
+    """
+    k = masks.shape[0]
+    area = masks.to(torch.int32).sum(dim=1, dtype=torch.int32)
+    candidate = valid & (area > 0)
+    rank = torch.arange(k, device=masks.device)[:, None]
+    keep = candidate
+    for _ in range(sweeps):
+        owner = first_true(masks & keep[:, None])
+        taken_before = (masks & (owner[None, :] < rank)).to(torch.int32).sum(dim=1, dtype=torch.int32)
+        keep = candidate & (taken_before.to(torch.float32) <= overlap_threshold * area.to(torch.float32))
+    return keep, first_true(masks & keep[:, None])
