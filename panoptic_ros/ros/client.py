@@ -1,0 +1,233 @@
+"""The other end of a running panoptic_node, in this process: start the node, publish images to it,
+collect what it publishes, change its parameters through its parameter services.
+
+Used by the cross-process tests, the load test / benchmark (`panoptic-ros bench node`) and the
+replay tools. Waiting is always on discovery or on a message arriving, bounded by a timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import SetParametersResult
+from rcl_interfaces.srv import GetParameters, SetParameters
+from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.parameter import Parameter, parameter_value_to_python
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Float64
+
+from panoptic_ros.msg import PanopticClassMap, PanopticInstanceArray
+from panoptic_ros.ros.diagnostics import STAGES, TOTAL, status_values
+
+NODE_NAME = "panoptic_node"
+IMAGE_OUTPUTS = ("id_image", "semantic", "overlay")
+OUTPUT_TYPES = {"id_image": Image, "semantic": Image, "overlay": Image, "instances": PanopticInstanceArray}
+KEEP_PER_TOPIC = 64  # outputs kept per topic for lookup by stamp (bounded: long runs keep no history)
+
+StampKey = tuple[int, int]
+
+
+def stamp_key(msg: Any) -> StampKey:
+    return msg.header.stamp.sec, msg.header.stamp.nanosec
+
+
+def start_node(ros_args: list[str], env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen:
+    """Start panoptic_node in its own process with `--ros-args` followed by `ros_args`."""
+    command = [sys.executable, "-m", "panoptic_ros.ros.node", "--ros-args", *ros_args]
+    return subprocess.Popen(command, env={**os.environ, **(env or {})}, **popen)
+
+
+def stop_node(process: subprocess.Popen, timeout: float = 10.0) -> int:
+    """Ask the node to stop (SIGINT, as Ctrl-C would), kill it if it does not; its exit code."""
+    if process.poll() is None:
+        process.send_signal(2)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+class PanopticClient:
+    """Publishes images to a panoptic_node and collects its outputs for the given cameras."""
+
+    def __init__(self, namespace: str = "", cameras: tuple[str, ...] = ("",), input_type: str = "raw",
+                 outputs: tuple[str, ...] = ("id_image", "semantic", "overlay", "instances"),
+                 latency: bool = False, on_output: Callable[[str, str, Any], None] | None = None) -> None:
+        """`on_output(camera, topic, msg)`, if given, is called for every output as it arrives (spin thread)."""
+        self.context = Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node("panoptic_client", namespace=namespace or "/", context=self.context)
+        self.namespace = namespace
+        self.cameras = cameras
+        self._on_output = on_output
+        self._lock = threading.Condition()
+        self._outputs: dict[tuple[str, str], OrderedDict[StampKey, Any]] = {}
+        self.class_maps: dict[str, list[PanopticClassMap]] = {camera: [] for camera in cameras}
+        self.latencies: dict[tuple[str, str], list[float]] = {}
+        self.diagnostics: list[DiagnosticArray] = []
+        reliable = QoSProfile(depth=10)
+        image_type = CompressedImage if input_type == "compressed" else Image
+        image_topic = "image/compressed" if input_type == "compressed" else "image"
+        self.publishers = {camera: self.node.create_publisher(image_type, _name(camera, image_topic), reliable)
+                           for camera in cameras}
+        self.subscriptions = []
+        for camera in cameras:
+            for topic in outputs:
+                self._outputs[(camera, topic)] = OrderedDict()
+                self.subscriptions.append(self.node.create_subscription(
+                    OUTPUT_TYPES[topic], _name(camera, f"panoptic/{topic}"),
+                    lambda msg, c=camera, t=topic: self._store(c, t, msg), reliable))
+            self.subscriptions.append(self.node.create_subscription(
+                PanopticClassMap, _name(camera, "panoptic/class_map"), lambda msg, c=camera: self._class_map(c, msg),
+                QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                           reliability=ReliabilityPolicy.RELIABLE)))
+            for stage in (*STAGES, TOTAL) if latency else ():
+                self.latencies[(camera, stage)] = []
+                self.node.create_subscription(Float64, _name(camera, f"panoptic/latency/{stage}"),
+                                              lambda msg, c=camera, s=stage: self._latency(c, s, msg), reliable)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._diagnostics, 10)
+        service = f"{namespace.rstrip('/')}/{NODE_NAME}"
+        self._set_client = self.node.create_client(SetParameters, f"{service}/set_parameters")
+        self._get_client = self.node.create_client(GetParameters, f"{service}/get_parameters")
+        self._executor = SingleThreadedExecutor(context=self.context)
+        self._executor.add_node(self.node)
+        self._spinner = threading.Thread(target=self._spin, name="panoptic_client_spin", daemon=True)
+        self._spinner.start()
+
+    def _spin(self) -> None:
+        while self.context.ok():
+            try:
+                self._executor.spin_once(timeout_sec=0.1)
+            except Exception:  # shutting down
+                if self.context.ok():
+                    raise
+                return
+
+    # ---- receiving --------------------------------------------------------------------------
+
+    def _store(self, camera: str, topic: str, msg: Any) -> None:
+        with self._lock:
+            kept = self._outputs[(camera, topic)]
+            kept[stamp_key(msg)] = msg
+            while len(kept) > KEEP_PER_TOPIC:
+                kept.popitem(last=False)
+            self._lock.notify_all()
+        if self._on_output:
+            self._on_output(camera, topic, msg)
+
+    def _class_map(self, camera: str, msg: PanopticClassMap) -> None:
+        with self._lock:
+            self.class_maps[camera].append(msg)
+            self._lock.notify_all()
+
+    def _latency(self, camera: str, stage: str, msg: Float64) -> None:
+        with self._lock:
+            self.latencies[(camera, stage)].append(msg.data)
+
+    def _diagnostics(self, msg: DiagnosticArray) -> None:
+        with self._lock:
+            self.diagnostics.append(msg)
+            del self.diagnostics[:-20]
+            self._lock.notify_all()
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+        """Wait until predicate() (evaluated under the lock, re-checked on every arrival) is truthy; its value."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while not (value := predicate()):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+                self._lock.wait(min(remaining, 0.1))
+            return value
+
+    def outputs(self, camera: str, stamp: StampKey, topics: tuple[str, ...], timeout: float = 20.0) -> dict[str, Any]:
+        """The outputs on `topics` for the frame with `stamp`, waiting until all have arrived."""
+        def ready():
+            found = {t: self._outputs[(camera, t)].get(stamp) for t in topics}
+            return found if all(m is not None for m in found.values()) else None
+        return self.wait_for(ready, timeout, f"{', '.join(topics)} of frame {stamp} on camera {camera or 'image'}")
+
+    def latest(self, camera: str, topic: str) -> Any | None:
+        with self._lock:
+            kept = self._outputs[(camera, topic)]
+            return next(reversed(kept.values())) if kept else None
+
+    def camera_status(self, camera: str, predicate: Callable[[dict[str, str]], bool] = lambda v: True,
+                      timeout: float = 20.0) -> dict[str, str]:
+        """Key/values of the newest /diagnostics status of `camera` that satisfies `predicate`."""
+        suffix = f": {camera or 'image'}"
+
+        def find():
+            for array in reversed(self.diagnostics):
+                for status in array.status:
+                    if status.name.startswith(NODE_NAME) and status.name.endswith(suffix):
+                        level = status.level if isinstance(status.level, int) else ord(status.level)
+                        values = {**status_values(status), "level": level, "message": status.message}
+                        return values if predicate(values) else None
+            return None
+        return self.wait_for(find, timeout, f"a matching /diagnostics status of camera {camera or 'image'}")
+
+    # ---- sending ----------------------------------------------------------------------------
+
+    def wait_for_node(self, timeout: float = 30.0) -> None:
+        """Wait until the node's subscription and every output have matched, and its parameter services answer."""
+        deadline = time.monotonic() + timeout
+
+        def matched() -> bool:
+            return (all(p.get_subscription_count() > 0 for p in self.publishers.values())
+                    and all(s.get_publisher_count() > 0 for s in self.subscriptions))
+        while not matched():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"panoptic_node did not appear within {timeout:.0f} s")
+            time.sleep(0.05)
+        for client in (self._set_client, self._get_client):
+            if not client.wait_for_service(timeout_sec=max(0.1, deadline - time.monotonic())):
+                raise TimeoutError(f"parameter service {client.service_name} did not appear within {timeout:.0f} s")
+
+    def publish(self, camera: str, msg: Image | CompressedImage) -> None:
+        self.publishers[camera].publish(msg)
+
+    # ---- parameters -------------------------------------------------------------------------
+
+    def set_parameters(self, values: dict[str, Any], timeout: float = 10.0) -> list[SetParametersResult]:
+        """Set parameters of the node (one result per parameter, in order)."""
+        request = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()
+                                                    for name, value in values.items()])
+        return self._call(self._set_client, request, timeout).results
+
+    def get_parameters(self, names: list[str], timeout: float = 10.0) -> dict[str, Any]:
+        response = self._call(self._get_client, GetParameters.Request(names=names), timeout)
+        return {name: parameter_value_to_python(value) for name, value in zip(names, response.values, strict=True)}
+
+    def _call(self, client, request, timeout: float):
+        future = client.call_async(request)
+        deadline = time.monotonic() + timeout
+        while not future.done():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no answer from {client.service_name} within {timeout:.0f} s")
+            time.sleep(0.01)
+        return future.result()
+
+    def close(self) -> None:
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+        self._spinner.join(timeout=5.0)
+
+
+def _name(camera: str, topic: str) -> str:
+    return f"{camera}/{topic}" if camera else topic
+

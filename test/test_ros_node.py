@@ -1,0 +1,313 @@
+"""panoptic_node across processes, with real rclpy and a real exported pipeline.
+
+One node process serves most tests (started once for the module); this process publishes images,
+receives every output, and changes the node's parameters through its parameter services. A second
+node process covers the params-file start, compressed input and two cameras.
+
+The model is a tiny untrained Panoptic SwiftNet exported to ONNX (seeded). Its car and person
+semantic logits are set to track those of two stuff classes, so that thing instances appear in
+its output; everything else about it is the real network and fusion.
+"""
+
+import array
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from sensor_msgs.msg import CompressedImage, Image
+
+from panoptic_ros.classes import SYNTHETIC, VOID_CLASS, VOID_ID
+from panoptic_ros.ros import parameters as params
+from panoptic_ros.ros.client import PanopticClient, stamp_key, start_node, stop_node
+from panoptic_ros.ros.image_conversion import image_msg_to_array
+
+pytestmark = pytest.mark.timeout(180)
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_HW = (128, 256)
+CAMERA_HW = (256, 512)  # twice the model size: outputs are mapped back exactly
+DIVISOR = 1000
+ALL_OUTPUTS = ("id_image", "semantic", "overlay", "instances")
+MAX_PIXELS = 200_000
+
+
+def export_tiny(model: str, path: Path) -> Path:
+    import torch
+
+    from panoptic_ros.fusion.pipeline import build_pipeline
+    from panoptic_ros.networks import build_network
+    from panoptic_ros.runtime.export import export_onnx
+
+    torch.manual_seed(0)
+    network = build_network(model, SYNTHETIC, width=0.25)
+    if model == "psn":
+        with torch.no_grad():  # car follows building-like logits, person road-like ones (see module doc)
+            weight = network.semantic_head[2].weight
+            weight[SYNTHETIC.names.index("car")] = weight[3] * 1.05
+            weight[SYNTHETIC.names.index("person")] = weight[0] * 1.05
+    return export_onnx(build_pipeline(model, SYNTHETIC, *MODEL_HW, network=network, max_instances=16), path)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    directory = tmp_path_factory.mktemp("models")
+    corrupt = directory / "corrupt.onnx"
+    corrupt.write_bytes(b"this is not an ONNX file")
+    return {"psn": export_tiny("psn", directory / "psn.onnx"), "rtps": export_tiny("rtps", directory / "rtps.onnx"),
+            "corrupt": corrupt}
+
+
+def scene(index: int, hw: tuple[int, int] = CAMERA_HW) -> np.ndarray:
+    """A street-like RGB frame (sky, buildings, road, two cars, a person) with seeded noise."""
+    height, width = hw
+    image = np.zeros((height, width, 3), np.uint8)
+    image[: height // 2] = (70, 130, 180)
+    image[height // 3: height // 2, : width // 3] = (70, 70, 70)
+    image[height // 2:] = (128, 64, 128)
+    image[height * 2 // 5: height * 4 // 5, width // 8: width // 3] = (0, 0, 142)
+    image[height // 2: height * 7 // 8, width // 2: width * 3 // 4] = (0, 0, 142)
+    image[height // 3: height * 3 // 4, width * 5 // 6: width * 7 // 8] = (220, 20, 60)
+    noise = np.random.default_rng(index).integers(0, 30, image.shape)
+    return np.clip(image.astype(int) + noise, 0, 255).astype(np.uint8)
+
+
+def image_msg(index: int, pixels: np.ndarray | None = None, encoding: str = "rgb8") -> Image:
+    pixels = scene(index) if pixels is None else pixels
+    msg = Image(height=pixels.shape[0], width=pixels.shape[1], encoding=encoding,
+                step=pixels.shape[1] * (pixels.shape[2] if pixels.ndim == 3 else 1) * pixels.itemsize,
+                data=array.array("B", pixels.tobytes()))
+    msg.header.frame_id = "camera"
+    msg.header.stamp.sec, msg.header.stamp.nanosec = 1000 + index, 500
+    return msg
+
+
+def request(client: PanopticClient, msg, topics=ALL_OUTPUTS, camera: str = "", timeout: float = 30.0) -> dict:
+    """Publish `msg` until all `topics` for its stamp came back (input is best effort: a send may be lost,
+    and right after start the node may not have seen our subscriptions yet)."""
+    deadline_rounds = int(timeout / 2)
+    for _ in range(deadline_rounds):
+        client.publish(camera, msg)
+        try:
+            return client.outputs(camera, stamp_key(msg), topics, timeout=2.0)
+        except TimeoutError:
+            continue
+    raise TimeoutError(f"no {topics} for frame {stamp_key(msg)} within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def node(models, tmp_path_factory):
+    log = (tmp_path_factory.mktemp("node") / "node.log").open("w")
+    namespace = "/pn_main"
+    # Reliable input here, so that no test frame is lost; the second node below runs the default best effort.
+    process = start_node(["-r", f"__ns:={namespace}", "-p", f"model:={models['psn']}", "-p",
+                          "diagnostics_period:=0.2", "-p", f"max_pixels:={MAX_PIXELS}", "-p", "input_qos:=DEFAULT"],
+                         stdout=log, stderr=subprocess.STDOUT)
+    client = PanopticClient(namespace, latency=True)
+    try:
+        client.wait_for_node(timeout=60)
+        yield client
+    finally:
+        client.close()
+        code = stop_node(process)
+        log.close()
+    assert code == 0, f"node exited with {code}; log:\n{Path(log.name).read_text()}"
+
+
+def thing_ids(msg) -> list[int]:
+    return [s.id for s in msg.segments if s.is_thing]
+
+
+def test_every_output_arrives_for_the_frame_and_all_agree(node):
+    msg = image_msg(1)
+    out = request(node, msg)
+    for topic, received in out.items():
+        assert received.header == msg.header, topic
+    ids, semantic, overlay = (image_msg_to_array(out[t]) for t in ("id_image", "semantic", "overlay"))
+    assert (out["id_image"].encoding, out["semantic"].encoding, out["overlay"].encoding) == ("32SC1", "mono8", "rgb8")
+    assert ids.shape == semantic.shape == overlay.shape[:2] == CAMERA_HW
+
+    # The semantic image is the class part of the id image.
+    np.testing.assert_array_equal(semantic, np.where(ids >= 0, ids // DIVISOR, VOID_CLASS))
+
+    # The instance array lists exactly the segments of the id image, measured in camera pixels.
+    instances = out["instances"]
+    assert (instances.width, instances.height, instances.label_divisor, instances.model_name) == (512, 256, DIVISOR,
+                                                                                                 "psn")
+    assert sorted(s.id for s in instances.segments) == sorted(int(i) for i in np.unique(ids) if i != VOID_ID)
+    assert thing_ids(instances) and len(thing_ids(instances)) < len(instances.segments), "want things and stuff"
+    for segment in instances.segments:
+        ys, xs = np.nonzero(ids == segment.id)
+        assert segment.class_id == segment.id // DIVISOR
+        assert segment.class_name == SYNTHETIC.names[segment.class_id]
+        assert segment.is_thing == SYNTHETIC.thing[segment.class_id]
+        assert segment.area == len(xs)
+        box = segment.bbox
+        assert (box.x_offset, box.y_offset, box.x_offset + box.width - 1, box.y_offset + box.height - 1) == (
+            xs.min(), ys.min(), xs.max(), ys.max())
+        assert segment.centroid_x == pytest.approx(xs.mean(), abs=1e-3)
+        assert segment.centroid_y == pytest.approx(ys.mean(), abs=1e-3)
+        assert 0.0 < segment.score <= 1.0
+
+    # The overlay blends class colors onto the source image; void pixels show the image itself.
+    source = scene(1)
+    void = ids == VOID_ID
+    np.testing.assert_array_equal(overlay[void], source[void])
+    road = semantic == SYNTHETIC.names.index("road")
+    if road.any():
+        expected = (source[road].astype(int) + np.array(SYNTHETIC.colors[0])) / 2
+        assert np.abs(overlay[road] - expected).max() <= 1
+
+
+def test_latency_topics_and_class_map(node):
+    request(node, image_msg(2))
+    for stage in ("convert", "resize", "inference", "publish", "total"):
+        values = node.wait_for(lambda s=stage: node.latencies[("", s)], 10, f"latency/{stage}")
+        assert all(v >= 0 for v in values)
+    class_map = node.wait_for(lambda: node.class_maps[""], 10, "class_map")[-1]
+    assert class_map.model_name == "psn" and class_map.label_divisor == DIVISOR
+    assert [c.name for c in class_map.classes] == list(SYNTHETIC.names)
+
+
+def test_diagnostics_report_rate_stages_counters_and_backend(node):
+    request(node, image_msg(3))
+    status = node.camera_status("", lambda v: int(v["processed"]) > 0)
+    for stage in ("convert", "resize", "inference", "publish", "total"):
+        assert float(status[f"latency_{stage}_ms"]) >= 0.0
+    assert (status["backend"], status["model"], status["input_hw"]) == ("onnxruntime", "psn", "128x256")
+    assert status["model_path"].endswith("psn.onnx") and status["model_state"] == "ok"
+    for counter in ("received", "dropped", "rejected", "failed"):
+        assert int(status[counter]) >= 0
+    assert int(status["received"]) >= int(status["processed"])
+
+
+def test_thresholds_change_at_runtime_and_apply_to_the_next_frame(node):
+    defaults = {name: params.SPECS[name].default for name in ("center_threshold", "score_threshold",
+                                                                "min_stuff_area")}
+    try:
+        results = node.set_parameters({"center_threshold": 1.0, "score_threshold": 1.0, "min_stuff_area": 1e7})
+        assert all(r.successful for r in results), [r.reason for r in results]
+        out = request(node, image_msg(10))
+        assert out["instances"].segments == []
+        assert (image_msg_to_array(out["id_image"]) == VOID_ID).all()
+        assert (image_msg_to_array(out["semantic"]) == VOID_CLASS).all()
+
+        counts = {}
+        for index, center in enumerate((0.0, 0.2)):
+            assert node.set_parameters({**defaults, "center_threshold": center})[0].successful
+            things = [s for s in request(node, image_msg(11 + index))["instances"].segments if s.is_thing]
+            assert all(s.score >= center for s in things)
+            counts[center] = len(things)
+        assert counts[0.0] > counts[0.2], counts
+    finally:
+        node.set_parameters(defaults)
+
+
+@pytest.mark.parametrize(("values", "reason"), [
+    ({"nms_iou": 1.5}, "nms_iou"),
+    ({"score_threshold": "high"}, "Wrong parameter type"),  # rclpy's own check (typed parameters)
+    ({"backend": "openvino"}, "backend must be one of onnxruntime, torch, tensorrt, got 'openvino'"),
+    ({"label_divisor": 10}, "label_divisor must be greater than max_instances (16), got 10"),
+    ({"model": "/nonexistent/model.onnx"}, "model: no such file: /nonexistent/model.onnx"),
+    ({"model": "no_such_shipped_model"}, "no file no_such_shipped_model.onnx"),
+    ({"input_type": "compressed"}, "read-only"),
+])
+def test_bad_parameters_are_refused_with_a_reason(node, values, reason):
+    name = next(iter(values))
+    before = node.get_parameters([name])
+    (result,) = node.set_parameters(values)
+    assert not result.successful
+    assert reason in result.reason
+    assert node.get_parameters([name]) == before
+
+
+def test_malformed_images_are_rejected_counted_and_the_node_keeps_serving(node):
+    good = image_msg(20)
+    request(node, good)
+    before = int(node.camera_status("")["rejected"])
+    wrong_step = image_msg(21)
+    wrong_step.step -= 3
+    truncated = image_msg(22)
+    truncated.data = truncated.data[:-512]
+    unknown = image_msg(23)
+    unknown.encoding = "hsv8"
+    empty = Image(encoding="rgb8")
+    enormous = image_msg(24, np.zeros((500, 500), np.uint8), "mono8")  # 250k pixels > max_pixels
+    for bad in (wrong_step, truncated, unknown, empty, enormous):
+        node.publish("", bad)
+    status = node.camera_status("", lambda v: int(v["rejected"]) >= before + 5)
+    assert int(status["rejected"]) == before + 5
+    assert "exceeds max_pixels" in status["last_problem"] or "rejected" in status["last_problem"]
+    out = request(node, image_msg(25))
+    assert out["instances"].segments, "the node must keep serving good frames"
+
+
+def test_model_switch_at_runtime_and_back(node, models):
+    try:
+        (result,) = node.set_parameters({"model": str(models["rtps"])})
+        assert result.successful
+        node.wait_for(lambda: any(m.model_name == "rtps" for m in node.class_maps[""]), 30, "rtps class map")
+        for index in range(30, 60):  # frames in flight during the swap may still come from psn
+            if request(node, image_msg(index))["instances"].model_name == "rtps":
+                break
+        else:
+            pytest.fail("outputs never came from the new model")
+        status = node.camera_status("", lambda v: v["model"] == "rtps")
+        assert status["model_state"] == "ok"
+    finally:
+        node.set_parameters({"model": str(models["psn"])})
+        node.wait_for(lambda: node.class_maps[""][-1].model_name == "psn", 30, "psn class map")
+
+
+def test_failing_model_switch_keeps_the_running_model(node, models):
+    (result,) = node.set_parameters({"model": str(models["corrupt"])})
+    assert result.successful  # the file exists; loading it is what fails
+    status = node.camera_status("", lambda v: v["model_state"].startswith("failed"))
+    assert "corrupt.onnx" in status["model_state"] and status["model"] == "psn"
+    assert status["level"] == 1  # WARN
+    node.wait_for(lambda: node.get_parameters(["model"])["model"] == str(models["psn"]), 20,
+                  "model parameter set back to the running model")
+    assert request(node, image_msg(70))["instances"].model_name == "psn"
+
+
+def png_msg(index: int) -> CompressedImage:
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(scene(index), cv2.COLOR_RGB2BGR))
+    msg = CompressedImage(format="png", data=array.array("B", encoded.tobytes()))
+    msg.header.frame_id = "camera"
+    msg.header.stamp.sec = 2000 + index
+    return msg
+
+
+def test_params_file_start_with_two_compressed_cameras_sharing_one_model(models, tmp_path):
+    cameras_file = tmp_path / "cameras.yaml"
+    cameras_file.write_text(f"/**:\n  ros__parameters:\n    cameras: [front, rear]\n    input_type: compressed\n"
+                            f"    model: {models['psn']}\n    diagnostics_period: 0.2\n")
+    namespace = "/pn_multi"
+    process = start_node(["-r", f"__ns:={namespace}", "--params-file", str(REPO / "config" / "cpu.yaml"),
+                          "--params-file", str(cameras_file)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    client = PanopticClient(namespace, cameras=("front", "rear"), input_type="compressed",
+                            outputs=("id_image", "instances"))
+    try:
+        client.wait_for_node(timeout=60)
+        # cpu.yaml's values apply where the second file does not override them.
+        assert client.get_parameters(["backend", "device", "input_qos", "input_type"]) == {
+            "backend": "onnxruntime", "device": "cpu", "input_qos": "SENSOR_DATA", "input_type": "compressed"}
+        outputs = {camera: request(client, png_msg(i), ("id_image", "instances"), camera)
+                   for i, camera in enumerate(("front", "rear"))}
+        for camera, out in outputs.items():
+            assert out["instances"].header.stamp.sec == 2000 + ("front", "rear").index(camera)
+            assert image_msg_to_array(out["id_image"]).shape == CAMERA_HW
+        statuses = [client.camera_status(camera, lambda v: int(v["processed"]) > 0) for camera in ("front", "rear")]
+        assert {s["model_path"] for s in statuses} == {str(models["psn"])}
+    finally:
+        client.close()
+        stop_node(process)
+
+
+def test_node_refuses_to_start_without_a_loadable_model():
+    out = subprocess.run([sys.executable, "-m", "panoptic_ros.ros.node", "--ros-args", "-p",
+                          "model:=/nonexistent/model.onnx"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "cannot start: model: no such file: /nonexistent/model.onnx" in out.stdout + out.stderr
