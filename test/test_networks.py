@@ -27,6 +27,7 @@ from panoptic_ros.networks.box_coding import (
     retinanet_anchors,
 )
 from panoptic_ros.networks.checkpoint import load_network, save_checkpoint
+from panoptic_ros.networks.complexity import network_complexity
 from panoptic_ros.networks.fpsnet import flatten_anchor_predictions
 from panoptic_ros.networks.layers import ConcatUpsampledConv1x1
 
@@ -199,10 +200,14 @@ def test_full_width_network_outputs_at_512x1024(name):
     assert _shapes(outputs) == expected_shapes(name, 2, 512, 1024, 19, 8, net)
 
 
-def test_psn_full_width_size_is_in_the_papers_ballpark():
-    with torch.device("meta"):
-        net = build_network("psn", CITYSCAPES)
-    assert 12e6 < sum(p.numel() for p in net.parameters()) < 15e6
+def test_complexity_of_full_width_models():
+    psn = network_complexity("psn")
+    assert 12e6 < psn["parameters"] < 15e6  # ResNet-18 11.2 M + 256-channel upsampling path
+    assert 300 < psn["gflops"] < 500
+    spinet = network_complexity("spinet")
+    assert spinet["inference_parameters"] < spinet["parameters"]  # contour head and triplet FC are training-only
+    with_head = network_complexity("fpsnet")["gflops"]
+    assert with_head > network_complexity("fpsnet", image_hw=(512, 1024))["gflops"] * 3.5
 
 
 def test_input_size_is_checked():
