@@ -104,3 +104,16 @@ def test_eval_reports_missing_predictions_and_files_clearly(folders, tmp_path, c
     assert "no prediction for 2 of 12 ground-truth images" in capsys.readouterr().err
     assert cli.main(["eval", "--gt-json", str(tmp_path / "nope.json"), "--pred-json", str(paths["pred_json"])]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_bench_eval_runs_on_a_small_frame(capsys):
+    import argparse
+
+    from panoptic_ros.evaluation import bench
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    assert bench.run(parser.parse_args(["--height", "96", "--width", "160", "--instances", "6", "--repeats", "2"])) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["frame"] == "96x160" and report["add"]["median_ms"] > 0 and report["add_id_maps"]["median_ms"] > 0
+    assert 0 < report["pq"] <= 100

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from panoptic_ros.classes import SYNTHETIC
-from panoptic_ros.data.formats import PanopticAnnotation, Segment
+from panoptic_ros.data.formats import PanopticAnnotation, Segment, from_id_map
 from panoptic_ros.evaluation.pq import Category, PQAccumulator, categories_from_coco
 
 # COCO-like categories with gaps in the ids; 2 and 9 are things.
@@ -475,3 +475,45 @@ def test_categories_from_coco_and_label_set():
     assert [c.isthing for c in accumulator.categories] == list(SYNTHETIC.thing)
     with pytest.raises(ValueError, match="lacks 'isthing'"):
         categories_from_coco([{"id": 1, "name": "road"}])
+
+
+# --------------------------------------------------------------------------------------------
+# The pipeline's id maps (class * divisor + instance, -1 void)
+
+
+def random_id_map(rng: np.random.Generator, divisor: int, height: int = 48, width: int = 64) -> np.ndarray:
+    """SYNTHETIC classes: stuff regions, thing instances (instance 0 = crowd) and void blocks."""
+    classes = np.kron(rng.integers(0, SYNTHETIC.num_classes, size=(height // 8, width // 8)), np.ones((8, 8), int))
+    instances = np.kron(rng.integers(0, 4, size=(height // 4, width // 4)), np.ones((4, 4), int))
+    thing = np.asarray(SYNTHETIC.thing)[classes]
+    panoptic = classes * divisor + np.where(thing, instances, 0)
+    panoptic[rng.random((height, width)) < 0.05] = -1
+    return panoptic.astype(np.int32)
+
+
+@pytest.mark.parametrize("divisor", [1000, 1 << 16])
+def test_add_id_maps_equals_add_of_from_id_map(rng, divisor):
+    fast, slow = PQAccumulator.from_label_set(SYNTHETIC), PQAccumulator.from_label_set(SYNTHETIC)
+    for _ in range(6):
+        gt = random_id_map(rng, divisor)
+        repainted = np.kron(rng.random((6, 8)) < 0.3, np.ones((8, 8), bool))
+        pred = np.where(repainted, random_id_map(rng, divisor), gt)
+        fast.add_id_maps(gt, pred, divisor)
+        slow.add(from_id_map(gt, divisor, SYNTHETIC), from_id_map(pred, divisor, SYNTHETIC))
+    assert fast.tp.sum() > 5 and fast.fp.sum() > 5
+    np.testing.assert_array_equal(fast.confusion, slow.confusion)
+    assert _same(fast.result(), slow.result())
+
+
+def test_add_id_maps_rejects_bad_maps(rng):
+    accumulator = PQAccumulator.from_label_set(SYNTHETIC)
+    good = random_id_map(rng, 1000)
+    with pytest.raises(ValueError, match=r"classes \[9\], which are not evaluated"):
+        accumulator.add_id_maps(good, np.full_like(good, 9001), 1000)
+    with pytest.raises(ValueError, match=">= -1"):
+        accumulator.add_id_maps(np.full_like(good, -2), good, 1000)
+    with pytest.raises(ValueError, match="same size"):
+        accumulator.add_id_maps(good, good[:-1], 1000)
+    with pytest.raises(ValueError, match="label_divisor"):
+        accumulator.add_id_maps(good, good, 0)
+    assert accumulator.num_frames == 0

@@ -146,6 +146,7 @@ class _SegmentTable:
     """A frame's segments as arrays, in listing order."""
 
     ids: np.ndarray  # int64 (S,)
+    category_id: np.ndarray  # int64 (S,) dataset category id
     category: np.ndarray  # intp (S,) category index, -1 when the category is not evaluated
     crowd: np.ndarray  # bool (S,)
 
@@ -153,8 +154,9 @@ class _SegmentTable:
 class PQAccumulator:
     """Accumulates PQ counts and the semantic confusion matrix over frames.
 
-    `add(gt, pred)` per frame pair (PanopticAnnotation, ids 0 = void); `merge(other)` combines two
-    accumulators over the same categories; `result()` gives the metrics so far.
+    `add(gt, pred)` per frame pair (PanopticAnnotation, ids 0 = void), or `add_id_maps` for the
+    pipeline's id maps; `merge(other)` combines two accumulators over the same categories; `result()`
+    gives the metrics so far.
     """
 
     def __init__(self, categories: Sequence[Category]) -> None:
@@ -189,22 +191,22 @@ class PQAccumulator:
     def add_maps(self, gt_ids: np.ndarray, gt_segments: Mapping[int, Segment],
                  pred_ids: np.ndarray, pred_segments: Mapping[int, Segment]) -> None:
         """Add one frame given as id maps (H, W) (0 = void) and their segments by id, in listing order."""
-        gt_ids, pred_ids = np.asarray(gt_ids), np.asarray(pred_ids)
-        for name, ids in (("ground truth", gt_ids), ("prediction", pred_ids)):
-            if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
-                raise ValueError(f"{name}: expected an integer id map (H, W), got {ids.dtype} {ids.shape}")
-        if gt_ids.shape != pred_ids.shape:
-            raise ValueError(f"ground truth is {gt_ids.shape[0]}x{gt_ids.shape[1]} but the prediction is "
-                             f"{pred_ids.shape[0]}x{pred_ids.shape[1]}; they must have the same size")
-        gt = self._table(gt_segments, "ground truth")
-        pred = self._table(pred_segments, "prediction")
-        unknown = [int(s.category_id) for s, c in zip(pred_segments.values(), pred.category, strict=True) if c < 0]
-        if unknown:
-            raise ValueError(f"prediction has segments of categories {sorted(set(unknown))}, which are not "
-                             f"evaluated (known: {sorted(self._index)})")
-        counts = _joint_histogram(gt_ids, gt.ids, pred_ids, pred.ids)
-        self._add_counts(counts, gt, pred)
-        self.num_frames += 1
+        gt_ids, pred_ids = _id_map(gt_ids, "ground truth"), _id_map(pred_ids, "prediction")
+        self._add_frame(gt_ids, self._table(gt_segments, "ground truth"),
+                        pred_ids, self._table(pred_segments, "prediction"))
+
+    def add_id_maps(self, gt_panoptic: np.ndarray, pred_panoptic: np.ndarray, label_divisor: int) -> None:
+        """Add one frame pair in the pipeline's layout: id = class * label_divisor + instance, -1 void, the
+        classes being this accumulator's category ids (train ids). Thing pixels with instance 0 are crowd.
+
+        Same numbers as `add(from_id_map(gt), from_id_map(pred))`, without computing segment boxes
+        (several times faster on large frames).
+        """
+        if label_divisor <= 0:
+            raise ValueError(f"label_divisor must be positive, got {label_divisor}")
+        gt_ids, gt = self._pipeline_table(gt_panoptic, label_divisor, "ground truth")
+        pred_ids, pred = self._pipeline_table(pred_panoptic, label_divisor, "prediction")
+        self._add_frame(gt_ids, gt, pred_ids, pred)
 
     def merge(self, other: PQAccumulator) -> PQAccumulator:
         """Add another accumulator's counts (same categories) to this one; returns self."""
@@ -247,6 +249,36 @@ class PQAccumulator:
         return PQResult(per_class=per_class, all=average(np.ones_like(thing)), things=average(thing),
                         stuff=average(~thing), miou=miou, num_frames=self.num_frames)
 
+    def _add_frame(self, gt_ids: np.ndarray, gt: _SegmentTable, pred_ids: np.ndarray, pred: _SegmentTable) -> None:
+        if gt_ids.shape != pred_ids.shape:
+            raise ValueError(f"ground truth is {gt_ids.shape[0]}x{gt_ids.shape[1]} but the prediction is "
+                             f"{pred_ids.shape[0]}x{pred_ids.shape[1]}; they must have the same size")
+        unknown = np.unique(pred.category_id[pred.category < 0])
+        if unknown.size:
+            raise ValueError(f"prediction has segments of categories {unknown.tolist()}, which are not "
+                             f"evaluated (known: {sorted(self._index)})")
+        counts = _joint_histogram(gt_ids, gt.ids, pred_ids, pred.ids)
+        self._add_counts(counts, gt, pred)
+        self.num_frames += 1
+
+    def _pipeline_table(self, panoptic: np.ndarray, label_divisor: int, name: str) -> tuple[np.ndarray, _SegmentTable]:
+        """Segment ids (panoptic id + 1, so 0 is void) and the segment table of a pipeline id map."""
+        ids = _id_map(panoptic, name).astype(np.int64) + 1
+        if ids.size and ids.min() < VOID:
+            raise ValueError(f"{name}: panoptic ids must be >= -1 (void), got {ids.min() - 1}")
+        flat = ids.ravel()
+        # a presence count is much faster than sorting when ids are small (class * divisor is, typically)
+        present = np.flatnonzero(np.bincount(flat)) if flat.size and flat.max() < (1 << 20) else np.unique(flat)
+        present = present[present != VOID]
+        category_id = (present - 1) // label_divisor
+        category = np.array([self._index.get(int(c), -1) for c in category_id], dtype=np.intp)
+        if (category < 0).any():
+            raise ValueError(f"{name}: panoptic ids of classes {np.unique(category_id[category < 0]).tolist()}, "
+                             f"which are not evaluated (known: {sorted(self._index)}; label_divisor {label_divisor})")
+        isthing = np.array([c.isthing for c in self.categories], dtype=bool)
+        crowd = isthing[category] & ((present - 1) % label_divisor == 0)
+        return ids, _SegmentTable(present.astype(np.int64), category_id, category, crowd)
+
     def _table(self, segments: Mapping[int, Segment], name: str) -> _SegmentTable:
         ids = np.fromiter((int(i) for i in segments), dtype=np.int64, count=len(segments))
         if (ids == VOID).any():
@@ -254,10 +286,11 @@ class PQAccumulator:
         for segment_id, segment in segments.items():
             if int(segment.id) != int(segment_id):
                 raise ValueError(f"{name}: segment listed under id {segment_id} has id {segment.id}")
-        category = np.fromiter((self._index.get(int(s.category_id), -1) for s in segments.values()),
-                               dtype=np.intp, count=len(segments))
+        category_id = np.fromiter((int(s.category_id) for s in segments.values()), dtype=np.int64,
+                                  count=len(segments))
+        category = np.array([self._index.get(int(c), -1) for c in category_id], dtype=np.intp)
         crowd = np.fromiter((bool(s.iscrowd) for s in segments.values()), dtype=bool, count=len(segments))
-        return _SegmentTable(ids, category, crowd)
+        return _SegmentTable(ids, category_id, category, crowd)
 
     def _add_counts(self, counts: np.ndarray, gt: _SegmentTable, pred: _SegmentTable) -> None:
         """Match one frame's segments given its joint histogram (rows: void, GT segments, unlisted GT;
@@ -306,6 +339,13 @@ class PQAccumulator:
         keep = row_class[rows] >= 0
         rows, columns = rows[keep], columns[keep]
         np.add.at(self.confusion, (row_class[rows], column_class[columns]), counts[rows, columns])
+
+
+def _id_map(ids: np.ndarray, name: str) -> np.ndarray:
+    ids = np.asarray(ids)
+    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"{name}: expected an integer id map (H, W), got {ids.dtype} {ids.shape}")
+    return ids
 
 
 def _joint_histogram(gt_ids: np.ndarray, gt_segment_ids: np.ndarray, pred_ids: np.ndarray,
