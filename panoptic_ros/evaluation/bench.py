@@ -48,7 +48,8 @@ def synthetic_pair(height: int, width: int, instances: int, rng: np.random.Gener
     present = set(np.unique(ids).tolist())
     gt = PanopticAnnotation(ids, {i: s for i, s in segments.items() if i in present})
 
-    pred_ids = np.roll(ids, (int(rng.integers(-8, 9)), int(rng.integers(-8, 9))), axis=(0, 1))
+    shift = max(1, height // 128)  # 8 pixels at 1024 rows
+    pred_ids = np.roll(ids, (int(rng.integers(-shift, shift + 1)), int(rng.integers(-shift, shift + 1))), axis=(0, 1))
     for _ in range(10):
         h, w = rng.integers(8, height // 8), rng.integers(8, width // 8)
         y, x = rng.integers(0, height - h), rng.integers(0, width - w)
