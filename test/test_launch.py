@@ -1,0 +1,124 @@
+"""Launch file, parameter files and RViz config refer only to things that exist.
+
+launch_ros cannot be installed here, so the launch file is checked statically (its syntax tree);
+where launch_ros is installed the launch description is also built for real. That the node starts
+with config/cpu.yaml is tested in test_ros_node.py (a real node process).
+"""
+
+import ast
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from panoptic_ros.pipeline_io import Thresholds
+from panoptic_ros.ros import parameters as params
+
+REPO = Path(__file__).resolve().parents[1]
+LAUNCH = REPO / "launch" / "jetson.launch.py"
+REQUIRED_ARGUMENTS = {"camera", "model", "backend", "engine_path", "params_file", "namespace", "use_sim_time", "rviz"}
+ROS_PARAMETERS = {"use_sim_time"}  # declared by every rclpy node
+
+
+@pytest.fixture(scope="module")
+def tree() -> ast.Module:
+    return ast.parse(LAUNCH.read_text(), filename=str(LAUNCH))
+
+
+def _constant_strings(node: ast.AST) -> list[str]:
+    return [n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+
+
+def _assigned(tree: ast.Module, name: str) -> ast.AST:
+    return next(n.value for n in tree.body if isinstance(n, ast.Assign) and any(
+        isinstance(t, ast.Name) and t.id == name for t in n.targets))
+
+
+def _calls(tree: ast.Module, function: str) -> list[ast.Call]:
+    return [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+            and n.func.id == function]
+
+
+def _declared_arguments(tree: ast.Module) -> set[str]:
+    return {element.elts[0].value for element in _assigned(tree, "ARGUMENTS").elts}
+
+
+def test_launch_file_declares_every_required_argument(tree):
+    assert _declared_arguments(tree) == REQUIRED_ARGUMENTS
+    assert "generate_launch_description" in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+
+
+def test_launch_configurations_name_declared_arguments(tree):
+    declared = _declared_arguments(tree)
+    used = {call.args[0].value for call in _calls(tree, "LaunchConfiguration")
+            if isinstance(call.args[0], ast.Constant)}
+    overrides = set(_constant_strings(_assigned(tree, "OVERRIDES")))
+    assert used and used <= declared
+    assert overrides <= declared
+
+
+def test_launch_file_sets_only_parameters_the_node_declares(tree):
+    overrides = set(_constant_strings(_assigned(tree, "OVERRIDES")))
+    literal_keys = {key.value for d in ast.walk(tree) if isinstance(d, ast.Dict) for key in d.keys
+                    if isinstance(key, ast.Constant)}
+    assert overrides <= set(params.PARAMETER_NAMES)
+    assert literal_keys <= set(params.PARAMETER_NAMES) | ROS_PARAMETERS
+
+
+def test_launch_file_starts_executables_and_reads_files_that_exist(tree):
+    executables = [{kw.arg: kw.value.value for kw in call.keywords if kw.arg in ("package", "executable")}
+                   for call in _calls(tree, "Node")]
+    assert {"package": "panoptic_ros", "executable": "panoptic_node"} in executables
+    assert {"package": "rviz2", "executable": "rviz2"} in executables
+    # panoptic_node: the colcon executable (installed from scripts/) and the pip console script.
+    assert (REPO / "scripts" / "panoptic_node").is_file()
+    assert re.search(r"install\(PROGRAMS[^)]*scripts/panoptic_node", (REPO / "CMakeLists.txt").read_text())
+    assert "panoptic_node = panoptic_ros.ros.node:main" in (REPO / "setup.py").read_text()
+    assert callable(importlib.import_module("panoptic_ros.ros.node").main)
+    # Files under the package's share directory: config/..., which CMakeLists installs.
+    for call in _calls(tree, "PathJoinSubstitution"):
+        parts = _constant_strings(call)
+        assert (REPO.joinpath(*parts)).is_file(), parts
+    assert re.search(r"install\(DIRECTORY[^)]*\bconfig\b", (REPO / "CMakeLists.txt").read_text())
+
+
+@pytest.mark.parametrize("name", ["cpu.yaml", "jetson.yaml"])
+def test_parameter_files_set_declared_parameters_with_valid_values(name):
+    document = yaml.safe_load((REPO / "config" / name).read_text())
+    values = document["/**"]["ros__parameters"]
+    assert set(values) <= set(params.PARAMETER_NAMES)
+    for key, value in values.items():
+        spec = params.SPECS[key]
+        assert type(value) is type(spec.default), f"{name}: {key} is {type(value).__name__}, " \
+                                                  f"declared {type(spec.default).__name__}"
+        assert params.check_choice(key, value) is None
+        if spec.bounds is not None:
+            assert spec.bounds[0] <= value <= spec.bounds[1], key
+    Thresholds(**{k: v for k, v in values.items() if k in Thresholds.RANGES})
+
+
+def test_cpu_and_jetson_defaults():
+    cpu = yaml.safe_load((REPO / "config" / "cpu.yaml").read_text())["/**"]["ros__parameters"]
+    jetson = yaml.safe_load((REPO / "config" / "jetson.yaml").read_text())["/**"]["ros__parameters"]
+    assert (cpu["backend"], cpu["device"]) == ("onnxruntime", "cpu")
+    assert (jetson["backend"], jetson["precision"], jetson["device"]) == ("tensorrt", "fp16", "cuda:0")
+
+
+def test_rviz_config_shows_overlay_and_semantic_images():
+    config = yaml.safe_load((REPO / "config" / "panoptic.rviz").read_text())
+    displays = config["Visualization Manager"]["Displays"]
+    images = {d["Topic"]["Value"] for d in displays if d["Class"] == "rviz_default_plugins/Image"}
+    assert images == {"panoptic/overlay", "panoptic/semantic"}
+    assert all(d["Topic"]["Reliability Policy"] == "Reliable" for d in displays)  # matches output_qos DEFAULT
+
+
+@pytest.mark.skipif(importlib.util.find_spec("launch_ros") is None, reason="launch_ros is not installed here")
+def test_launch_description_builds_where_launch_ros_exists():
+    spec = importlib.util.spec_from_file_location("jetson_launch", LAUNCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    description = module.generate_launch_description()
+    names = {entity.name for entity in description.entities if hasattr(entity, "name")}
+    assert names >= REQUIRED_ARGUMENTS
