@@ -221,3 +221,16 @@ def test_tensorrt_engine_matches_onnxruntime(models, image, tmp_path, precision)
     # A second start finds the cached engine (same file, no rebuild) and refuses nothing.
     again = create_backend("tensorrt", onnx_path, precision=precision, cache_dir=tmp_path, allow_build=False)
     assert again.engine_path == backend.engine_path
+
+
+def test_tensorrt_facts_without_tensorrt():
+    from panoptic_ros.runtime.backends.trt_api import compute_capability, major_version, numpy_dtype
+
+    assert [numpy_dtype(n) for n in ("FLOAT", "HALF", "INT32", "UINT8", "BOOL")] == \
+        ["float32", "float16", "int32", "uint8", "bool"]
+    with pytest.raises(ValueError, match="FP8"):
+        numpy_dtype("FP8")
+    assert major_version("8.6.2.3") == 8 and major_version("10.3.0") == 10
+    with pytest.raises(ValueError, match="not a TensorRT version"):
+        major_version("unknown")
+    assert compute_capability(8, 7) == "8.7"
