@@ -16,6 +16,7 @@ from panoptic_ros.runtime.calibration import (
     CalibrationFeeder,
     even_sample,
     fit_to_input,
+    images_from_bag,
     images_from_dir,
     make_calibrator,
 )
@@ -68,6 +69,21 @@ def test_images_from_dir_errors_name_the_folder(tmp_path):
     _, frames = images_from_dir(tmp_path, HW)
     with pytest.raises(ValueError, match="broken.png"):
         next(frames)
+
+
+def test_images_from_bag_reads_the_topic_sampled(tmp_path, rng):
+    from panoptic_ros.data.rosbag_io import BagWriter
+
+    bag = tmp_path / "drive.mcap"
+    with BagWriter(bag) as writer:
+        for i in range(5):
+            writer.write_image("/camera/image_raw", i * 100_000_000, np.full((32, 64, 3), 40 * i, np.uint8))
+    count, frames = images_from_bag(bag, "/camera/image_raw", HW, max_images=3)
+    frames = list(frames)
+    assert count == 3 and [int(f[0, 0, 0]) for f in frames] == [0, 80, 160]
+    assert all(f.shape == (*HW, 3) for f in frames)
+    with pytest.raises(ValueError, match="no images on topic '/other'.*/camera/image_raw"):
+        images_from_bag(bag, "/other", HW)
 
 
 def test_feeder_hands_out_addresses_of_filled_buffers(rng):

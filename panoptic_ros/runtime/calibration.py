@@ -73,13 +73,13 @@ def images_from_dir(directory: str | Path, input_hw: tuple[int, int],
 def images_from_bag(bag: str | Path, topic: str, input_hw: tuple[int, int],
                     max_images: int = DEFAULT_MAX_IMAGES) -> tuple[int, Iterator[np.ndarray]]:
     """(number of frames, lazy iterator of RGB frames of input size) from an image topic of a rosbag."""
-    from panoptic_ros.data.rosbag_io import count_images, read_images
+    from panoptic_ros.data.rosbag_io import list_topics, read_images
 
-    total = count_images(bag, topic)
-    if total == 0:
-        raise ValueError(f"no images on topic {topic!r} in {bag}")
-    wanted = set(even_sample(total, max_images))
-    frames = (fit_to_input(image, input_hw) for i, (_, image) in enumerate(read_images(bag, topic)) if i in wanted)
+    counts = {t.name: t.count for t in list_topics(bag)}
+    if not counts.get(topic):
+        raise ValueError(f"no images on topic {topic!r} in {bag}; its topics: {', '.join(sorted(counts)) or 'none'}")
+    wanted = set(even_sample(counts[topic], max_images))
+    frames = (fit_to_input(frame.pixels, input_hw) for i, frame in enumerate(read_images(bag, topic)) if i in wanted)
     return len(wanted), frames
 
 
