@@ -1,0 +1,224 @@
+"""Each method's static fusion against its literal NumPy reference: hand-made scenes (exactly
+equal, plus the behaviour the paper describes) and random structured scenes (>= 99.9% of pixels)."""
+
+import numpy as np
+import pytest
+from test_fusion_scenes import (
+    ANCHOR_RATIOS,
+    ANCHOR_SIZES,
+    DIVISOR,
+    FCOS_STRIDES,
+    LABEL_SET,
+    AnalyticFPSNetHead,
+    AnalyticSPINetHead,
+    assert_same_result,
+    fpsnet_heads,
+    lpsnet_heads,
+    make_scene,
+    psn_heads,
+    random_scene,
+    rtps_heads,
+    run_fusion,
+    spinet_heads,
+    thing_ids,
+)
+
+from panoptic_ros.data.formats import Segment
+from panoptic_ros.evaluation.pq import PQAccumulator
+from panoptic_ros.fusion.fpsnet import FPSNetFusion
+from panoptic_ros.fusion.lpsnet import LPSNetFusion
+from panoptic_ros.fusion.psn import PSNFusion
+from panoptic_ros.fusion.reference.fpsnet import fpsnet_reference
+from panoptic_ros.fusion.reference.lpsnet import lpsnet_reference
+from panoptic_ros.fusion.reference.psn import psn_reference
+from panoptic_ros.fusion.reference.rtps import rtps_reference
+from panoptic_ros.fusion.reference.spinet import spinet_reference
+from panoptic_ros.fusion.rtps import RTPSFusion
+from panoptic_ros.fusion.spinet import SPINetFusion
+from panoptic_ros.pipeline_io import COL, PanopticResult, Thresholds
+
+K = 12
+PERSON, CAR, BICYCLE = 5, 6, 7
+THRESHOLDS = Thresholds(min_stuff_area=64)
+BANDS = [(4, 31), (2, 63), (0, 127)]  # sky, building, road on a 128 x 256 frame
+
+
+def run_method(method: str, heads: dict, thresholds: Thresholds = THRESHOLDS,
+               k: int = K) -> tuple[PanopticResult, PanopticResult]:
+    """(static graph, reference) results of `method` on the same heads."""
+    if method == "psn":
+        return (run_fusion(PSNFusion(LABEL_SET, k, 7), heads, thresholds),
+                psn_reference(heads, LABEL_SET, thresholds, DIVISOR, k, 7))
+    if method == "rtps":
+        return (run_fusion(RTPSFusion(LABEL_SET, FCOS_STRIDES, k), heads, thresholds),
+                rtps_reference(heads, LABEL_SET, FCOS_STRIDES, thresholds, DIVISOR, k))
+    if method == "lpsnet":
+        return (run_fusion(LPSNetFusion(LABEL_SET, FCOS_STRIDES, k), heads, thresholds),
+                lpsnet_reference(heads, LABEL_SET, FCOS_STRIDES, thresholds, DIVISOR, k))
+    if method == "fpsnet":
+        head = AnalyticFPSNetHead(num_attention=16)
+        fusion = FPSNetFusion(LABEL_SET, FCOS_STRIDES, ANCHOR_SIZES, ANCHOR_RATIOS, 16, 50.0, k)
+        return (run_fusion(fusion, heads, thresholds, head),
+                fpsnet_reference(heads, head, LABEL_SET, FCOS_STRIDES, ANCHOR_SIZES, ANCHOR_RATIOS, thresholds,
+                                 DIVISOR, k))
+    head = AnalyticSPINetHead()
+    return (run_fusion(SPINetFusion(LABEL_SET, k), heads, thresholds, head),
+            spinet_reference(heads, head, LABEL_SET, thresholds, DIVISOR, k))
+
+
+HEADS = {"psn": psn_heads, "rtps": rtps_heads, "lpsnet": lpsnet_heads, "fpsnet": fpsnet_heads,
+         "spinet": spinet_heads}
+
+
+def instance_of(result: PanopticResult, x: int, y: int) -> int:
+    return int(result.panoptic[y, x])
+
+
+# --- hand-made scenes: exactly the reference, and the paper's behaviour ------------------------------
+
+@pytest.mark.parametrize("method", list(HEADS))
+def test_hand_made_street_gives_one_instance_per_object(method):
+    # Cell-aligned objects: two cars side by side (touching), a person, a bicycle partly behind the car.
+    objects = [(CAR, 32, 72, 79, 111), (CAR, 80, 68, 131, 111), (PERSON, 160, 48, 179, 103),
+               (BICYCLE, 200, 80, 231, 111)]
+    scene = make_scene(128, 256, BANDS, objects)
+    graph, reference = run_method(method, HEADS[method](scene, np.random.default_rng(3), noise=0.05))
+    assert_same_result(graph, reference)
+    rows = graph.valid_instances
+    things = rows[[LABEL_SET.thing[int(c)] for c in rows[:, COL["class_id"]]]]
+    assert sorted(things[:, COL["class_id"]].astype(int).tolist()) == [PERSON, CAR, CAR, BICYCLE]
+    # Each object's centre pixel carries a different thing id of the object's class.
+    centres = [instance_of(graph, (x1 + x2) // 2, (y1 + y2) // 2) for _, x1, y1, x2, y2 in objects]
+    assert len(set(centres)) == 4 and [c // DIVISOR for c in centres] == [CAR, CAR, PERSON, BICYCLE]
+    assert instance_of(graph, 5, 5) == 4 * DIVISOR and instance_of(graph, 5, 120) == 0  # sky, road
+
+
+def test_psn_majority_vote_fixes_the_minority_class():
+    scene = make_scene(128, 256, BANDS, [(CAR, 64, 64, 127, 111)])
+    heads = psn_heads(scene, np.random.default_rng(0), noise=0.05)
+    heads["semantic"][0, PERSON, 64:80, 64:127] += 8.0  # a third of the car reads "person"
+    graph, reference = run_method("psn", heads)
+    assert_same_result(graph, reference)
+    assert thing_ids(graph) == [CAR * DIVISOR + 1]
+    assert (graph.semantic[64:112, 64:128] == CAR).all()  # the smoothed semantic map
+
+
+def test_psn_flat_topped_centre_gives_one_instance():
+    scene = make_scene(128, 256, BANDS, [(CAR, 64, 64, 127, 111)])
+    heads = psn_heads(scene, np.random.default_rng(0), noise=0.05)
+    heads["center"][0, 0, 86:90, 94:98] = heads["center"].max()  # a 4 x 4 plateau at the peak
+    graph, reference = run_method("psn", heads)
+    assert_same_result(graph, reference)
+    assert thing_ids(graph) == [CAR * DIVISOR + 1]
+
+
+def test_psn_centre_threshold_and_stuff_area_are_runtime_inputs():
+    scene = make_scene(128, 256, [(4, 3), (0, 127)], [(CAR, 64, 64, 127, 111)])  # a 4-row sky band
+    heads = psn_heads(scene, np.random.default_rng(0), noise=0.05)
+    graph, _ = run_method("psn", heads, Thresholds(center_threshold=0.99, min_stuff_area=4 * 256 + 1))
+    assert thing_ids(graph) == []
+    assert (graph.panoptic[64:112, 64:128] == -1).all()  # thing pixels without a centre are void
+    assert (graph.panoptic[:4] == -1).all()  # the sky band is smaller than min_stuff_area
+
+
+def test_rtps_mask_sigma_decides_which_pixels_join_the_query():
+    scene = make_scene(128, 256, BANDS, [(CAR, 64, 64, 127, 111)])
+    heads = rtps_heads(scene, np.random.default_rng(0), noise=0.05)
+    strict, reference = run_method("rtps", heads, Thresholds(mask_sigma=0.999, min_stuff_area=64))
+    assert_same_result(strict, reference)
+    assert thing_ids(strict) == [] and (strict.panoptic[64:112, 64:128] == -1).all()
+    loose, _ = run_method("rtps", heads, Thresholds(mask_sigma=0.3, min_stuff_area=64))
+    assert thing_ids(loose) == [CAR * DIVISOR + 1]
+
+
+def _stretch_boxes(heads: dict, scene, index: int, right: float, boost: float = 0.0) -> None:
+    """Move the right side of object `index`'s predicted boxes by `right` pixels; add `boost` to its class logits."""
+    for stride, reg, cls in zip(FCOS_STRIDES, heads["box_reg"], heads["box_cls"], strict=True):
+        ys, xs = np.mgrid[0:reg.shape[2], 0:reg.shape[3]] * stride + stride // 2
+        mine = scene.instance[ys, xs] == index
+        reg[0, 2][mine] += right
+        cls[0][:, mine] += boost
+
+
+def test_lpsnet_drops_a_box_whose_mask_is_mostly_taken():
+    # Car A's boxes reach over car B, so A's mask (car pixels inside A's box) covers all of B.
+    scene = make_scene(128, 256, BANDS, [(CAR, 32, 64, 95, 111), (CAR, 96, 64, 159, 111)])
+    heads = lpsnet_heads(scene, np.random.default_rng(1), noise=0.05)
+    _stretch_boxes(heads, scene, 0, right=64.0, boost=2.0)
+    strict, reference = run_method("lpsnet", heads, Thresholds(overlap_threshold=0.3, min_stuff_area=64))
+    assert_same_result(strict, reference)
+    assert thing_ids(strict) == [CAR * DIVISOR + 1]  # B overlapped 100% > 0.3: dropped, A takes all
+    lenient, reference = run_method("lpsnet", heads, Thresholds(overlap_threshold=1.0, min_stuff_area=64))
+    assert_same_result(lenient, reference)
+    assert len(thing_ids(lenient)) == 2
+
+
+def test_lpsnet_overlapping_boxes_of_one_class_are_split_by_borderness():
+    # A (scored higher) predicts boxes 48 px too wide, into B: the overlap goes to B, whose computed
+    # border-ness there matches the predicted one, not to the more confident A.
+    scene = make_scene(128, 256, BANDS, [(CAR, 32, 64, 111, 111), (CAR, 112, 64, 191, 111)])
+    heads = lpsnet_heads(scene, np.random.default_rng(2), noise=0.05)
+    _stretch_boxes(heads, scene, 0, right=48.0, boost=2.0)
+    graph, reference = run_method("lpsnet", heads, Thresholds(overlap_threshold=0.7, min_stuff_area=64))
+    assert_same_result(graph, reference)
+    a, b = instance_of(graph, 60, 90), instance_of(graph, 180, 90)
+    assert a == CAR * DIVISOR + 1 and b == CAR * DIVISOR + 2
+    assert instance_of(graph, 108, 90) == a and instance_of(graph, 124, 90) == instance_of(graph, 150, 90) == b
+
+
+def test_fpsnet_takes_the_class_from_the_box_and_at_most_k_boxes():
+    objects = [(CAR, 32, 64, 79, 111), (PERSON, 120, 40, 143, 103), (BICYCLE, 200, 72, 239, 111)]
+    scene = make_scene(128, 256, BANDS, objects)
+    heads = fpsnet_heads(scene, np.random.default_rng(0), noise=0.05)
+    graph, reference = run_method("fpsnet", heads, k=2)
+    assert_same_result(graph, reference)
+    assert len(thing_ids(graph)) == 2  # K = 2 attention masks filled, the rest zero
+
+
+def test_spinet_mask_nms_keeps_one_instance_per_object():
+    scene = make_scene(128, 256, BANDS, [(CAR, 32, 64, 95, 111), (PERSON, 160, 40, 183, 111)])
+    heads = spinet_heads(scene, np.random.default_rng(0), noise=0.05)
+    # A second, weaker confidence peak on the car (P2 location (9, 5) is pixel (44, 76)): a duplicate filter.
+    heads["class_logits"][0][0, LABEL_SET.thing_ids.index(CAR), 9, 5] = 2.5
+    graph, reference = run_method("spinet", heads, Thresholds(score_threshold=0.45, min_stuff_area=64))
+    assert_same_result(graph, reference)
+    assert len(thing_ids(graph)) == 2
+    assert instance_of(graph, 60, 90) // DIVISOR == CAR and instance_of(graph, 170, 80) // DIVISOR == PERSON
+
+
+# --- random structured scenes --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", list(HEADS))
+def test_random_scenes_match_the_reference(method):
+    rng = np.random.default_rng(100)
+    for _ in range(4):
+        scene = random_scene(rng, count=8)
+        graph, reference = run_method(method, HEADS[method](scene, rng))
+        assert_same_result(graph, reference, min_agreement=0.999)
+
+
+def _pq_annotation(result: PanopticResult) -> tuple[np.ndarray, dict[int, Segment]]:
+    """Ids shifted by one so that void (-1) is the evaluator's 0."""
+    ids = result.panoptic.astype(np.int64) + 1
+    segments = {int(r[COL["id"]]) + 1: Segment(int(r[COL["id"]]) + 1, int(r[COL["class_id"]]))
+                for r in result.valid_instances}
+    return ids, segments
+
+
+def _ground_truth(scene) -> tuple[np.ndarray, dict[int, Segment]]:
+    ids = np.where(scene.instance >= 0, scene.semantic * DIVISOR + scene.instance + 1, scene.semantic * DIVISOR) + 1
+    return ids, {int(i): Segment(int(i), int((i - 1) // DIVISOR)) for i in np.unique(ids)}
+
+
+def test_lpsnet_sequential_pasting_pq_matches_the_reference_over_50_scenes():
+    rng = np.random.default_rng(7)
+    graph_pq, reference_pq = PQAccumulator.from_label_set(LABEL_SET), PQAccumulator.from_label_set(LABEL_SET)
+    for _ in range(50):
+        scene = random_scene(rng, 128, 128, count=5)
+        graph, reference = run_method("lpsnet", lpsnet_heads(scene, rng), Thresholds(min_stuff_area=16))
+        gt_ids, gt_segments = _ground_truth(scene)
+        graph_pq.add_maps(gt_ids, gt_segments, *_pq_annotation(graph))
+        reference_pq.add_maps(gt_ids, gt_segments, *_pq_annotation(reference))
+    graph_value, reference_value = graph_pq.result().all.pq, reference_pq.result().all.pq
+    assert reference_value > 50  # the scenes are solvable
+    assert abs(graph_value - reference_value) <= 0.5
