@@ -176,6 +176,17 @@ def write_rgb(path: str | Path, rgb: np.ndarray) -> None:
         raise ValueError(f"cannot write image file {path}")
 
 
+def write_gray(path: str | Path, pixels: np.ndarray) -> None:
+    """Write a single-channel uint8 or uint16 (H, W) image as PNG."""
+    pixels = np.asarray(pixels)
+    if pixels.ndim != 2 or pixels.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"expected a uint8 or uint16 (H, W) image, got {pixels.dtype} {pixels.shape}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), pixels):
+        raise ValueError(f"cannot write image file {path}")
+
+
 def read_panoptic_png(path: str | Path) -> np.ndarray:
     """Segment ids (H, W) int32 of an RGB-encoded panoptic PNG."""
     image = read_png(path)
@@ -263,21 +274,24 @@ def read_coco_images(json_path: str | Path) -> list[dict]:
     return _load_json(json_path).get("images", [])
 
 
-def write_coco_panoptic(json_path: str | Path, png_dir: str | Path | None, annotations: Iterable[PanopticAnnotation],
-                        categories: list[dict], images: list[dict] | None = None) -> None:
-    """Write annotations as a COCO panoptic JSON + PNG folder.
+class CocoPanopticWriter:
+    """Write a COCO panoptic JSON + PNG folder one annotation at a time; the JSON is written on close.
 
-    Areas and boxes are computed from the id maps (the PNG is the truth). Without `images`, one image
-    entry per annotation is made from its image_id (default: the file stem), file name and size.
+    Areas and boxes are computed from the id maps (the PNG is the truth).
     """
-    json_path = Path(json_path)
-    png_dir = Path(png_dir) if png_dir is not None else json_path.with_suffix("")
-    png_dir.mkdir(parents=True, exist_ok=True)
-    entries, made_images = [], []
-    for annotation in annotations:
+
+    def __init__(self, json_path: str | Path, png_dir: str | Path | None, categories: list[dict]) -> None:
+        self.json_path = Path(json_path)
+        self.png_dir = Path(png_dir) if png_dir is not None else self.json_path.with_suffix("")
+        self.categories = categories
+        self.entries: list[dict] = []
+        self.images: list[dict] = []
+
+    def add(self, annotation: PanopticAnnotation, image: dict | None = None) -> None:
+        """Write the annotation's PNG and record it; `image` is its "images" entry (default: made from it)."""
         if not annotation.file_name:
             raise ValueError("every annotation needs a file_name (its PNG name) to be written")
-        write_panoptic_png(png_dir / annotation.file_name, annotation.ids)
+        write_panoptic_png(self.png_dir / annotation.file_name, annotation.ids)
         stats = segment_stats(annotation.ids)
         segments = []
         for sid, segment in sorted(annotation.segments.items()):
@@ -286,13 +300,37 @@ def write_coco_panoptic(json_path: str | Path, png_dir: str | Path | None, annot
             area, bbox = stats[sid]
             segments.append(Segment(sid, segment.category_id, segment.iscrowd, area, bbox).to_json())
         image_id = annotation.image_id if annotation.image_id is not None else Path(annotation.file_name).stem
-        entries.append({**annotation.extra, "image_id": image_id, "file_name": annotation.file_name,
-                        "segments_info": segments})
-        made_images.append({"id": image_id, "file_name": annotation.file_name,
-                            "height": annotation.height, "width": annotation.width})
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps({"images": images if images is not None else made_images,
-                                     "annotations": entries, "categories": categories}))
+        self.entries.append({**annotation.extra, "image_id": image_id, "file_name": annotation.file_name,
+                             "segments_info": segments})
+        self.images.append(image if image is not None else {"id": image_id, "file_name": annotation.file_name,
+                                                            "height": annotation.height, "width": annotation.width})
+
+    def close(self) -> None:
+        self.json_path.parent.mkdir(parents=True, exist_ok=True)
+        self.json_path.write_text(json.dumps({"images": self.images, "annotations": self.entries,
+                                              "categories": self.categories}))
+
+    def __enter__(self) -> CocoPanopticWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.close()
+
+
+def write_coco_panoptic(json_path: str | Path, png_dir: str | Path | None, annotations: Iterable[PanopticAnnotation],
+                        categories: list[dict], images: list[dict] | None = None) -> None:
+    """Write annotations as a COCO panoptic JSON + PNG folder (`png_dir` defaults to the JSON's name).
+
+    Without `images`, one image entry per annotation is made from its image_id (default: the file
+    stem), file name and size.
+    """
+    annotations = list(annotations)
+    if images is not None and len(images) != len(annotations):
+        raise ValueError(f"{len(images)} image entries for {len(annotations)} annotations")
+    with CocoPanopticWriter(json_path, png_dir, categories) as writer:
+        for i, annotation in enumerate(annotations):
+            writer.add(annotation, images[i] if images is not None else None)
 
 
 def label_set_categories(label_set: LabelSet) -> list[dict]:
@@ -315,6 +353,17 @@ CITYSCAPES_LABEL_TO_TRAIN: dict[int, int] = {
 }
 # Label ids of classes with instances (things, including caravan and trailer, which are ignored).
 CITYSCAPES_INSTANCE_LABELS = frozenset((24, 25, 26, 27, 28, 29, 30, 31, 32, 33))
+
+
+def cityscapes_panoptic_paths(root: str | Path, split: str) -> tuple[Path, Path]:
+    """(JSON, PNG folder) of a split in Cityscapes' layout: gtFine/cityscapes_panoptic_<split>[.json]."""
+    folder = Path(root) / "gtFine" / f"cityscapes_panoptic_{split}"
+    return folder.with_suffix(".json"), folder
+
+
+def cityscapes_image_path(root: str | Path, split: str, image_file_name: str) -> Path:
+    """leftImg8bit/<split>/<city>/<file>, the city being the file name's first `_` field."""
+    return Path(root) / "leftImg8bit" / split / image_file_name.split("_")[0] / image_file_name
 
 
 def cityscapes_label_lut() -> np.ndarray:
@@ -432,32 +481,53 @@ def to_id_map(annotation: PanopticAnnotation, label_divisor: int,
     if label_divisor <= 0:
         raise ValueError(f"label_divisor must be positive, got {label_divisor}")
     thing_of = _thing_flags(classes)
-    lookup_ids, lookup_values = [0], [VOID_ID]
+    values = {}
     next_instance: dict[int, int] = {}
     for sid in sorted(annotation.segments):
-        segment = annotation.segments[sid]
-        category = segment.category_id
-        if category not in thing_of:
-            raise ValueError(f"segment {sid} has category {category}, not one of the classes "
-                             f"{sorted(thing_of)}; map dataset ids to train ids first")
-        is_thing = thing_of[category]
-        instance = 0
-        if is_thing and not segment.iscrowd:
+        category, instance = _segment_class(annotation.segments[sid], sid, thing_of), 0
+        if thing_of[category] and not annotation.segments[sid].iscrowd:
             instance = next_instance.get(category, 0) + 1
             next_instance[category] = instance
             if instance >= label_divisor:
                 raise ValueError(f"more than {label_divisor - 1} instances of class {category}; "
                                  "use a larger label_divisor")
-        lookup_ids.append(sid)
-        lookup_values.append(category * label_divisor + instance)
-    lookup_ids = np.asarray(lookup_ids, dtype=np.int64)
-    lookup_values = np.asarray(lookup_values, dtype=np.int32)
-    order = np.argsort(lookup_ids)
-    lookup_ids, lookup_values = lookup_ids[order], lookup_values[order]
-    ids = annotation.ids.astype(np.int64)
-    position = np.clip(np.searchsorted(lookup_ids, ids), 0, lookup_ids.size - 1)
-    known = lookup_ids[position] == ids
-    return np.where(known, lookup_values[position], VOID_ID).astype(np.int32)
+        values[sid] = category * label_divisor + instance
+    return _map_segments(annotation.ids, values, VOID_ID).astype(np.int32)
+
+
+def semantic_and_instance(annotation: PanopticAnnotation,
+                          classes: LabelSet | Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Semantic map uint8 (255 void) and instance map int32 of an annotation with train-id categories.
+
+    Instances are numbered 1..N over all thing segments of the image (unique across classes);
+    stuff, crowd and void pixels get 0. This is the training ground truth's form.
+    """
+    thing_of = _thing_flags(classes)
+    classes_of, instances_of = {}, {}
+    for sid in sorted(annotation.segments):
+        segment = annotation.segments[sid]
+        classes_of[sid] = _segment_class(segment, sid, thing_of)
+        if thing_of[segment.category_id] and not segment.iscrowd:
+            instances_of[sid] = len(instances_of) + 1
+    semantic = _map_segments(annotation.ids, classes_of, VOID_CLASS).astype(np.uint8)
+    return semantic, _map_segments(annotation.ids, instances_of, 0).astype(np.int32)
+
+
+def _segment_class(segment: Segment, sid: int, thing_of: dict[int, bool]) -> int:
+    if segment.category_id not in thing_of:
+        raise ValueError(f"segment {sid} has category {segment.category_id}, not one of the classes "
+                         f"{sorted(thing_of)}; map dataset ids to train ids first")
+    return segment.category_id
+
+
+def _map_segments(ids: np.ndarray, values: dict[int, int], default: int) -> np.ndarray:
+    """ids (H, W) mapped through `values` (segment id -> value); ids not in it get `default`."""
+    keys = np.array(sorted(values), dtype=np.int64)
+    if keys.size == 0:
+        return np.full(ids.shape, default, dtype=np.int64)
+    mapped = np.array([values[k] for k in keys.tolist()], dtype=np.int64)
+    position = np.clip(np.searchsorted(keys, ids), 0, keys.size - 1)
+    return np.where(keys[position] == ids, mapped[position], default)
 
 
 def _thing_flags(classes: LabelSet | Sequence[dict]) -> dict[int, bool]:
