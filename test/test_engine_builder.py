@@ -148,6 +148,24 @@ def test_progress_printer_writes_lines_to_a_log():
     assert lines[0].startswith("building [0:00]") and lines[-1].endswith("Parsing 0/1")
 
 
+def test_build_engine_usage_errors(pipeline_onnx, tmp_path, capsys):
+    from panoptic_ros.cli import main
+
+    def error(*args: str) -> str:
+        assert main(["build-engine", "--onnx", str(pipeline_onnx), *args]) == 2
+        return capsys.readouterr().err
+
+    assert "apply to --precision int8 only" in error("--calib-images", str(tmp_path))
+    assert "needs calibration frames" in error("--precision", "int8")
+    assert "needs --calib-topic" in error("--precision", "int8", "--calib-bag", str(tmp_path / "x.mcap"))
+    assert main(["build-engine", "--onnx", str(tmp_path / "none.onnx")]) == 2
+    assert "ONNX model not found" in capsys.readouterr().err
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        assert "TensorRT is not installed" in error("--precision", "fp16")
+
+
 requires_tensorrt_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 

@@ -179,8 +179,9 @@ def running_key(onnx_sha256: str, precision: str, device_index: int) -> EngineKe
     """The key for this machine: the installed TensorRT and the GPU at `device_index`."""
     from panoptic_ros.runtime.backends.trt_api import gpu_identity, import_tensorrt
 
+    version = import_tensorrt().__version__
     gpu_name, capability = gpu_identity(device_index)
-    return EngineKey(onnx_sha256, import_tensorrt().__version__, gpu_name, capability, check_precision(precision))
+    return EngineKey(onnx_sha256, version, gpu_name, capability, check_precision(precision))
 
 
 def timing_cache_path(cache_dir: str | Path, key: EngineKey) -> Path:

@@ -77,6 +77,10 @@ def run_build(args: argparse.Namespace) -> int:
         raise ValueError("--calib-* options apply to --precision int8 only")
     if args.calib_bag and not args.calib_topic:
         raise ValueError("--calib-bag needs --calib-topic (the image topic to calibrate on)")
+    if args.precision == "int8" and not (args.calib_images or args.calib_bag or
+                                         (args.calib_cache and args.calib_cache.is_file())):
+        raise ValueError("--precision int8 needs calibration frames: --calib-images DIR, --calib-bag BAG "
+                         "--calib-topic TOPIC, or an existing --calib-cache FILE")
     device_index = _cuda_index(args.device)
     info = read_onnx_info(args.onnx)
     cache_dir = args.cache_dir or engine_cache.default_cache_dir()

@@ -60,6 +60,9 @@ def gpu_identity(device_index: int) -> tuple[str, str]:
     """(GPU name, compute capability) of a CUDA device, as torch reports them."""
     import torch
 
+    if not torch.cuda.is_available():
+        raise RuntimeError("TensorRT engines need a CUDA GPU, and torch sees none (on a Jetson, install "
+                           "NVIDIA's torch wheel for JetPack, not the PyPI CPU build)")
     return (torch.cuda.get_device_name(device_index),
             compute_capability(*torch.cuda.get_device_capability(device_index)))
 
