@@ -304,6 +304,7 @@ def _export_outputs(net, name):
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter: fast and enough here
 @pytest.mark.parametrize("name", NETWORK_NAMES)
 def test_onnx_export_static_and_matches_torch(name, tmp_path):
     import onnx
