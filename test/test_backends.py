@@ -183,6 +183,11 @@ def test_device_resolution():
         resolve_device("gpu", cuda_available=True)
 
 
+def test_unknown_precision_is_refused_before_loading_anything(models):
+    with pytest.raises(ValueError, match="unknown precision 'fp8'; valid: fp32, fp16, int8"):
+        create_backend("tensorrt", models["psn"][0], precision="fp8")
+
+
 def test_tensorrt_without_tensorrt_says_where_it_comes_from(models):
     pytest.importorskip("onnxruntime")
     try:

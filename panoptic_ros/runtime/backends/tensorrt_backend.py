@@ -34,6 +34,7 @@ class TensorRTBackend(Backend):
 
         from panoptic_ros.runtime import engine_cache
 
+        engine_cache.check_precision(precision)
         trt = import_tensorrt()
         resolved = resolve_device(device, torch.cuda.is_available())
         if resolved == "cpu":
@@ -42,7 +43,7 @@ class TensorRTBackend(Backend):
         torch.cuda.init()  # torch creates the CUDA context TensorRT then shares
         model_path = Path(model_path)
         self._runtime = trt.Runtime(tensorrt_logger())
-        with torch.cuda.device(device_index):
+        with torch.cuda.device(device_index):  # TensorRT works on the current device
             if model_path.suffix == ".onnx":
                 engine_path, sidecar, self._engine = engine_cache.load_or_build(
                     model_path, precision, self._load, cache_dir=cache_dir, allow_build=allow_build,
@@ -50,21 +51,21 @@ class TensorRTBackend(Backend):
             else:
                 engine_path, sidecar = model_path, engine_cache.check_prebuilt_engine(model_path, device_index)
                 self._engine = self._load(engine_path)
-        super().__init__(sidecar.info, model_path, resolved, sidecar.key.precision)
-        self.engine_path = engine_path
-        inputs, outputs = engine_io(self._engine)
-        problems = io_differences(sidecar.info.inputs, inputs) + io_differences(sidecar.info.outputs, outputs)
-        if problems:
-            raise ValueError(f"{engine_path}: engine I/O differs from its sidecar: {'; '.join(problems)}")
-        self._context = self._engine.create_execution_context()
-        self._io = CudaFrameIO(self.info, resolved)
-        self._device_outputs = allocate(self.info.outputs, device=resolved)
-        self._bind(trt)
+            super().__init__(sidecar.info, model_path, resolved, sidecar.key.precision)
+            self.engine_path = engine_path
+            inputs, outputs = engine_io(self._engine)
+            problems = io_differences(sidecar.info.inputs, inputs) + io_differences(sidecar.info.outputs, outputs)
+            if problems:
+                raise ValueError(f"{engine_path}: engine I/O differs from its sidecar: {'; '.join(problems)}")
+            self._context = self._engine.create_execution_context()
+            self._io = CudaFrameIO(self.info, resolved)
+            self._device_outputs = allocate(self.info.outputs, device=resolved)
+            self._bind()
 
     def _load(self, engine_path: Path):
         return deserialize(self._runtime, engine_path.read_bytes(), str(engine_path))
 
-    def _bind(self, trt) -> None:
+    def _bind(self) -> None:
         """Point the context at our buffers once; they are never reallocated."""
         buffers = {**self._io.device_inputs, **self._device_outputs}
         if hasattr(self._context, "execute_async_v3"):  # TensorRT >= 8.5
@@ -79,12 +80,15 @@ class TensorRTBackend(Backend):
                               for i in range(self._engine.num_bindings)]
 
     def _run(self, image: np.ndarray, thresholds: Thresholds, label_divisor: int) -> PanopticResult:
+        import torch
+
         self._io.upload(image, thresholds, label_divisor)
         handle = self._io.stream.cuda_stream
-        if self._bindings is None:
-            ok = self._context.execute_async_v3(handle)
-        else:
-            ok = self._context.execute_async_v2(self._bindings, handle)
+        with torch.cuda.device(self._io.device):
+            if self._bindings is None:
+                ok = self._context.execute_async_v3(handle)
+            else:
+                ok = self._context.execute_async_v2(self._bindings, handle)
         if not ok:
             raise RuntimeError(f"TensorRT failed to run {self.engine_path} (see the TensorRT log)")
         return self._io.download(self._device_outputs)
