@@ -95,7 +95,7 @@ class BagWriter:
             raise ValueError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
         self.path = Path(path)
         if self.path.exists():
-            raise FileExistsError(f"{self.path} exists already; rosbag2 writers do not overwrite")
+            raise ValueError(f"{self.path} exists already; rosbag2 writers do not overwrite")
         self.storage = storage
         self.single_file = self.path.suffix in (".mcap", ".db3")
         if self.single_file and self.path.suffix != _SUFFIX[storage]:
