@@ -1,0 +1,1 @@
+"""Training: targets and losses per method, the training loop and its validation."""
