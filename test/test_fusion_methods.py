@@ -105,8 +105,8 @@ def test_psn_majority_vote_fixes_the_minority_class():
 
 def test_psn_flat_topped_centre_gives_one_instance():
     scene = make_scene(128, 256, BANDS, [(CAR, 64, 64, 127, 111)])
-    heads = psn_heads(scene, np.random.default_rng(0), noise=0.05)
-    heads["center"][0, 0, 86:90, 94:98] = heads["center"].max()  # a 4 x 4 plateau at the peak
+    heads = psn_heads(scene, np.random.default_rng(0), noise=1.0)  # offsets scatter around the centre (88, 96)
+    heads["center"][0, 0, 86:91, 94:99] = heads["center"].max()  # a 5 x 5 plateau around it
     graph, reference = run_method("psn", heads)
     assert_same_result(graph, reference)
     assert thing_ids(graph) == [CAR * DIVISOR + 1]

@@ -7,8 +7,8 @@ candidate's class, score and validity (`Segments`). From there the assembly is c
 
 - per-segment cell counts, row/column occupancy -> area, inclusive box, centroid (in input pixels),
 - stuff segments smaller than `min_stuff_area` pixels and candidates without pixels become void,
-- table rows: valid things by descending score (ties: lower candidate index first), then valid
-  stuff by class id; rows after `num_instances` are all zeros,
+- table rows: valid things by descending score (ties, also scores closer than static_ops.SCORE_STEP:
+  lower candidate index first), then valid stuff by class id; rows after `num_instances` are zeros,
 - panoptic id = class * label_divisor + (row + 1) for things (a 1-based index that is global over
   the table, so unique in the frame), class * label_divisor for stuff, -1 for void; semantic map =
   the segment's class (a PSN thing takes its instance's voted class), 255 for void,
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from panoptic_ros.classes import VOID_CLASS, VOID_ID, LabelSet
-from panoptic_ros.fusion.static_ops import block_upsample
+from panoptic_ros.fusion.static_ops import block_upsample, score_steps
 from panoptic_ros.pipeline_io import INSTANCE_COLUMNS
 
 FUSION_STRIDE = 4  # every fusion works on the stride-4 grid of the input
@@ -123,12 +123,13 @@ class PanopticAssembler(nn.Module):
         return panoptic, semantic, instances, num_instances
 
     def _table_rows(self, thing_score: Tensor, valid: Tensor) -> Tensor:
-        """Row of each segment: valid things by descending score (ties by index), then valid stuff."""
+        """Row of each segment: valid things by descending score (in SCORE_STEPs, ties by index), then valid stuff."""
         kc = self.num_candidates
         valid_thing = valid[:kc]
         index = torch.arange(kc, device=valid.device)
-        better = (thing_score[:, None] > thing_score[None, :]) | (
-            (thing_score[:, None] == thing_score[None, :]) & (index[:, None] < index[None, :]))
+        steps = score_steps(thing_score)
+        tie = (steps[:, None] == steps[None, :]) & (index[:, None] < index[None, :])
+        better = (steps[:, None] > steps[None, :]) | tie
         thing_rank = (better & valid_thing[:, None]).to(torch.int64).sum(dim=0)  # [j]: valid things before j
         # Things beyond K rows are dropped; the stuff rows follow the kept things.
         kept_things = valid_thing & (thing_rank < self.max_instances)

@@ -22,6 +22,11 @@ from torch import Tensor
 # compare-and-sum for pasting; tests check agreement with the sequential references.
 NMS_SWEEPS = 8
 PASTE_SWEEPS = 6
+# Candidate ranking keys (top_candidates): score steps of 2^-20 up to 2^11, indices below 2^24;
+# together 55 bits of an int64.
+SCORE_STEP = 2.0**-20
+MAX_SCORE = 2.0**11
+INDEX_RANGE = 2**24
 
 
 def block_upsample(x: Tensor, stride: int) -> Tensor:
@@ -58,25 +63,21 @@ def pairwise_box_iou(a: Tensor, b: Tensor) -> Tensor:
 def top_candidates(scores: Tensor, valid: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     """The k best of `scores` (N,) among `valid` ones, best first: (index, score, valid), each (k,).
 
-    Invalid entries rank below every valid one (scores are expected >= 0 where valid).
+    Ranking uses one int64 key per entry: the score in steps of SCORE_STEP, then the lower index
+    first. Keys are unique, so every runtime picks and orders the same candidates, whatever its
+    TopK does with ties and whatever float rounding separates nearly equal scores. Scores must be
+    in [0, MAX_SCORE] where valid; invalid entries rank below all valid ones.
     """
-    keyed = torch.where(valid, scores, torch.full_like(scores, -1.0))
-    top_score, index = torch.topk(keyed, k)
-    # Runtimes order TopK ties differently; order them by index so that all runtimes (and the
-    # references) agree.
-    order = rank_order(top_score, index)
-    index = index[order]
-    return index, top_score[order], valid[index]
+    n = scores.shape[0]
+    key = score_steps(scores) * INDEX_RANGE + (INDEX_RANGE - 1 - torch.arange(n, device=scores.device))
+    key = torch.where(valid, key, torch.full_like(key, -1))
+    _, index = torch.topk(key, k)
+    return index, scores[index], valid[index]
 
 
-def rank_order(value: Tensor, index: Tensor) -> Tensor:
-    """Permutation (k,) sorting entries by descending value, ties by ascending index (k x k compares)."""
-    k = value.shape[0]
-    tie = (value[:, None] == value[None, :]) & (index[:, None] < index[None, :])
-    before = (value[:, None] > value[None, :]) | tie
-    rank = before.to(torch.int64).sum(dim=0)  # entries that come before j
-    position = torch.arange(k, device=value.device)
-    return ((rank[None, :] == position[:, None]).to(torch.int64) * position[None, :]).sum(dim=1)
+def score_steps(scores: Tensor) -> Tensor:
+    """Scores as int64 multiples of SCORE_STEP: what candidates are ranked by (ties: lower index first)."""
+    return torch.floor(scores.clamp(0.0, MAX_SCORE) / SCORE_STEP).to(torch.int64)
 
 
 def greedy_nms(overlap: Tensor, valid: Tensor, threshold: Tensor, sweeps: int = NMS_SWEEPS) -> Tensor:

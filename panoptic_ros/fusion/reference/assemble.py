@@ -5,11 +5,13 @@ Written step by step from the output contract in panoptic_ros/fusion/core.py.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from panoptic_ros.classes import VOID_CLASS, VOID_ID, LabelSet
+from panoptic_ros.fusion.static_ops import MAX_SCORE, SCORE_STEP
 from panoptic_ros.pipeline_io import COL, INSTANCE_COLUMNS, PanopticResult
 
 STRIDE = 4
@@ -24,6 +26,11 @@ class Thing:
     mask: np.ndarray  # (h, w) bool
 
 
+def rank_key(score: float, index: int) -> tuple[int, int]:
+    """Sort key of a candidate: score in steps of SCORE_STEP, best first, then the lower index."""
+    return -math.floor(min(max(score, 0.0), MAX_SCORE) / SCORE_STEP), index
+
+
 def block_mean(x: np.ndarray, stride: int = STRIDE) -> np.ndarray:
     """Mean of every stride x stride block of the last two axes."""
     *lead, h, w = x.shape
@@ -34,7 +41,7 @@ def assemble_reference(things: list[Thing], stuff_map: np.ndarray, label_set: La
                        label_divisor: int, max_instances: int, stride: int = STRIDE) -> PanopticResult:
     """Things (disjoint masks) and stuff_map ((h, w) stuff class id, -1 elsewhere) -> the four outputs."""
     # Things without cells are no instance; the rest by descending score, ties by candidate order.
-    order = sorted((i for i, t in enumerate(things) if t.mask.any()), key=lambda i: (-things[i].score, i))
+    order = sorted((i for i, t in enumerate(things) if t.mask.any()), key=lambda i: rank_key(things[i].score, i))
     rows = [(things[i].class_id, things[i].score, things[i].mask, True) for i in order[:max_instances]]
     for class_id in label_set.stuff_ids:
         mask = stuff_map == class_id

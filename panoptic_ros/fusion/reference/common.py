@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from panoptic_ros.fusion.detections import PRE_NMS_TOP
+from panoptic_ros.fusion.reference.assemble import rank_key
 from panoptic_ros.networks.box_coding import level_points, ltrb_to_boxes
 
 
@@ -63,7 +64,7 @@ def detect(boxes: np.ndarray, class_prob: np.ndarray, rank_score: np.ndarray, le
     within each class (a box is dropped when it overlaps a kept box of its class by more than
     nms_iou), at most k."""
     candidates = [i for i in range(len(boxes)) if class_prob[i].max() > score_threshold]
-    candidates.sort(key=lambda i: (-rank_score[i], i))
+    candidates.sort(key=lambda i: rank_key(rank_score[i], i))
     kept: list[Detection] = []
     for i in candidates[:PRE_NMS_TOP]:
         thing = int(class_prob[i].argmax())

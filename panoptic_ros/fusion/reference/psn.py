@@ -17,13 +17,15 @@ from panoptic_ros.fusion.reference.assemble import (
     Thing,
     assemble_reference,
     block_mean,
+    rank_key,
     stuff_map_from_semantic,
 )
 from panoptic_ros.pipeline_io import PanopticResult, Thresholds
 
 
 def find_centres(heatmap: np.ndarray, threshold: float, kernel: int, top_k: int) -> list[tuple[float, int, int]]:
-    """(score, y, x) of the heatmap's local maxima above threshold, best first, at most top_k."""
+    """(score, y, x) of the heatmap's local maxima above threshold, best first, at most top_k; of
+    the pixels of a flat-topped peak (equal values within one window) only the first counts."""
     radius = kernel // 2
     height, width = heatmap.shape
     centres = []
@@ -35,8 +37,11 @@ def find_centres(heatmap: np.ndarray, threshold: float, kernel: int, top_k: int)
             window = heatmap[max(0, y - radius):y + radius + 1, max(0, x - radius):x + radius + 1]
             if value == window.max():
                 centres.append((float(value), y, x))
-    centres.sort(key=lambda c: (-c[0], c[1] * width + c[2]))
-    return centres[:top_k]
+    centres.sort(key=lambda c: rank_key(c[0], c[1] * width + c[2]))
+    centres = centres[:top_k]
+    return [c for n, c in enumerate(centres)
+            if not any(e[0] == c[0] and abs(e[1] - c[1]) <= radius and abs(e[2] - c[2]) <= radius
+                       for e in centres[:n])]
 
 
 def psn_reference(heads: dict[str, np.ndarray], label_set: LabelSet, thresholds: Thresholds, label_divisor: int,

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from panoptic_ros.classes import LabelSet
-from panoptic_ros.fusion.reference.assemble import Thing, assemble_reference
+from panoptic_ros.fusion.reference.assemble import Thing, assemble_reference, rank_key
 from panoptic_ros.fusion.reference.common import paste_by_confidence, sigmoid
 from panoptic_ros.fusion.spinet import PEAK_WINDOW, SAMPLES_PER_INSTANCE
 from panoptic_ros.pipeline_io import PanopticResult, Thresholds
@@ -51,7 +51,7 @@ def spinet_reference(heads: dict, network: nn.Module, label_set: LabelSet, thres
     feature = torch.from_numpy(heads["panoptic_feature"])
     candidates = sampling_locations(heads["class_logits"], thresholds.score_threshold)
     offsets = np.cumsum([0] + [m.shape[-2] * m.shape[-1] for m in heads["class_logits"]])
-    candidates.sort(key=lambda c: (-c[0], offsets[c[2]] + c[3]))
+    candidates.sort(key=lambda c: rank_key(c[0], offsets[c[2]] + c[3]))
     candidates = candidates[:SAMPLES_PER_INSTANCE * max_instances]
 
     # Single-shot convolution with each sampled filter.
