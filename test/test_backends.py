@@ -130,6 +130,8 @@ def test_unknown_backend_lists_the_valid_ones(models):
 def test_missing_and_wrong_files_are_named(models, tmp_path):
     with pytest.raises(FileNotFoundError, match="nothere.onnx"):
         create_backend("onnxruntime", tmp_path / "nothere.onnx")
+    with pytest.raises(FileNotFoundError, match="psn-fp16.engine"):
+        create_backend("tensorrt", tmp_path / "psn-fp16.engine")
     with pytest.raises(ValueError, match=r"loads \.onnx files, got .*psn\.pt"):
         create_backend("onnxruntime", models["psn"][1])
     with pytest.raises(ValueError, match="give height= and width="):
