@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-done
-SETUP_INPUTS := requirements.txt setup.py CMakeLists.txt package.xml scripts/setup_venv.sh $(wildcard msg/*.msg)
+SETUP_INPUTS := requirements.txt requirements-nodeps.txt setup.py CMakeLists.txt package.xml scripts/setup_venv.sh $(wildcard msg/*.msg)
 
 .PHONY: setup test lint clean
 

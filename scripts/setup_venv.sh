@@ -9,6 +9,7 @@ venv=$root/.venv
 
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements.txt
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 
 # Messages: rosidl generators from the ROS wheels + Debian's cmake and a C compiler. The
 # generated Python goes to its own folder (on sys.path through a .pth file) so that it does not
