@@ -42,9 +42,9 @@ def resize(sample: dict, height: int, width: int) -> dict:
             "image": cv2.resize(image, (width, height), interpolation=interpolation),
             # cv2 resizes int32 but not int64; every id fits int32
             "semantic": cv2.resize(sample["semantic"].astype(np.int32), (width, height),
-                                   interpolation=cv2.INTER_NEAREST).astype(np.int64),
+                                   interpolation=cv2.INTER_NEAREST_EXACT).astype(np.int64),
             "instance": cv2.resize(sample["instance"].astype(np.int32), (width, height),
-                                   interpolation=cv2.INTER_NEAREST).astype(np.int64)}
+                                   interpolation=cv2.INTER_NEAREST_EXACT).astype(np.int64)}
 
 
 def crop(sample: dict, top: int, left: int, height: int, width: int) -> dict:

@@ -35,17 +35,18 @@ def sample_from_annotation(image: np.ndarray, annotation: formats.PanopticAnnota
 
 
 def label_set_from_categories(categories: list[dict], name: str) -> LabelSet:
-    """The label set of COCO categories whose ids are 0..K-1; a known set (cityscapes, synthetic) when
-    the names match one."""
+    """The label set of COCO categories with train ids: a known set (cityscapes, synthetic) when every
+    category is that set's class of the same id and name (a JSON may list only some), else a new set
+    named `name`, which needs ids 0..K-1."""
     categories = sorted(categories, key=lambda c: c["id"])
+    for known in LABEL_SETS.values():
+        if all(0 <= c["id"] < known.num_classes and known.names[c["id"]] == c["name"] for c in categories):
+            return known
     if [c["id"] for c in categories] != list(range(len(categories))):
         raise ValueError(f"category ids must be 0..{len(categories) - 1} (train ids), got "
                          f"{[c['id'] for c in categories]}")
-    names = tuple(c["name"] for c in categories)
-    for known in LABEL_SETS.values():
-        if known.names == names:
-            return known
-    return LabelSet(name=name, names=names, thing=tuple(bool(c.get("isthing", 0)) for c in categories),
+    return LabelSet(name=name, names=tuple(c["name"] for c in categories),
+                    thing=tuple(bool(c.get("isthing", 0)) for c in categories),
                     colors=tuple(tuple(c.get("color", (128, 128, 128))) for c in categories))
 
 
