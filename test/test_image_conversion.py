@@ -11,6 +11,7 @@ from std_msgs.msg import Header
 
 from panoptic_ros.ros.image_conversion import (
     SUPPORTED_ENCODINGS,
+    ImageBuffer,
     ImageRejected,
     check_image,
     compressed_to_rgb,
@@ -192,3 +193,14 @@ def test_output_image_of_wrong_array_is_refused():
         to_image_msg(np.zeros((3, 4), np.uint8), "32SC1", Header())
     with pytest.raises(ValueError, match="rgb8 needs a uint8 array of 3 dimensions with 3 channels"):
         to_image_msg(np.zeros((3, 4, 4), np.uint8), "rgb8", Header())
+
+
+def test_image_buffer_is_published_without_copies():
+    buffer = ImageBuffer("32SC1", 3, 4)
+    msg = buffer.message(Header(frame_id="a"))
+    assert msg.data is buffer.data and (msg.step, msg.height, msg.width) == (16, 3, 4)
+    buffer.pixels[1, 2] = -7  # filling the buffer after building the message is what gets published
+    assert image_msg_to_array(msg)[1, 2] == -7
+    assert buffer.message(Header(frame_id="b")).header.frame_id == "b"
+    with pytest.raises(ValueError, match="output encoding must be one of rgb8, mono8, 32SC1, got 'bgr8'"):
+        ImageBuffer("bgr8", 2, 2)

@@ -202,13 +202,16 @@ def test_overlay_blends_and_leaves_void_untouched(rng):
     colors = segment_colors(panoptic, semantic, SYNTHETIC, DIVISOR)
     image = rng.integers(0, 256, (8, 12, 3), dtype=np.uint8)
     void = semantic == VOID_CLASS
-    np.testing.assert_array_equal(overlay_image(image, colors, void, 0.0), image)
-    full = overlay_image(image, colors, void, 1.0)
+    np.testing.assert_array_equal(overlay_image(image, colors, semantic, 0.0), image)
+    full = overlay_image(image, colors, semantic, 1.0)
     np.testing.assert_array_equal(full[~void], colors[~void])
     np.testing.assert_array_equal(full[void], image[void])
-    half = overlay_image(image, colors, void, 0.5).astype(int)
+    half = overlay_image(image, colors, semantic, 0.5).astype(int)
     expected = (image.astype(int) + colors) / 2
     assert np.abs(half[~void] - expected[~void]).max() <= 1
+    in_place = colors.copy()  # the node blends into the colors' own buffer
+    assert overlay_image(image, in_place, semantic, 0.5, out=in_place) is in_place
+    np.testing.assert_array_equal(in_place, half)
 
 
 # ---- parameters -----------------------------------------------------------------------------

@@ -137,6 +137,12 @@ class PanopticClient:
         with self._lock:
             self.latencies[(camera, stage)].append(msg.data)
 
+    def reset_latencies(self) -> None:
+        """Forget the latency values received so far (start of a measured run)."""
+        with self._lock:
+            for values in self.latencies.values():
+                values.clear()
+
     def _diagnostics(self, msg: DiagnosticArray) -> None:
         with self._lock:
             self.diagnostics.append(msg)

@@ -93,19 +93,43 @@ def compressed_to_rgb(msg: CompressedImage, max_pixels: int) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+class ImageBuffer:
+    """A reusable output image: `pixels` (a NumPy view to fill) over `data` (the array.array an Image
+    message carries as it is). Filling it in place and publishing saves a copy and an allocation of the
+    whole image per frame; rclpy has copied the data by the time publish() returns, so the buffer can be
+    refilled for the next frame."""
+
+    def __init__(self, encoding: str, height: int, width: int) -> None:
+        if encoding not in OUTPUT_ENCODINGS:
+            raise ValueError(f"output encoding must be one of {', '.join(OUTPUT_ENCODINGS)}, got {encoding!r}")
+        dtype, channels = OUTPUT_ENCODINGS[encoding]
+        self.encoding, self.height, self.width = encoding, height, width
+        self.step = width * channels * np.dtype(dtype).itemsize
+        self.data = array.array("B", bytes(self.step * height))
+        shape = (height, width, channels) if channels > 1 else (height, width)
+        self.pixels = np.frombuffer(self.data, dtype=dtype).reshape(shape)
+        # Image(data=...) copies the array; with check_fields the data setter keeps an array.array as it is.
+        self._msg = Image(check_fields=True, height=height, width=width, encoding=encoding,
+                          is_bigendian=sys.byteorder == "big", step=self.step)
+        self._msg.data = self.data
+
+    def message(self, header: Header) -> Image:
+        """The Image of the buffer's current pixels, stamped with `header` (no copy; the same message object
+        each call, so publish it before refilling the buffer)."""
+        self._msg.header = header
+        return self._msg
+
+
 def to_image_msg(pixels: np.ndarray, encoding: str, header: Header) -> Image:
-    """An Image message of `pixels` (rgb8 (H, W, 3) uint8, mono8 (H, W) uint8 or 32SC1 (H, W) int32)."""
+    """An Image message of `pixels` (rgb8 (H, W, 3) uint8, mono8 (H, W) uint8 or 32SC1 (H, W) int32), copied."""
     dtype, channels = OUTPUT_ENCODINGS[encoding]
     expected_ndim = 3 if channels > 1 else 2
     if pixels.dtype != dtype or pixels.ndim != expected_ndim or (channels > 1 and pixels.shape[2] != channels):
         raise ValueError(f"{encoding} needs a {np.dtype(dtype).name} array of {expected_ndim} dimensions"
                          f"{f' with {channels} channels' if channels > 1 else ''}, got {pixels.dtype} {pixels.shape}")
-    pixels = np.ascontiguousarray(pixels)
-    height, width = pixels.shape[:2]
-    data = array.array("B")
-    data.frombytes(memoryview(pixels).cast("B"))  # one copy, straight from the array's buffer
-    return Image(header=header, height=height, width=width, encoding=encoding,
-                 is_bigendian=sys.byteorder == "big", step=width * channels * pixels.itemsize, data=data)
+    buffer = ImageBuffer(encoding, pixels.shape[0], pixels.shape[1])
+    buffer.pixels[...] = pixels
+    return buffer.message(header)
 
 
 def image_msg_to_array(msg: Image) -> np.ndarray:

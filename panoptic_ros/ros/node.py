@@ -39,12 +39,17 @@ from rclpy.qos import (
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64, Header
 
-from panoptic_ros.classes import VOID_CLASS
 from panoptic_ros.msg import PanopticClassMap, PanopticInstanceArray
 from panoptic_ros.ros import parameters as params
 from panoptic_ros.ros.diagnostics import STAGES, TOTAL, CameraStats, camera_status
 from panoptic_ros.ros.frame_slot import NewestFrameSlots
-from panoptic_ros.ros.image_conversion import ImageRejected, check_image, compressed_to_rgb, image_to_rgb, to_image_msg
+from panoptic_ros.ros.image_conversion import (
+    ImageBuffer,
+    ImageRejected,
+    check_image,
+    compressed_to_rgb,
+    image_to_rgb,
+)
 from panoptic_ros.ros.outputs import (
     Resampler,
     class_map_msg,
@@ -79,6 +84,7 @@ class Camera:
         prefix = f"{name}/" if name else ""
         self.stats = CameraStats()
         self._resampler: Resampler | None = None
+        self._buffers: dict[str, ImageBuffer] = {}  # output encoding -> reusable image of the camera's size
         if input_type == "compressed":
             self.subscription = node.create_subscription(CompressedImage, f"{prefix}image/compressed",
                                                          lambda msg: node.on_image(self, msg), input_qos)
@@ -99,6 +105,13 @@ class Camera:
         if self._resampler is None or (self._resampler.camera_hw, self._resampler.model_hw) != (camera_hw, model_hw):
             self._resampler = Resampler(camera_hw, model_hw)
         return self._resampler
+
+    def buffer(self, encoding: str, camera_hw: tuple[int, int]) -> ImageBuffer:
+        """The reusable output image of `encoding` at the camera's size (reallocated only when the size changes)."""
+        buffer = self._buffers.get(encoding)
+        if buffer is None or (buffer.height, buffer.width) != camera_hw:
+            buffer = self._buffers[encoding] = ImageBuffer(encoding, *camera_hw)
+        return buffer
 
 
 class PanopticNode(Node):
@@ -309,24 +322,31 @@ class PanopticNode(Node):
         result = backend.run(model_rgb, thresholds, label_divisor)
         t3 = time.perf_counter()
 
+        # Image outputs are computed only for topics someone subscribes to, straight into reusable buffers.
         want_ids = outputs.publish_id_image and camera.id_image.get_subscription_count() > 0
-        want_overlay = outputs.publish_overlay and camera.overlay.get_subscription_count() > 0
         want_semantic = outputs.publish_semantic and camera.semantic.get_subscription_count() > 0
-        ids = resampler.to_camera(result.panoptic) if want_ids else None
-        semantic = resampler.to_camera(result.semantic) if want_semantic or want_overlay else None
-        colors = (resampler.to_camera(segment_colors(result.panoptic, result.semantic, backend.label_set,
-                                                     label_divisor)) if want_overlay else None)
+        want_overlay = outputs.publish_overlay and camera.overlay.get_subscription_count() > 0
+        ids = camera.buffer("32SC1", resampler.camera_hw) if want_ids else None
+        semantic = camera.buffer("mono8", resampler.camera_hw) if want_semantic or want_overlay else None
+        overlay = camera.buffer("rgb8", resampler.camera_hw) if want_overlay else None
+        if ids is not None:
+            resampler.to_camera(result.panoptic, out=ids.pixels)
+        if semantic is not None:
+            resampler.to_camera(result.semantic, out=semantic.pixels)
+        if overlay is not None:  # class colors at the model's size, then enlarged into the overlay buffer
+            colors = segment_colors(result.panoptic, result.semantic, backend.label_set, label_divisor)
+            resampler.to_camera(colors, out=overlay.pixels)
         segments = resampler.segments_to_camera(result.valid_instances) if outputs.publish_instances else None
         t4 = time.perf_counter()
 
         header = msg.header
         if ids is not None:
-            camera.id_image.publish(to_image_msg(ids, "32SC1", header))
+            camera.id_image.publish(ids.message(header))
         if want_semantic:
-            camera.semantic.publish(to_image_msg(semantic, "mono8", header))
-        if want_overlay:
-            blended = overlay_image(rgb, colors, semantic == VOID_CLASS, outputs.overlay_alpha)
-            camera.overlay.publish(to_image_msg(blended, "rgb8", header))
+            camera.semantic.publish(semantic.message(header))
+        if overlay is not None:
+            overlay_image(rgb, overlay.pixels, semantic.pixels, outputs.overlay_alpha, out=overlay.pixels)
+            camera.overlay.publish(overlay.message(header))
         if segments is not None:
             camera.instances.publish(instance_array_msg(segments, backend.label_set, header, resampler.camera_hw,
                                                         label_divisor, backend.model_name))

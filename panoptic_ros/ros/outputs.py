@@ -8,14 +8,14 @@ source image. The rest builds the messages and the RViz overlay.
 
 from __future__ import annotations
 
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import cv2
 import numpy as np
 from sensor_msgs.msg import RegionOfInterest
 from std_msgs.msg import ColorRGBA, Header
 
-from panoptic_ros.classes import LabelSet
+from panoptic_ros.classes import VOID_CLASS, LabelSet
 from panoptic_ros.msg import PanopticClass, PanopticClassMap, PanopticInstance, PanopticInstanceArray
 from panoptic_ros.pipeline_io import COL, INSTANCE_COLUMNS
 
@@ -43,12 +43,16 @@ class Resampler:
         height, width = self.model_hw
         return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_LINEAR)
 
-    def to_camera(self, label_image: np.ndarray) -> np.ndarray:
-        """A model-resolution id or class map at the camera's size (nearest neighbour: no mixed labels)."""
+    def to_camera(self, label_image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """A model-resolution id or class map (or color image) at the camera's size, nearest neighbour (no
+        mixed labels); written into `out` when given (an ImageBuffer's pixels)."""
         if self.identity:
-            return label_image
+            if out is None:
+                return label_image
+            np.copyto(out, label_image)
+            return out
         height, width = self.camera_hw
-        return cv2.resize(label_image, (width, height), interpolation=cv2.INTER_NEAREST)
+        return cv2.resize(label_image, (width, height), dst=out, interpolation=cv2.INTER_NEAREST)
 
     @cached_property
     def _source_rows(self) -> np.ndarray:
@@ -122,17 +126,27 @@ def class_map_msg(label_set: LabelSet, header: Header, label_divisor: int, model
     return PanopticClassMap(header=header, model_name=model_name, label_divisor=label_divisor, classes=classes)
 
 
+@lru_cache(maxsize=4)
+def _shade_table(label_divisor: int) -> np.ndarray:
+    """uint16 brightness (256 = unchanged) of each instance number 0..label_divisor-1; 0 (stuff) keeps its color."""
+    instance = np.arange(label_divisor)
+    shade = np.where(instance > 0, 1.0 - SHADE_DEPTH * ((instance * _GOLDEN) % 1.0), 1.0)
+    return np.round(256 * shade).astype(np.uint16)
+
+
 def segment_colors(panoptic: np.ndarray, semantic: np.ndarray, label_set: LabelSet, label_divisor: int) -> np.ndarray:
     """uint8 (H, W, 3) color of every pixel: its class color, darkened per thing instance; void is black."""
-    palette = np.zeros((256, 3), dtype=np.float32)
+    palette = np.zeros((256, 3), dtype=np.uint16)
     palette[: label_set.num_classes] = label_set.colors
-    instance = np.where(panoptic >= 0, panoptic % label_divisor, 0)
-    shade = np.where(instance > 0, 1.0 - SHADE_DEPTH * ((instance * _GOLDEN) % 1.0), 1.0).astype(np.float32)
-    return (palette[semantic] * shade[..., None]).astype(np.uint8)
+    instance = np.where(panoptic > 0, panoptic % label_divisor, 0)
+    shaded = palette[semantic] * _shade_table(label_divisor)[instance][..., None]
+    return (shaded >> 8).astype(np.uint8)
 
 
-def overlay_image(camera_rgb: np.ndarray, colors: np.ndarray, void: np.ndarray, alpha: float) -> np.ndarray:
-    """Blend segment colors (camera size) onto the camera image; void pixels show the plain image."""
-    blended = cv2.addWeighted(camera_rgb, 1.0 - alpha, colors, alpha, 0.0)
-    np.copyto(blended, camera_rgb, where=void[..., None])
-    return blended
+def overlay_image(camera_rgb: np.ndarray, colors: np.ndarray, semantic: np.ndarray, alpha: float,
+                  out: np.ndarray | None = None) -> np.ndarray:
+    """Blend segment colors onto the camera image (all at camera size), into `out` when given (may be `colors`);
+    void pixels (semantic 255) show the plain image."""
+    blended = cv2.addWeighted(camera_rgb, 1.0 - alpha, colors, alpha, 0.0, dst=out)
+    void = cv2.compare(semantic, VOID_CLASS, cv2.CMP_EQ)
+    return cv2.copyTo(camera_rgb, void, dst=blended)
