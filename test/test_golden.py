@@ -133,3 +133,15 @@ def test_verify_engine_usage_errors(exported, tmp_path, capsys):
     other_onnx = export_onnx(other, tmp_path / "lpsnet.onnx")
     assert main(["verify-engine", "--onnx", str(other_onnx), "--golden", str(golden)]) == 2
     assert "was made for model 'psn', the backend runs 'lpsnet'" in capsys.readouterr().err
+
+
+def test_export_golden_then_verify_reports_full_agreement(tmp_path, capsys):
+    """The issue's acceptance check (at a smaller size): export --golden, then verify-engine."""
+    onnx_path, golden = tmp_path / "m.onnx", tmp_path / "g.npz"
+    assert main(["export", "--model", "psn", "--height", "128", "--width", "256", "--width-mult", "0.25",
+                 "--output", str(onnx_path), "--golden", str(golden)]) == 0
+    assert golden.is_file() and load_golden(golden).onnx_sha256 == file_sha256(onnx_path)
+    capsys.readouterr()
+    assert main(["verify-engine", "--backend", "onnxruntime", "--onnx", str(onnx_path), "--golden", str(golden)]) == 0
+    out = capsys.readouterr().out
+    assert "panoptic id agreement: 100.0000%" in out and "PASS" in out

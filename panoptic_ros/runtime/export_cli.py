@@ -21,6 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-instances", type=int, default=100, help="K, thing rows of the table (default 100)")
     parser.add_argument("--nms-kernel", type=int, default=7, help="PSN centre NMS window in pixels (default 7)")
     parser.add_argument("--output", type=Path, required=True, help="the .onnx file to write")
+    parser.add_argument("--golden", type=Path, help="also write golden outputs (.npz) for `panoptic-ros verify-engine`")
     parser.set_defaults(func=run)
 
 
@@ -43,6 +44,10 @@ def run(args: argparse.Namespace) -> int:
                                   nms_kernel=args.nms_kernel)
     path = export_onnx(pipeline, args.output)
     # Files derived from the export (e.g. golden outputs for checking a TensorRT engine) go here.
+    if args.golden is not None:
+        from panoptic_ros.runtime.golden import write_golden
+
+        print(f"wrote {write_golden(path, args.golden)} (golden input and ONNX Runtime outputs)")
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): {args.model}, {args.height}x{args.width}, "
           f"label set {pipeline.label_set.name}, K={pipeline.max_instances}")
     return 0
