@@ -81,7 +81,7 @@ def generate_scene(seed: int, height: int, width: int) -> SyntheticScene:
     rng = np.random.default_rng(seed)
     camera = _Camera.sample(rng, height, width)
     canvas = _Canvas(height, width)
-    street = _Street.sample(rng, camera)
+    street = _Street.sample(rng)
     street.draw_background(canvas, camera, rng)
     objects = street.sample_objects(rng, camera)
     # Painter's order, far to near; the sort is stable, so equal depths keep sampling order.
@@ -210,7 +210,7 @@ class _Canvas:
             light = light * np.where((mask > 0) & ground, shadow.darkness, np.float32(1.0))
         tint = rng.uniform(0.88, 1.12, size=3).astype(np.float32)
         image = np.take(colours, parts, axis=0) * (shade * light)[..., None] * tint
-        image += _sensor_noise(rng, height, width) * rng.uniform(1.5, 7.0)
+        image += _noise_cut(rng, height, width) * rng.uniform(1.5, 7.0)  # sensor noise
         image = np.clip(image, 0, 255).astype(np.uint8)
         if rng.random() < 0.5:
             image = cv2.GaussianBlur(image, (3, 3), rng.uniform(0.4, 1.0))
@@ -229,10 +229,6 @@ def _noise_bank(height: int, width: int) -> np.ndarray:
 def _noise_cut(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     y, x = rng.integers(0, _NOISE_MARGIN, size=2)
     return _noise_bank(height, width)[y:y + height, x:x + width]
-
-
-def _sensor_noise(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    return _noise_cut(rng, height, width)
 
 
 def _noise_fields(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -296,7 +292,7 @@ class _Street:
     shadow: _Shadow | None
 
     @classmethod
-    def sample(cls, rng: np.random.Generator, camera: _Camera) -> _Street:
+    def sample(cls, rng: np.random.Generator) -> _Street:
         road_half = rng.uniform(3.5, 8.0)
         centre = rng.uniform(-0.5, 0.5) * road_half
         sidewalks = (rng.uniform(2.0, 5.5), rng.uniform(2.0, 5.5))
