@@ -93,7 +93,7 @@ def test_parameter_files_set_declared_parameters_with_valid_values(name):
         spec = params.SPECS[key]
         assert type(value) is type(spec.default), f"{name}: {key} is {type(value).__name__}, " \
                                                   f"declared {type(spec.default).__name__}"
-        assert params.check_choice(key, value) is None
+        assert params.check_value(key, value) is None
         if spec.bounds is not None:
             assert spec.bounds[0] <= value <= spec.bounds[1], key
     Thresholds(**{k: v for k, v in values.items() if k in Thresholds.RANGES})

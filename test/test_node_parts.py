@@ -226,10 +226,12 @@ def test_every_threshold_is_a_parameter_with_the_contract_range():
 
 
 def test_choices_are_checked_with_a_reason():
-    assert params.check_choice("backend", "onnxruntime") is None
-    assert params.check_choice("backend", "openvino") == ("backend must be one of onnxruntime, torch, tensorrt, "
+    assert params.check_value("backend", "onnxruntime") is None
+    assert params.check_value("backend", "openvino") == ("backend must be one of onnxruntime, torch, tensorrt, "
                                                           "got 'openvino'")
-    assert params.check_choice("input_qos", "SENSOR_DATA") is None
+    assert params.check_value("input_qos", "SENSOR_DATA") is None
+    assert params.check_value("device", "cuda:1") is None and params.check_value("device", "auto") is None
+    assert params.check_value("device", "gpu0") == "device must be auto, cpu, cuda or cuda:N, got 'gpu0'"
     assert "one of: raw, compressed" in params.SPECS["input_type"].descriptor().additional_constraints
 
 

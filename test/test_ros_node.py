@@ -209,6 +209,7 @@ def test_thresholds_change_at_runtime_and_apply_to_the_next_frame(node):
     ({"nms_iou": 1.5}, "nms_iou"),
     ({"score_threshold": "high"}, "Wrong parameter type"),  # rclpy's own check (typed parameters)
     ({"backend": "openvino"}, "backend must be one of onnxruntime, torch, tensorrt, got 'openvino'"),
+    ({"device": "gpu0"}, "device must be auto, cpu, cuda or cuda:N, got 'gpu0'"),
     ({"label_divisor": 10}, "label_divisor must be greater than max_instances (16), got 10"),
     ({"model": "/nonexistent/model.onnx"}, "model: no such file: /nonexistent/model.onnx"),
     ({"model": "no_such_shipped_model"}, "no file no_such_shipped_model.onnx"),

@@ -125,7 +125,7 @@ class PanopticNode(Node):
         params.declare_parameters(self)
         values = self._values()
         for name in params.PARAMETER_NAMES:
-            if reason := params.check_choice(name, values[name]):
+            if reason := params.check_value(name, values[name]):
                 raise ValueError(reason)
         self._thresholds = params.thresholds(values)
         self._outputs = params.output_settings(values)
@@ -188,12 +188,12 @@ class PanopticNode(Node):
         changed = {p.name for p in changes}
         try:
             for name in changed & set(params.PARAMETER_NAMES):
-                if reason := params.check_choice(name, values[name]):
+                if reason := params.check_value(name, values[name]):
                     raise ValueError(reason)
             params.thresholds(values)
             if changed & set(params.MODEL_PARAMETERS):
                 params.model_settings(values).model_file(self._models_dir)
-            elif "label_divisor" in changed:
+            if "label_divisor" in changed:  # the running model uses it until a new one is loaded
                 self._check_label_divisor(values["label_divisor"], self._backend)
         except (ValueError, FileNotFoundError) as error:
             return SetParametersResult(successful=False, reason=str(error))

@@ -7,6 +7,7 @@ against it, and the launch/config tests check that files name only parameters it
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ class ParameterSpec:
     read_only: bool = False  # fixed after start (e.g. it shapes subscriptions)
     bounds: tuple[float, float] | None = None  # inclusive numeric range
     choices: tuple[str, ...] | None = None  # allowed string values
+    pattern: str | None = None  # regular expression a string value must match in full
+    pattern_help: str = ""  # the pattern in words, for the refusal message
 
     def descriptor(self) -> ParameterDescriptor:
         descriptor = ParameterDescriptor(name=self.name, description=self.description, read_only=self.read_only)
@@ -64,7 +67,8 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("backend", "onnxruntime", "inference runtime", choices=BACKENDS),
     ParameterSpec("engine_path", "", "tensorrt: a prebuilt .engine file to load instead of building/caching one "
                   "from the model's ONNX file"),
-    ParameterSpec("device", "auto", "auto, cpu, cuda or cuda:N"),
+    ParameterSpec("device", "auto", "auto, cpu, cuda or cuda:N", pattern=r"auto|cpu|cuda(:\d+)?",
+                  pattern_help="auto, cpu, cuda or cuda:N"),
     ParameterSpec("precision", "fp16", "tensorrt: engine precision when building from ONNX", choices=PRECISIONS),
     ParameterSpec("engine_cache_dir", "", "tensorrt: engine cache directory (empty: the backend's default)"),
     ParameterSpec("allow_engine_build", True, "tensorrt: build a missing or stale engine (minutes on a Jetson); "
@@ -107,11 +111,13 @@ def declare_parameters(node) -> None:
         node.declare_parameter(spec.name, spec.default, spec.descriptor())
 
 
-def check_choice(name: str, value: Any) -> str | None:
-    """Why `value` is not allowed for `name` (choices the descriptor cannot express), or None."""
+def check_value(name: str, value: Any) -> str | None:
+    """Why `value` is not allowed for `name` (what the descriptor's type and range cannot express), or None."""
     spec = SPECS[name]
     if spec.choices and value not in spec.choices:
         return f"{name} must be one of {', '.join(spec.choices)}, got {value!r}"
+    if spec.pattern and not re.fullmatch(spec.pattern, value):
+        return f"{name} must be {spec.pattern_help}, got {value!r}"
     return None
 
 
