@@ -14,7 +14,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["panoptic_ros", "panoptic_ros.*"]),
-    package_data={"panoptic_ros": ["data/*"]},
+    package_data={"panoptic_ros.runtime": ["tensorrt_onnx_ops.json"]},
     entry_points={
         "console_scripts": [
             "panoptic-ros = panoptic_ros.cli:main",

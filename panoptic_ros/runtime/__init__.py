@@ -1,0 +1,1 @@
+"""Runtimes: ONNX export, backends (onnxruntime, torch, tensorrt), engine building and caching."""
