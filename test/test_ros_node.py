@@ -176,6 +176,7 @@ def test_diagnostics_report_rate_stages_counters_and_backend(node):
     status = node.camera_status("", lambda v: int(v["processed"]) > 0)
     for stage in ("convert", "resize", "inference", "publish", "total"):
         assert float(status[f"latency_{stage}_ms"]) >= 0.0
+    assert 0.0 < float(status["overhead_cpu_ms"]) < float(status["latency_total_max_ms"])
     assert (status["backend"], status["model"], status["input_hw"]) == ("onnxruntime", "psn", "128x256")
     assert status["model_path"].endswith("psn.onnx") and status["model_state"] == "ok"
     for counter in ("received", "dropped", "rejected", "failed"):

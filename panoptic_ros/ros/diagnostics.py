@@ -28,6 +28,7 @@ class CameraStats:
     def __init__(self, window: int = 100) -> None:
         self._lock = threading.Lock()
         self._latencies = {stage: deque(maxlen=window) for stage in (*STAGES, TOTAL)}
+        self._overhead_cpu: deque[float] = deque(maxlen=window)
         self._done_times: deque[float] = deque(maxlen=window)
         self.processed = 0
         self.rejected = 0
@@ -35,10 +36,12 @@ class CameraStats:
         self.last_problem = ""
         self._problems_reported = 0  # rejected + failed at the last status
 
-    def record_frame(self, latencies_ms: dict[str, float]) -> None:
+    def record_frame(self, latencies_ms: dict[str, float], overhead_cpu_ms: float) -> None:
+        """One processed frame: wall-clock ms per stage, and the worker's CPU ms outside the backend run."""
         with self._lock:
             for stage, value in latencies_ms.items():
                 self._latencies[stage].append(value)
+            self._overhead_cpu.append(overhead_cpu_ms)
             self._done_times.append(time.monotonic())
             self.processed += 1
 
@@ -65,6 +68,12 @@ class CameraStats:
         with self._lock:
             return {stage: (float(np.mean(values)), float(np.max(values)))
                     for stage, values in self._latencies.items() if values}
+
+    def overhead_cpu_ms(self) -> float | None:
+        """Median CPU time per frame that the worker spends outside the backend run (immune to waiting for a
+        busy CPU, unlike the wall-clock stages); None before the first frame."""
+        with self._lock:
+            return float(np.median(self._overhead_cpu)) if self._overhead_cpu else None
 
     def counts(self) -> tuple[int, int, int, str]:
         with self._lock:
@@ -95,6 +104,8 @@ def camera_status(name: str, hardware_id: str, stats: CameraStats, slot: SlotCou
     for stage, (mean, peak) in stats.latency_summary().items():
         values[f"latency_{stage}_ms"] = f"{mean:.3f}"
         values[f"latency_{stage}_max_ms"] = f"{peak:.3f}"
+    if (overhead_cpu := stats.overhead_cpu_ms()) is not None:
+        values["overhead_cpu_ms"] = f"{overhead_cpu:.3f}"
     values.update({
         "backend": str(backend.get("backend", "")),
         "model": str(backend.get("model_name", "")),

@@ -313,14 +313,15 @@ class PanopticNode(Node):
         backend = self._backend  # one read: a swap during this frame takes effect on the next
         thresholds, outputs, label_divisor = self._thresholds, self._outputs, self._label_divisor
         msg = frame.msg
+        cpu0 = time.thread_time()
         t0 = time.perf_counter()
         rgb = image_to_rgb(msg, self._max_pixels) if self._raw_input else compressed_to_rgb(msg, self._max_pixels)
         t1 = time.perf_counter()
         resampler = camera.resampler(rgb.shape[:2], backend.input_hw)
         model_rgb = resampler.to_model(rgb)
-        t2 = time.perf_counter()
+        t2, cpu2 = time.perf_counter(), time.thread_time()
         result = backend.run(model_rgb, thresholds, label_divisor)
-        t3 = time.perf_counter()
+        t3, cpu3 = time.perf_counter(), time.thread_time()
 
         # Image outputs are computed only for topics someone subscribes to, straight into reusable buffers.
         want_ids = outputs.publish_id_image and camera.id_image.get_subscription_count() > 0
@@ -350,12 +351,12 @@ class PanopticNode(Node):
         if segments is not None:
             camera.instances.publish(instance_array_msg(segments, backend.label_set, header, resampler.camera_hw,
                                                         label_divisor, backend.model_name))
-        t5 = time.perf_counter()
+        t5, cpu5 = time.perf_counter(), time.thread_time()
 
         latencies = {"convert": t1 - t0, "resize": (t2 - t1) + (t4 - t3), "inference": t3 - t2,
                      "publish": t5 - t4, TOTAL: t5 - t0}
         latencies = {stage: seconds * 1e3 for stage, seconds in latencies.items()}
-        camera.stats.record_frame(latencies)
+        camera.stats.record_frame(latencies, overhead_cpu_ms=((cpu5 - cpu0) - (cpu3 - cpu2)) * 1e3)
         if outputs.publish_latency:
             for stage, ms in latencies.items():
                 camera.latency[stage].publish(Float64(data=ms))
