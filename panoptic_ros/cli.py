@@ -14,9 +14,10 @@ import sys
 import panoptic_ros
 
 # Modules that register subcommands, in the order `--help` lists them.
-COMMAND_MODULES: tuple[str, ...] = ("panoptic_ros.evaluation.cli", "panoptic_ros.runtime.engine_cli",
+COMMAND_MODULES: tuple[str, ...] = ("panoptic_ros.evaluation.cli", "panoptic_ros.evaluation.bag_cli",
+                                   "panoptic_ros.runtime.engine_cli",
                                    "panoptic_ros.data.synth_cli", "panoptic_ros.runtime.export_cli",
-                                   "panoptic_ros.training.train_cli")
+                                   "panoptic_ros.training.train_cli", "panoptic_ros.evaluation.replay_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

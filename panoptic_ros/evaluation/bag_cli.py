@@ -1,0 +1,192 @@
+"""`panoptic-ros eval-bag`: run a model on every frame of a rosbag2 and write an evaluation report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+EPILOG = """\
+model: --model NAME|PATH (a shipped model, models/NAME.onnx, or a file), --onnx F, --engine F (TensorRT),
+--checkpoint F (torch; needs --input-size), or `model` in --params. Settings come from the defaults of
+panoptic_node, then --params (a node parameters file such as config/cpu.yaml: every ros__parameters
+section applies), then the options given here.
+
+ground truth: --gt-topic T: 32SC1 id images (class * label_divisor + instance, -1 void) with the frames'
+header stamps (within --gt-tolerance-ms). --gt-dir D: a COCO / Cityscapes panoptic PNG folder with its JSON
+(default D.json); --gt-match stamp: the last run of digits in a PNG's name is the frame's header stamp in
+nanoseconds; --gt-match index: the PNGs sorted by name are the topic's frames in order.
+
+exit status: 0 done; 1 the bag is damaged part-way: the report covers the frames before the damage;
+2 bad input (missing bag or topic, unreadable bag, bad option).
+"""
+
+THRESHOLD_OPTIONS = ("score_threshold", "center_threshold", "nms_iou", "mask_sigma", "overlap_threshold",
+                     "min_stuff_area")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval-bag", help="evaluate a model on a rosbag2 (PQ report, latencies, overlays, prediction bag)",
+        description="Run the panoptic pipeline on every frame of an image topic of a rosbag2 (mcap or sqlite3, "
+                    "raw or compressed images), in order, and write a report folder: metrics.json, report.md, "
+                    "latency histogram, PQ per class and side-by-side overlays.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("bag", type=Path, help="rosbag2 directory, .mcap or .db3 file")
+    parser.add_argument("--image-topic", required=True, help="sensor_msgs/Image or CompressedImage topic")
+    truth = parser.add_mutually_exclusive_group()
+    truth.add_argument("--gt-topic", help="ground-truth 32SC1 id image topic in the same bag")
+    truth.add_argument("--gt-dir", type=Path, help="ground-truth panoptic PNG folder (COCO / Cityscapes layout)")
+    parser.add_argument("--gt-json", type=Path, help="the --gt-dir folder's JSON (default: the folder's path + .json)")
+    parser.add_argument("--gt-format", choices=("coco", "cityscapes"), default="coco",
+                        help="coco: categories are the model's train ids; cityscapes: label ids, mapped to train ids")
+    parser.add_argument("--gt-match", choices=("stamp", "index"), default="stamp",
+                        help="how --gt-dir files find their frames (default stamp)")
+    parser.add_argument("--gt-tolerance-ms", type=float, default=0.0,
+                        help="largest stamp difference between a frame and its ground truth (default 0: equal)")
+
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument("--model", help="shipped model name (models/<name>.onnx) or model file path")
+    model.add_argument("--onnx", type=Path, help="ONNX model file")
+    model.add_argument("--engine", type=Path, help="TensorRT engine file")
+    model.add_argument("--checkpoint", type=Path, help="PyTorch checkpoint (.pt), run with the torch backend")
+    parser.add_argument("--backend", choices=("onnxruntime", "torch", "tensorrt"),
+                        help="runtime (default: onnxruntime; tensorrt for --engine, torch for --checkpoint)")
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: --params, else auto)")
+    parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads (0: ONNX Runtime decides)")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="tensorrt: precision when building")
+    parser.add_argument("--input-size", help="torch with --checkpoint: model input HxW, e.g. 512x1024")
+    parser.add_argument("--params", type=Path, help="panoptic_node parameters YAML (e.g. config/cpu.yaml)")
+    for name in THRESHOLD_OPTIONS:
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=float, help=f"fusion threshold {name}")
+    parser.add_argument("--label-divisor", type=int, help="panoptic id = class * divisor + instance (default 1000)")
+
+    parser.add_argument("--report", required=True, type=Path, help="report folder to write")
+    parser.add_argument("--output-bag", type=Path,
+                        help="also write the predictions to this new rosbag2 (.db3: sqlite3, else mcap)")
+    parser.add_argument("--max-frames", type=int, help="evaluate only the topic's first N frames")
+    parser.add_argument("--overlays", type=int, default=4, help="side-by-side overlays in the report (default 4)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from panoptic_ros.evaluation.bag_eval import FolderGroundTruth, TopicGroundTruth, evaluate_bag, image_topic_count
+    from panoptic_ros.evaluation.report import latency_summary
+    from panoptic_ros.ros import parameters as params
+    from panoptic_ros.runtime.backends import create_backend
+
+    if args.output_bag is not None and args.output_bag.exists():
+        raise ValueError(f"--output-bag {args.output_bag} exists already; give a new path")
+    values = node_parameters(args)
+    thresholds = params.thresholds(values)
+    label_divisor = int(values["label_divisor"])
+    tolerance_ns = round(args.gt_tolerance_ms * 1e6)
+    # The bag and its topics first: a typo should not wait for a model to load.
+    image_topic_count(args.bag, args.image_topic)
+    ground_truth = TopicGroundTruth(args.bag, args.gt_topic, tolerance_ns) if args.gt_topic else None
+    settings = params.model_settings(values)
+    backend = create_backend(settings.backend, settings.model_file(params.default_models_dir()),
+                             device=settings.device, **settings.backend_options())
+    if args.gt_dir is not None:
+        ground_truth = FolderGroundTruth(args.gt_dir, backend.label_set, args.gt_json, args.gt_format, args.gt_match,
+                                         tolerance_ns)
+
+    evaluation = evaluate_bag(args.bag, args.image_topic, backend, ground_truth=ground_truth, thresholds=thresholds,
+                              label_divisor=label_divisor, max_frames=args.max_frames, num_overlays=args.overlays,
+                              output_bag=args.output_bag, progress=sys.stderr.isatty())
+    evaluation.write_report(args.report, backend.label_set)
+
+    if evaluation.result is not None:
+        print(evaluation.result.format_table())
+    for stage, s in latency_summary(evaluation.latencies_ms).items():
+        print(f"{stage:>12s}: p50 {s['p50']:7.2f}  p90 {s['p90']:7.2f}  p99 {s['p99']:7.2f} ms  ({s['count']} frames)")
+    if evaluation.skipped:
+        print("skipped frames: " + ", ".join(f"{reason}: {count}" for reason, count in evaluation.skipped.items()))
+    print(f"{evaluation.frames} frames run; report written to {args.report}"
+          + (f"; predictions written to {args.output_bag}" if args.output_bag is not None else ""))
+    if evaluation.bag_error:
+        print(f"panoptic-ros eval-bag: warning: reading stopped early, the report covers the {evaluation.frames} "
+              f"frames before the damage: {evaluation.bag_error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def node_parameters(args: argparse.Namespace) -> dict[str, Any]:
+    """panoptic_node's parameter values: its defaults, then --params, then the command's options."""
+    from panoptic_ros.ros import parameters as params
+
+    # (a parameter without a default, such as cameras, has its type as `default`; none of them matters here)
+    values = {spec.name: spec.default for spec in params.PARAMETERS
+              if isinstance(spec.default, (bool, int, float, str))}
+    if args.params is not None:
+        values.update(read_params_file(args.params))
+    for name in (*THRESHOLD_OPTIONS, "label_divisor", "device", "threads", "precision"):
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    values.update(_model_choice(args, values["backend"]))
+    if not values["model"] and not values["engine_path"]:
+        raise ValueError("no model: give --model, --onnx, --engine or --checkpoint (or `model` in --params)")
+    return values
+
+
+def _model_choice(args: argparse.Namespace, params_backend: str) -> dict[str, Any]:
+    """Parameter values of the model options given (none: those of --params stay)."""
+    for option, backend in (("engine", "tensorrt"), ("checkpoint", "torch")):
+        if getattr(args, option) is not None and args.backend not in (None, backend):
+            raise ValueError(f"--{option} runs on the {backend} backend, not --backend {args.backend}")
+    if args.engine is not None:
+        return {"backend": "tensorrt", "engine_path": str(args.engine), "model": ""}
+    if args.checkpoint is not None:
+        if not args.input_size:
+            raise ValueError("--checkpoint needs --input-size HxW (the model input size, multiples of 128)")
+        height, width = parse_size(args.input_size)
+        return {"backend": "torch", "model": str(args.checkpoint), "engine_path": "",
+                "torch_input_height": height, "torch_input_width": width}
+    choice: dict[str, Any] = {"backend": args.backend or params_backend}
+    if args.onnx is not None or args.model is not None:
+        choice.update(model=str(args.onnx or args.model), engine_path="")
+        if args.onnx is not None:
+            choice["backend"] = args.backend or "onnxruntime"
+    if args.input_size:
+        choice["torch_input_height"], choice["torch_input_width"] = parse_size(args.input_size)
+    return choice
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'512x1024' -> (512, 1024)."""
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--input-size must be HxW, e.g. 512x1024, got {text!r}") from None
+    if height <= 0 or width <= 0:
+        raise ValueError(f"--input-size must be positive, got {text!r}")
+    return height, width
+
+
+def read_params_file(path: Path) -> dict[str, Any]:
+    """The ros__parameters of a ROS 2 parameters YAML, all node sections merged in file order."""
+    import yaml
+
+    from panoptic_ros.ros import parameters as params
+
+    if not path.is_file():
+        raise FileNotFoundError(f"--params: no such file: {path}")
+    try:
+        document = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"--params {path} is not valid YAML: {error}") from None
+    sections = [node.get("ros__parameters") for node in (document or {}).values() if isinstance(node, dict)] \
+        if isinstance(document, dict) else []
+    sections = [s for s in sections if isinstance(s, dict)]
+    if not sections:
+        raise ValueError(f"--params {path}: no ros__parameters section (expected e.g. '/**: ros__parameters: ...', "
+                         "as in config/cpu.yaml)")
+    values: dict[str, Any] = {}
+    for section in sections:
+        values.update(section)
+    unknown = sorted(set(values) - set(params.PARAMETER_NAMES))
+    if unknown:
+        raise ValueError(f"--params {path}: unknown parameters {', '.join(unknown)}; panoptic_node's parameters: "
+                         f"{', '.join(params.PARAMETER_NAMES)}")
+    return values
