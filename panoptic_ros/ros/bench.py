@@ -3,14 +3,15 @@
 Starts panoptic_node, publishes camera frames (1024x2048 rgb8 at 30 Hz for 60 s by default) from
 this process while subscribing to its outputs, and reports:
 - memory: the node's resident set (VmRSS) sampled from /proc through the run, and its peak (VmHWM);
-- freshness: every output comes from the newest frame: the age of each output (receive time minus
-  send time of its frame) stays within one frame period plus one processing time and does not grow,
-  and outputs never go back to an older frame;
+- freshness: every output comes from the newest frame: when the node starts on a frame, typically (median)
+  at most one newer frame has been sent (one can be in transit), this lag and the outputs' age (receive
+  time minus send time) do not grow over the run, and outputs never go back to an older frame;
 - drops: the node's drop counter equals frames received minus frames processed (with the default reliable
   input every sent frame is received; --input-qos SENSOR_DATA shows what a best-effort link loses too);
 - the node's own per-frame overhead: everything except the backend run (convert, resize both ways,
   messages, publishing), from its per-frame latency topics, and the cost of receiving (deserializing)
-  one frame, which happens in the executor thread before the node's callback runs.
+  one frame, which happens in the executor thread before the node's callback runs; also the worker's CPU
+  time for the same work (robust on a shared machine, where wall-clock stages include waiting for a CPU).
 Exit status 0 when the freshness, drop and memory checks pass.
 """
 
@@ -134,13 +135,23 @@ def counters(client, camera: str = "") -> dict[str, int]:
     return {k: int(status[k]) for k in ("received", "processed", "dropped", "rejected", "failed")}
 
 
-def wait_until_idle(client, timeout: float) -> dict[str, int]:
-    """The node's counters once every received frame was processed or dropped."""
+def wait_until_settled(client, timeout: float, quiet: float = 1.5) -> dict[str, int]:
+    """The node's counters once every received frame was processed or dropped and no frame arrived for
+    `quiet` seconds (late deliveries of a reliable link included)."""
     def idle(values: dict[str, str]) -> bool:
         done = sum(int(values[k]) for k in ("processed", "dropped", "rejected", "failed"))
         return int(values["received"]) == done
-    client.camera_status("", idle, timeout=timeout)
-    return counters(client)
+
+    deadline = time.monotonic() + timeout
+    previous = None
+    while time.monotonic() < deadline:
+        client.camera_status("", idle, timeout=max(0.1, deadline - time.monotonic()))
+        current = counters(client)
+        if current == previous:
+            return current
+        previous = current
+        time.sleep(quiet)
+    raise TimeoutError(f"the node did not settle within {timeout:.0f} s")
 
 
 def percentile(values, q: float) -> float:
@@ -198,8 +209,7 @@ def run(args: argparse.Namespace) -> int:
                 break
         else:
             raise RuntimeError("no output from the node during warm-up")
-        time.sleep(1.0)
-        before = wait_until_idle(client, timeout=60)
+        before = wait_until_settled(client, timeout=60)
         client.reset_latencies()  # the latency series and arrivals start with the measured run
         with arrivals.lock:
             arrivals.received.clear()
@@ -217,8 +227,7 @@ def run(args: argparse.Namespace) -> int:
             arrivals.sent[index] = time.monotonic()
             client.publish("", frame)
         publish_seconds = time.monotonic() - start
-        after = wait_until_idle(client, timeout=60)
-        time.sleep(0.5)
+        after = wait_until_settled(client, timeout=60)
         sampler.stop()
         overhead_cpu_ms = float(client.camera_status("")["overhead_cpu_ms"])  # median of the last 100 frames
         figures = _figures(args, count, publish_seconds, before, after, arrivals, client, sampler,
@@ -246,7 +255,12 @@ def _figures(args, sent: int, publish_seconds: float, before: dict[str, int], af
     rss = [kb / 1024 for _, kb in sampler.samples]
     rss_quarter = max(1, len(rss) // 4)
     period_ms = 1e3 / args.rate
-    age_limit_ms = period_ms + 2 * percentile(total, 99) + 50.0  # one period + processing + transport slack
+    # Lag of an output: how many newer frames had been sent when the node started on it (its receive
+    # time minus its total node time; outputs and latency values arrive in the same, processing, order).
+    # A newest-frame node stays at 0-1 (a frame in transit); a queue would fall further behind every frame.
+    send_times = [arrivals.sent[i] for i in range(sent)]
+    lags = [int(np.searchsorted(send_times, t - ms / 1e3, side="right")) - 1 - i
+            for (i, t), ms in zip(received, total, strict=False)]
     figures = {
         "frame": f"{args.width}x{args.height} rgb8", "rate_hz": args.rate, "duration_s": args.duration,
         "model": args.model, "backend": args.backend, "device": args.device, "overlay_subscribed": args.overlay,
@@ -259,7 +273,9 @@ def _figures(args, sent: int, publish_seconds: float, before: dict[str, int], af
         "age_ms_p50": percentile(ages_ms, 50), "age_ms_p99": percentile(ages_ms, 99), "age_ms_max": max(ages_ms),
         "age_ms_first_quarter_median": percentile(ages_ms[:quarter], 50),
         "age_ms_last_quarter_median": percentile(ages_ms[-quarter:], 50),
-        "age_limit_ms": age_limit_ms,
+        "lag_frames_p50": percentile(lags, 50), "lag_frames_p99": percentile(lags, 99), "lag_frames_max": max(lags),
+        "lag_frames_first_quarter_mean": float(np.mean(lags[:quarter])),
+        "lag_frames_last_quarter_mean": float(np.mean(lags[-quarter:])),
         "outputs_in_frame_order": indices == sorted(indices),
         "rss_mb_first_quarter_mean": float(np.mean(rss[:rss_quarter])), "rss_mb_last_quarter_mean":
             float(np.mean(rss[-rss_quarter:])), "rss_mb_max_sampled": max(rss), "rss_mb_peak_vmhwm":
@@ -280,9 +296,11 @@ def _figures(args, sent: int, publish_seconds: float, before: dict[str, int], af
     figures["checks"] = {
         "drop_counter_equals_received_minus_processed":
             delta["dropped"] == delta["received"] - delta["processed"] - delta["rejected"] - delta["failed"],
-        "outputs_from_newest_frames": figures["outputs_in_frame_order"] and figures["age_ms_max"] <= age_limit_ms,
-        "age_does_not_grow": figures["age_ms_last_quarter_median"] <= figures["age_ms_first_quarter_median"]
-        + period_ms + 0.5 * percentile(total, 50),
+        # The median, not the tail: on a busy machine frames can sit in transit or in the executor for a
+        # while (p99, max are reported); a queue instead falls behind by more frames every second.
+        "outputs_from_newest_frames": figures["outputs_in_frame_order"] and figures["lag_frames_p50"] <= 1,
+        "staleness_does_not_grow": figures["lag_frames_last_quarter_mean"] <= figures["lag_frames_first_quarter_mean"]
+        + 1 and figures["age_ms_last_quarter_median"] <= figures["age_ms_first_quarter_median"] + period_ms,
         "memory_flat": figures["rss_mb_last_quarter_mean"] - figures["rss_mb_first_quarter_mean"]
         <= args.max_rss_growth_mb,
     }
@@ -300,9 +318,12 @@ def _report(args, figures: dict) -> int:
         f"  sent {f['sent']} frames ({f['publish_rate_hz']:.1f} Hz); node received {f['node_received']}, "
         f"processed {f['node_processed']} ({f['processed_rate_hz']:.2f} Hz), dropped {f['node_dropped']}, "
         f"rejected {f['node_rejected']}, failed {f['node_failed']}",
-        f"  output age ms: p50 {f['age_ms_p50']:.0f}, p99 {f['age_ms_p99']:.0f}, max {f['age_ms_max']:.0f} "
-        f"(limit {f['age_limit_ms']:.0f}); first/last quarter median {f['age_ms_first_quarter_median']:.0f}/"
+        f"  output age ms (sent to output received): p50 {f['age_ms_p50']:.0f}, p99 {f['age_ms_p99']:.0f}, max "
+        f"{f['age_ms_max']:.0f}; first/last quarter median {f['age_ms_first_quarter_median']:.0f}/"
         f"{f['age_ms_last_quarter_median']:.0f}; in frame order: {f['outputs_in_frame_order']}",
+        f"  newer frames already sent when the node started a frame: p50 {f['lag_frames_p50']:.0f}, p99 "
+        f"{f['lag_frames_p99']:.0f}, max {f['lag_frames_max']}; first/last quarter mean "
+        f"{f['lag_frames_first_quarter_mean']:.2f}/{f['lag_frames_last_quarter_mean']:.2f}",
         f"  node RSS MB: first quarter {f['rss_mb_first_quarter_mean']:.0f}, last quarter "
         f"{f['rss_mb_last_quarter_mean']:.0f}, max sampled {f['rss_mb_max_sampled']:.0f}, peak (VmHWM) "
         f"{f['rss_mb_peak_vmhwm']:.0f}",
