@@ -38,11 +38,11 @@ from panoptic_ros.data.rosbag_io import (
     BagError,
     TopicInfo,
     list_topics,
-    read_id_images,
     read_images,
     stamp_to_ns,
 )
 from panoptic_ros.evaluation.pq import PQAccumulator, PQResult
+from panoptic_ros.pipeline_io import Thresholds
 
 END_TO_END = "end_to_end"  # latency series name: output received - frame published
 COUNTERS = ("received", "processed", "dropped", "rejected", "failed")  # the node's per-camera /diagnostics counters
@@ -81,11 +81,11 @@ class FrameCounts:
         return self.not_processed == self.lost + self.dropped + self.rejected + self.failed
 
     def as_dict(self) -> dict[str, int | bool]:
-        return {"frames_sent": self.sent, "frames_received_by_node": self.received,
-                "frames_processed": self.processed, "frames_not_processed": self.not_processed,
-                "dropped_by_node": self.dropped, "lost_before_node": self.lost, "rejected_by_node": self.rejected,
-                "failed_in_node": self.failed, "outputs_received": self.outputs,
-                "drop_counts_consistent": self.consistent}
+        return {"frames sent": self.sent, "frames received by the node": self.received,
+                "frames processed": self.processed, "frames not processed": self.not_processed,
+                "dropped by the node": self.dropped, "lost before the node": self.lost,
+                "rejected by the node": self.rejected, "failed in the node": self.failed,
+                "outputs received": self.outputs, "drop counts consistent": self.consistent}
 
 
 @dataclass
@@ -275,8 +275,9 @@ def wait_until_settled(client, hardware_id: str, watch: NodeWatch, baseline: dic
         time.sleep(DIAGNOSTICS_PERIOD_S)
 
 
-def wait_until_ready(client, publisher, watch: NodeWatch, warmup_msg, timeout: float) -> int:
-    """Wait for discovery, then send the warm-up frame until the node answers it; the number of warm-up sends."""
+def wait_until_ready(client, publisher, hardware_id: str, watch: NodeWatch, warmup_msg, timeout: float) -> int:
+    """Wait for discovery, then send the warm-up frame until the node answers it; the number of warm-up sends.
+    A node that refuses the frame (an encoding it does not read, too many pixels) fails at once, with its reason."""
     deadline = time.monotonic() + timeout
 
     def matched() -> bool:
@@ -297,6 +298,13 @@ def wait_until_ready(client, publisher, watch: NodeWatch, warmup_msg, timeout: f
             return sends
         except TimeoutError:
             watch.check()
+            try:
+                status = node_status(client, hardware_id, lambda values: True, timeout=1.0)
+            except TimeoutError:
+                status = {}
+            if int(status.get("rejected", 0)) + int(status.get("failed", 0)):
+                raise NodeFailed(f"panoptic_node cannot use the frames of this topic: {status['last_problem']}"
+                                 ) from None
             if time.monotonic() > deadline:
                 raise watch.fail(f"panoptic_node did not answer a warm-up frame within {timeout:.0f} s") from None
 
@@ -368,7 +376,7 @@ def run_live(bag: Path, topics: BagTopics, params_file: Path, model_path: Path |
                                     on_output=recorder.on_output)
             # The bag's topic name inside the private namespace, where the node's input is remapped to.
             publisher = client.node.create_publisher(msg_type, topics.image.name.lstrip("/"), QoSProfile(depth=10))
-            warmups = wait_until_ready(client, publisher, watch, warmup, ready_timeout)
+            warmups = wait_until_ready(client, publisher, hardware_id, watch, warmup, ready_timeout)
             zero = dict.fromkeys(COUNTERS, 0)
             baseline = _counters(wait_until_settled(client, hardware_id, watch, zero, warmups, ready_timeout))
             client.reset_latencies()
@@ -406,9 +414,9 @@ def label_set_of(class_map) -> LabelSet:
 @dataclass
 class Evaluation:
     result: PQResult | None
-    skipped: dict[str, int]  # frames with an output that were not evaluated, by reason
+    skipped: dict[str, int]  # frames with an output left out of the metrics, by reason (eval-bag's reasons)
+    notes: list[str]  # the first example of each reason, and the ground truth's notes
     overlays: list[np.ndarray]
-    unreadable_gt: int  # ground-truth messages that could not be read as 32SC1 id images
 
 
 def overlay_stamps(stamps: list[int], count: int) -> list[int]:
@@ -420,31 +428,48 @@ def overlay_stamps(stamps: list[int], count: int) -> list[int]:
 
 def evaluate(bag: Path, topics: BagTopics, recorder: Recorder, label_set: LabelSet, label_divisor: int,
              overlay_count: int) -> Evaluation:
-    """PQ of the recorded id images against the ground-truth topic, matched by header stamp; overlays."""
+    """PQ of the recorded id images against the ground-truth topic (eval-bag's matching: same header stamp), and
+    side-by-side overlays of a few frames."""
+    from panoptic_ros.evaluation.bag_eval import (
+        INVALID_GROUND_TRUTH,
+        NO_GROUND_TRUTH,
+        SIZE_MISMATCH,
+        TopicGroundTruth,
+    )
     from panoptic_ros.evaluation.report import side_by_side
 
-    chosen = overlay_stamps(sorted(recorder.id_images), overlay_count)
+    stamps = sorted(recorder.id_images)  # ground truth is read as a stream: ask in stamp order
+    chosen = overlay_stamps(stamps, overlay_count)
     skipped: dict[str, int] = {}
+    notes: list[str] = []
     gt_of_chosen: dict[int, np.ndarray] = {}
-    result, unreadable = None, []
+    accumulator = None
     if topics.gt is not None:
+        ground_truth = TopicGroundTruth(bag, topics.gt.name)
         accumulator = PQAccumulator.from_label_set(label_set)
-        matched: set[int] = set()
-        for frame in read_id_images(bag, topics.gt.name, skipped=unreadable):
-            stamp = frame.stamp_ns
-            if stamp not in recorder.id_images or stamp in matched:
-                continue
-            matched.add(stamp)
+        position = {stamp: i for i, stamp in enumerate(recorder.sent_at)}
+        for stamp in stamps:
             prediction = recorder.id_image(stamp)
-            if prediction.shape != frame.pixels.shape:
-                skipped["ground truth of another size"] = skipped.get("ground truth of another size", 0) + 1
-                continue
-            accumulator.add_id_maps(frame.pixels, prediction, label_divisor)
-            if stamp in chosen:
-                gt_of_chosen[stamp] = frame.pixels
-        if missing := len(recorder.id_images) - len(matched):
-            skipped["no ground truth"] = missing
-        result = accumulator.result() if accumulator.num_frames else None
+            gt = ground_truth.lookup(stamp, position[stamp])
+            problem = None
+            if gt is None:
+                problem = NO_GROUND_TRUTH, "no ground truth"
+            elif gt.shape != prediction.shape:
+                problem = SIZE_MISMATCH, f"ground truth is {gt.shape[0]}x{gt.shape[1]}, the output " \
+                                         f"{prediction.shape[0]}x{prediction.shape[1]}"
+            else:
+                try:
+                    gt.add_to(accumulator, prediction, label_divisor, label_set)
+                except ValueError as error:
+                    problem = INVALID_GROUND_TRUTH, str(error)
+            if problem is not None:
+                reason, detail = problem
+                if reason not in skipped:
+                    notes.append(f"frame stamped {stamp}: {detail}")
+                skipped[reason] = skipped.get(reason, 0) + 1
+            elif stamp in chosen:
+                gt_of_chosen[stamp] = gt.as_id_map(label_divisor, label_set)
+        notes += ground_truth.notes
 
     overlays = []
     for frame in read_images(bag, topics.image.name, skipped=[]):
@@ -453,11 +478,23 @@ def evaluate(bag: Path, topics: BagTopics, recorder: Recorder, label_set: LabelS
                                          recorder.id_image(frame.stamp_ns), label_set, label_divisor))
             if len(overlays) == len(chosen):
                 break
-    return Evaluation(result, skipped, overlays, len(unreadable))
+    result = accumulator.result() if accumulator is not None and accumulator.num_frames else None
+    return Evaluation(result, skipped, notes, overlays)
 
 
 # ---------------------------------------------------------------------------------------------
 # The whole replay
+
+
+def params_file_thresholds(params_file: Path) -> Thresholds:
+    """The fusion thresholds the node will start with: its defaults, then the params file (checked here, so a bad
+    file fails before the node starts)."""
+    from panoptic_ros.evaluation.bag_cli import read_params_file
+    from panoptic_ros.ros import parameters as params
+
+    values = {spec.name: spec.default for spec in params.PARAMETERS}
+    values.update(read_params_file(params_file))
+    return params.thresholds(values)
 
 
 def replay(bag: str | Path, image_topic: str, report_dir: str | Path, *, params_file: str | Path,
@@ -474,12 +511,11 @@ def replay(bag: str | Path, image_topic: str, report_dir: str | Path, *, params_
     bag, report_dir, params_file = Path(bag), Path(report_dir), Path(params_file)
     if not rate > 0:
         raise ValueError(f"rate must be positive, got {rate}")
-    if not params_file.is_file():
-        raise FileNotFoundError(f"params file not found: {params_file}")
     if model_path is not None:
         model_path = Path(model_path).resolve()
         if not model_path.is_file():
             raise FileNotFoundError(f"model file not found: {model_path}")
+    thresholds = params_file_thresholds(params_file)
     topics = check_bag(bag, image_topic, gt_topic)
     report_dir.mkdir(parents=True, exist_ok=True)
     log_path = report_dir / "node.log"
@@ -499,12 +535,18 @@ def replay(bag: str | Path, image_topic: str, report_dir: str | Path, *, params_
                      "failed in the node": counts.failed, "output not received": counts.processed - counts.outputs,
                      "repeated stamp (not sent)": live.repeated_stamps, **evaluation.skipped}
     status = live.status
-    info = {"bag": str(bag), "image_topic": image_topic, "gt_topic": gt_topic or "-", "params_file": str(params_file),
-            "model": status.get("model", ""), "model_path": status.get("model_path", ""),
+    # The keys eval-bag's report has, then the replay's own.
+    info = {"bag": str(bag), "image topic": image_topic,
+            "ground truth": f"topic {gt_topic} (same header stamp)" if gt_topic else "none",
+            "model": status.get("model", ""), "model file": status.get("model_path", ""),
             "backend": status.get("backend", ""), "device": status.get("device", ""),
-            "model_input": status.get("input_hw", ""), "playback_rate": rate,
-            "playback_s": round(live.playback_s, 2), "frames_in_bag": topics.image.count, **counts.as_dict(),
-            "unreadable_gt_messages": evaluation.unreadable_gt, "node_exit_code": live.exit_code}
+            "input size": status.get("input_hw", ""), "thresholds": thresholds.as_dict(),
+            "label divisor": live.label_divisor,
+            "frames evaluated": evaluation.result.num_frames if evaluation.result is not None else 0,
+            "params file": str(params_file), "playback rate": rate, "playback seconds": round(live.playback_s, 2),
+            "frames in bag": topics.image.count, **counts.as_dict(), "node exit code": live.exit_code}
+    if evaluation.notes:
+        info["notes"] = "; ".join(evaluation.notes)
     paths = write_report(report_dir, result=evaluation.result, latencies_ms=latencies, overlays=evaluation.overlays,
                          skipped={k: v for k, v in not_evaluated.items() if v}, info=info, label_set=live.label_set)
     paths["node_log"] = log_path
