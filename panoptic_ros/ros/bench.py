@@ -280,6 +280,7 @@ def _figures(args, sent: int, publish_seconds: float, before: dict[str, int], af
         "rss_mb_first_quarter_mean": float(np.mean(rss[:rss_quarter])), "rss_mb_last_quarter_mean":
             float(np.mean(rss[-rss_quarter:])), "rss_mb_max_sampled": max(rss), "rss_mb_peak_vmhwm":
             sampler.peak_kb / 1024,
+        "rss_mb_per_second": [round(mb, 1) for mb in rss[:: max(1, int(round(1.0 / sampler.period)))]],
         "frames_timed": frames,
         "latency_ms_p50": {stage: percentile(v[:frames], 50) for stage, v in latencies.items()},
         "latency_ms_mean": {stage: float(np.mean(v[:frames])) for stage, v in latencies.items()},
