@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-done
 SETUP_INPUTS := requirements.txt requirements-nodeps.txt setup.py CMakeLists.txt package.xml scripts/setup_venv.sh $(wildcard msg/*.msg)
 
-.PHONY: setup test lint clean
+.PHONY: setup test lint clean demo
 
 setup: $(STAMP)
 
@@ -14,6 +14,11 @@ $(STAMP): $(SETUP_INPUTS)
 
 test: setup
 	$(PY) -m pytest
+
+# `make demo MODEL=rtps` for another shipped model (psn, rtps, fpsnet, spinet, lpsnet).
+MODEL ?= psn
+demo: setup
+	$(PY) -m panoptic_ros.cli demo --model $(MODEL)
 
 lint: setup
 	$(VENV)/bin/ruff check panoptic_ros test launch scripts
