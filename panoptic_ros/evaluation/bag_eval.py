@@ -211,7 +211,8 @@ class FolderGroundTruth:
             raise ValueError(f"the ground-truth stamp tolerance must be >= 0, got {tolerance_ns} ns")
         self.png_dir = Path(png_dir)
         self.json_path = Path(json_path) if json_path is not None else self.png_dir.with_suffix(".json")
-        self.match, self.tolerance_ns, self.notes = match, int(tolerance_ns), []
+        self.match, self.tolerance_ns = match, int(tolerance_ns)
+        self._matched = 0
         if layout == "cityscapes":
             categories, self._annotations = read_cityscapes_panoptic(self.json_path, self.png_dir, train_ids=True)
         else:
@@ -241,7 +242,15 @@ class FolderGroundTruth:
             position = _nearest(self._stamps, stamp_ns, self.tolerance_ns)
         if position is None:
             return None
+        self._matched += 1
         return GroundTruthFrame(annotation=self._annotations[int(self._order[position])])
+
+    @property
+    def notes(self) -> list[str]:
+        if self.match != "stamp" or self._matched or not len(self._stamps):
+            return []
+        return [f"no file name matched a frame stamp (stamps read from the names: {self._stamps[0]} to "
+                f"{self._stamps[-1]}); if the files are in frame order, match by index"]
 
 
 def stamp_from_file_name(file_name: str) -> int:

@@ -1,0 +1,343 @@
+"""eval-bag: every frame of a rosbag2 through a real exported pipeline, evaluated like the same frames directly.
+
+The model is a tiny untrained Panoptic SwiftNet exported to ONNX (seeded); its car and person
+semantic logits track those of two stuff classes so that thing instances appear in its output.
+Bags are written with rosbags (data.rosbag_io) from synthetic scenes. Their ground truth is the
+model's own prediction, shifted and with a void band, so that true positives (IoU < 1), false
+positives and false negatives all occur: against the scenes' true labels an untrained model scores
+PQ 0, which would test little. The reference numbers come from running the backend on the same
+decoded frames, resizing with OpenCV as the node's contract says (bilinear in, nearest out), and a
+PQAccumulator.
+"""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+from panoptic_ros.classes import SYNTHETIC, LabelSet
+from panoptic_ros.cli import main
+from panoptic_ros.data.formats import CocoPanopticWriter, from_id_map, label_set_categories
+from panoptic_ros.data.rosbag_io import (
+    IMAGE_TYPE,
+    BagError,
+    BagFrame,
+    BagWriter,
+    header,
+    read_id_images,
+    read_images,
+    read_messages,
+    typestore,
+    write_frames,
+)
+from panoptic_ros.data.synthetic import generate_scene
+from panoptic_ros.evaluation.bag_cli import read_params_file
+from panoptic_ros.evaluation.bag_eval import (
+    INVALID_GROUND_TRUTH,
+    NO_GROUND_TRUTH,
+    SIZE_MISMATCH,
+    UNDECODABLE_IMAGE,
+    FolderGroundTruth,
+    TopicGroundTruth,
+    evaluate_bag,
+    stamp_from_file_name,
+)
+from panoptic_ros.evaluation.pq import PQAccumulator
+from panoptic_ros.pipeline_io import Thresholds
+
+MODEL_HW = (128, 256)
+DIVISOR = 1000
+START_NS = 1_700_000_000_000_000_000
+PERIOD_NS = 100_000_000
+IMAGE_TOPIC, GT_TOPIC = "/camera/image_raw", "/camera/panoptic_gt"
+REPORT_FILES = ("metrics.json", "report.md", "latency_histogram.png", "pq_per_class.png")
+DEFAULT_THRESHOLDS = Thresholds()
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    import torch
+
+    from panoptic_ros.fusion.pipeline import build_pipeline
+    from panoptic_ros.networks import build_network
+    from panoptic_ros.runtime.export import export_onnx
+
+    torch.manual_seed(0)
+    network = build_network("psn", SYNTHETIC, width=0.25)
+    with torch.no_grad():  # car follows vegetation-like logits, person sidewalk-like ones (see module doc)
+        weight = network.semantic_head[2].weight
+        weight[SYNTHETIC.names.index("car")] = weight[SYNTHETIC.names.index("vegetation")] * 1.05
+        weight[SYNTHETIC.names.index("person")] = weight[SYNTHETIC.names.index("sidewalk")] * 1.05
+    pipeline = build_pipeline("psn", SYNTHETIC, *MODEL_HW, network=network, max_instances=16)
+    return export_onnx(pipeline, tmp_path_factory.mktemp("model") / "psn.onnx")
+
+
+@pytest.fixture(scope="module")
+def backend(model_path):
+    from panoptic_ros.runtime.backends import create_backend
+
+    return create_backend("onnxruntime", model_path, device="cpu")
+
+
+def predict(backend, image: np.ndarray, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> np.ndarray:
+    """The pipeline's id map at the image's size: bilinear to the model, nearest back."""
+    height, width = backend.input_hw
+    model_image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    panoptic = backend.run(model_image, thresholds, DIVISOR).panoptic
+    return cv2.resize(panoptic, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
+
+
+def scene_frames(backend, count: int, hw: tuple[int, int] = MODEL_HW, first_seed: int = 0,
+                 thresholds: Thresholds = DEFAULT_THRESHOLDS) -> list[BagFrame]:
+    """Synthetic frames with the model's prediction, shifted 2 rows and 5 columns and a void band, as ground truth."""
+    frames = []
+    for i in range(count):
+        image = generate_scene(first_seed + i, *hw).image
+        ground_truth = np.roll(predict(backend, image, thresholds), (2, 5), axis=(0, 1))
+        ground_truth[:, :8] = -1
+        frames.append(BagFrame(START_NS + i * PERIOD_NS, image, ground_truth))
+    return frames
+
+
+def direct_metrics(backend, pairs, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> dict:
+    accumulator = PQAccumulator.from_label_set(SYNTHETIC)
+    for image, gt in pairs:
+        accumulator.add_id_maps(gt, predict(backend, image, thresholds), DIVISOR)
+    return accumulator.result().to_dict()
+
+
+def bag_pairs(path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(decoded image, ground truth) of a bag written by write_frames, as a reader sees them."""
+    return [(image.pixels, gt.pixels) for image, gt in
+            zip(read_images(path, IMAGE_TOPIC), read_id_images(path, GT_TOPIC), strict=True)]
+
+
+@pytest.mark.parametrize(("storage", "name", "compressed"), [("mcap", "bag.mcap", False), ("sqlite3", "bag.db3", True),
+                                                             ("mcap", "bag_dir", True), ("sqlite3", "bag_dir", False)])
+def test_metrics_equal_direct_evaluation(tmp_path, backend, storage, name, compressed):
+    path = tmp_path / name
+    frames = scene_frames(backend, 3)
+    write_frames(path, frames, storage=storage, compressed=compressed)
+    evaluation = evaluate_bag(path, IMAGE_TOPIC, backend, ground_truth=TopicGroundTruth(path, GT_TOPIC),
+                              label_divisor=DIVISOR, num_overlays=2)
+    pairs = bag_pairs(path)
+    if not compressed:
+        assert all(np.array_equal(image, frame.image) for (image, _), frame in zip(pairs, frames, strict=True))
+    expected = direct_metrics(backend, pairs)
+    assert evaluation.result.to_dict() == expected
+    counts = {key: sum(c[key] for c in expected["per_class"]) for key in ("tp", "fp", "fn")}
+    assert min(counts.values()) > 0 and expected["things"]["n"] > 0, counts
+    assert (evaluation.frames, evaluation.skipped, evaluation.bag_error) == (3, {}, None)
+    for stage in ("decode", "resize", "inference", "ground_truth", "evaluation", "total"):
+        assert len(evaluation.latencies_ms[stage]) == 3
+    assert len(evaluation.overlays) == 2 and evaluation.overlays[0].shape[1] == 3 * 640
+
+
+def test_cli_report_and_prediction_bag(tmp_path, backend, model_path, capsys):
+    """Frames twice the model's size (resized in and out), thresholds from a params file and an option."""
+    bag, report, output = tmp_path / "drive.mcap", tmp_path / "report", tmp_path / "predictions.mcap"
+    thresholds = Thresholds(score_threshold=0.4, min_stuff_area=32.0)
+    frames = scene_frames(backend, 3, (256, 512), first_seed=10, thresholds=thresholds)
+    write_frames(bag, frames)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"/**": {"ros__parameters": {"score_threshold": 0.4, "min_stuff_area": 100.0,
+                                                                  "device": "cpu"}}}))
+    code = main(["eval-bag", str(bag), "--image-topic", IMAGE_TOPIC, "--gt-topic", GT_TOPIC, "--onnx", str(model_path),
+                 "--params", str(params), "--min-stuff-area", "32", "--report", str(report), "--output-bag",
+                 str(output), "--overlays", "2"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "All" in printed and "inference: p50" in printed and "3 frames run" in printed
+
+    for name in REPORT_FILES + ("overlays/000.jpg", "overlays/001.jpg"):
+        assert (report / name).is_file(), name
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["metrics"] == direct_metrics(backend, bag_pairs(bag), thresholds)
+    assert metrics["info"]["thresholds"] == thresholds.as_dict()
+    assert metrics["skipped_frames"] == {"total": 0}
+    for stage in ("decode", "resize", "inference", "evaluation"):
+        assert metrics["latency_ms"][stage]["count"] == 3
+        assert 0 <= metrics["latency_ms"][stage]["p50"] <= metrics["latency_ms"][stage]["p99"]
+    markdown = (report / "report.md").read_text()
+    assert "| car | thing |" in markdown and "| inference | 3 |" in markdown and "overlays/001.jpg" in markdown
+
+    # The prediction bag: the node's outputs per frame, with the source stamps, our types described in the bag.
+    with Reader(output) as reader:
+        topics = {c.topic: c for c in reader.connections}
+        assert {t: c.msgtype for t, c in topics.items()} == {
+            "/camera/panoptic/id_image": IMAGE_TYPE, "/camera/panoptic/semantic": IMAGE_TYPE,
+            "/camera/panoptic/overlay": IMAGE_TYPE,
+            "/camera/panoptic/instances": "panoptic_ros/msg/PanopticInstanceArray",
+            "/camera/panoptic/class_map": "panoptic_ros/msg/PanopticClassMap"}
+        fresh = get_typestore(Stores.ROS2_KILTED)  # knows nothing of panoptic_ros: learns the types from the bag
+        for connection in topics.values():
+            fresh.register(get_types_from_msg(connection.msgdef.data, connection.msgtype))
+        instances = [fresh.deserialize_cdr(raw, c.msgtype) for c, _, raw in
+                     reader.messages(connections=[topics["/camera/panoptic/instances"]])]
+    ids = list(read_id_images(output, "/camera/panoptic/id_image"))
+    assert [m.stamp_ns for m in ids] == [m.bag_time_ns for m in ids] == [f.stamp_ns for f in frames]
+    for frame, message, array in zip(frames, ids, instances, strict=True):
+        predicted = predict(backend, frame.image, thresholds)
+        assert np.array_equal(message.pixels, predicted)
+        assert (array.height, array.width, array.label_divisor, array.model_name) == (256, 512, DIVISOR, "psn")
+        assert sorted(s.id for s in array.segments) == sorted(np.unique(predicted[predicted >= 0]).tolist())
+    assert len(list(read_messages(output, "/camera/panoptic/class_map"))) == 1
+
+
+def write_folder(root, frames, name_of) -> None:
+    json_path = root / "panoptic.json"
+    with CocoPanopticWriter(json_path, root / "panoptic", label_set_categories(SYNTHETIC)) as writer:
+        for i, frame in enumerate(frames):
+            writer.add(from_id_map(frame.ground_truth, DIVISOR, SYNTHETIC, name_of(i, frame)))
+
+
+@pytest.mark.parametrize(("match", "layout", "name_of"), [
+    ("stamp", "coco", lambda i, frame: f"frame_{frame.stamp_ns}.png"),
+    ("index", "cityscapes", lambda i, frame: f"city_000000_{i:06d}_gtFine_panoptic.png")])
+def test_ground_truth_folder_gives_the_topic_numbers(tmp_path, backend, match, layout, name_of):
+    bag = tmp_path / "bag.mcap"
+    frames = scene_frames(backend, 3)
+    write_frames(bag, frames)
+    write_folder(tmp_path, frames[::-1], lambda i, frame: name_of(2 - i, frame))  # listed out of order on purpose
+    folder = FolderGroundTruth(tmp_path / "panoptic", SYNTHETIC, layout=layout, match=match)
+    from_folder = evaluate_bag(bag, IMAGE_TOPIC, backend, ground_truth=folder, label_divisor=DIVISOR)
+    from_topic = evaluate_bag(bag, IMAGE_TOPIC, backend, ground_truth=TopicGroundTruth(bag, GT_TOPIC),
+                              label_divisor=DIVISOR)
+    assert from_folder.skipped == {} and from_folder.result.num_frames == 3
+    assert from_folder.result.to_dict() == from_topic.result.to_dict()
+
+
+def test_frames_without_usable_ground_truth_are_skipped_with_reasons(tmp_path, backend):
+    bag = tmp_path / "bag.mcap"
+    frames = scene_frames(backend, 6)
+    gt_stamps = {0: frames[0].stamp_ns, 2: frames[2].stamp_ns, 3: frames[3].stamp_ns + 1_000_000,
+                 4: frames[4].stamp_ns, 5: frames[5].stamp_ns}  # frame 1: none; frame 3: 1 ms late
+    with BagWriter(bag) as writer:
+        for i, frame in enumerate(frames):
+            if i == 4:  # an image with too few bytes
+                broken = image_msg(frame.stamp_ns, frame.image, "rgb8")
+                broken.data = broken.data[:10]
+                writer.write(IMAGE_TOPIC, IMAGE_TYPE, frame.stamp_ns, broken)
+            else:
+                writer.write_image(IMAGE_TOPIC, frame.stamp_ns, frame.image)
+            if i in gt_stamps:
+                gt = frame.ground_truth[:64] if i == 2 else frame.ground_truth  # frame 2: wrong size
+                gt = np.where(gt == gt.max(), 99 * DIVISOR, gt).astype(np.int32) if i == 5 else gt  # unknown class
+                writer.write_image(GT_TOPIC, gt_stamps[i], gt, "32SC1")
+
+    exact = evaluate_bag(bag, IMAGE_TOPIC, backend, ground_truth=TopicGroundTruth(bag, GT_TOPIC), label_divisor=DIVISOR)
+    assert exact.frames == 5
+    assert exact.skipped == {NO_GROUND_TRUTH: 2, SIZE_MISMATCH: 1, UNDECODABLE_IMAGE: 1, INVALID_GROUND_TRUTH: 1}
+    assert exact.result.to_dict() == direct_metrics(backend, [(frames[0].image, frames[0].ground_truth)])
+    assert any("ground truth is 64x256, the image 128x256" in note for note in exact.notes)
+    assert any("data has 10 bytes" in note for note in exact.notes)
+
+    tolerant = evaluate_bag(bag, IMAGE_TOPIC, backend, ground_truth=TopicGroundTruth(bag, GT_TOPIC, 2_000_000),
+                            label_divisor=DIVISOR)
+    assert tolerant.skipped[NO_GROUND_TRUTH] == 1 and tolerant.result.num_frames == 2
+    assert tolerant.result.to_dict() == direct_metrics(backend, [(frames[i].image, frames[i].ground_truth)
+                                                                 for i in (0, 3)])
+    paths = tolerant.write_report(tmp_path / "report", SYNTHETIC)
+    metrics = json.loads(paths["metrics"].read_text())
+    assert metrics["skipped_frames"] == {"total": 4, NO_GROUND_TRUTH: 1, SIZE_MISMATCH: 1, UNDECODABLE_IMAGE: 1,
+                                         INVALID_GROUND_TRUTH: 1}
+    assert "Skipped frames: 4" in paths["markdown"].read_text()
+
+
+def test_missing_topics_name_the_topics_there(tmp_path, backend, model_path, capsys):
+    bag = tmp_path / "bag.mcap"
+    write_frames(bag, scene_frames(backend, 1))
+    with pytest.raises(BagError, match=r"'/camera/nope' is not in bag .*/camera/image_raw \(sensor_msgs/msg/Image, "
+                                       r"1 msgs\), /camera/panoptic_gt"):
+        evaluate_bag(bag, "/camera/nope", backend)
+    with pytest.raises(BagError, match="'/gt' is not in bag"):
+        TopicGroundTruth(bag, "/gt")
+    code = main(["eval-bag", str(bag), "--image-topic", IMAGE_TOPIC, "--gt-topic", "/gt", "--onnx", str(model_path),
+                 "--report", str(tmp_path / "report")])
+    assert code == 2 and "'/gt' is not in bag" in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()
+
+
+@pytest.mark.parametrize("name", ["bag.mcap", "bag.db3"])
+def test_truncated_bag_is_refused_clearly(tmp_path, backend, model_path, capsys, name):
+    bag = tmp_path / name
+    write_frames(bag, scene_frames(backend, 2), storage="mcap" if name.endswith("mcap") else "sqlite3")
+    bag.write_bytes(bag.read_bytes()[: bag.stat().st_size * 2 // 3])
+    code = main(["eval-bag", str(bag), "--image-topic", IMAGE_TOPIC, "--onnx", str(model_path),
+                 "--report", str(tmp_path / "report")])
+    assert code == 2 and f"cannot open bag {bag}" in capsys.readouterr().err
+
+
+def image_msg(stamp_ns: int, pixels: np.ndarray, encoding: str):
+    """A rosbags sensor_msgs/Image of rgb8 (H, W, 3) uint8 or 32SC1 (H, W) int32 pixels."""
+    height, width = pixels.shape[:2]
+    data = np.ascontiguousarray(pixels).view(np.uint8).reshape(-1)
+    return typestore().types[IMAGE_TYPE](header=header(stamp_ns, "camera"), height=height, width=width,
+                                         encoding=encoding, is_bigendian=0, step=data.size // height, data=data)
+
+
+def test_damage_part_way_keeps_the_frames_before(tmp_path, backend, model_path, capsys):
+    """A message that cannot be deserialized ends the run; the frames before it are evaluated and reported."""
+    bag = tmp_path / "bag"
+    frames = scene_frames(backend, 4)
+    store = typestore()
+    writer = Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP)  # rosbags' own writer: it takes raw bytes
+    writer.open()
+    images = writer.add_connection(IMAGE_TOPIC, IMAGE_TYPE, typestore=store)
+    truth = writer.add_connection(GT_TOPIC, IMAGE_TYPE, typestore=store)
+    for i, frame in enumerate(frames):
+        image = store.serialize_cdr(image_msg(frame.stamp_ns, frame.image, "rgb8"), IMAGE_TYPE)
+        writer.write(images, frame.stamp_ns, b"\x00\x01\x00\x00\x05" if i == 2 else image)  # 3rd: 5 bytes of CDR
+        gt = store.serialize_cdr(image_msg(frame.stamp_ns, frame.ground_truth, "32SC1"), IMAGE_TYPE)
+        writer.write(truth, frame.stamp_ns, gt)
+    writer.close()
+
+    evaluation = evaluate_bag(bag, IMAGE_TOPIC, backend, ground_truth=TopicGroundTruth(bag, GT_TOPIC),
+                              label_divisor=DIVISOR)
+    assert evaluation.frames == 2 and "truncated or corrupt" in evaluation.bag_error
+    assert evaluation.result.to_dict() == direct_metrics(backend, [(f.image, f.ground_truth) for f in frames[:2]])
+    report = tmp_path / "report"
+    code = main(["eval-bag", str(bag), "--image-topic", IMAGE_TOPIC, "--gt-topic", GT_TOPIC, "--onnx",
+                 str(model_path), "--report", str(report)])
+    captured = capsys.readouterr()
+    assert code == 1 and "the report covers the 2 frames before the damage" in captured.err
+    assert "truncated or corrupt" in json.loads((report / "metrics.json").read_text())["info"]["bag error"]
+
+
+def test_without_ground_truth_latency_and_overlays_only(tmp_path, backend):
+    bag = tmp_path / "bag.mcap"
+    write_frames(bag, scene_frames(backend, 3))
+    evaluation = evaluate_bag(bag, IMAGE_TOPIC, backend, max_frames=2, num_overlays=3)
+    assert evaluation.result is None and evaluation.frames == 2 and len(evaluation.overlays) == 2
+    assert evaluation.overlays[0].shape[1] == 2 * 640  # image | prediction
+    paths = evaluation.write_report(tmp_path / "report")
+    assert "pq_per_class" not in paths and json.loads(paths["metrics"].read_text())["metrics"] is None
+
+
+def test_file_name_stamps_and_bad_options(tmp_path, backend):
+    assert stamp_from_file_name("frame_1700000000100000000.png") == 1_700_000_000_100_000_000
+    assert stamp_from_file_name("cam0/000042_gtFine_panoptic.png") == 42
+    with pytest.raises(ValueError, match="has no stamp in its name.*match.* by index"):
+        stamp_from_file_name("frame.png")
+    frame = scene_frames(backend, 1)[0]
+    write_folder(tmp_path, [frame, frame], lambda i, f: f"{i}_{f.stamp_ns}.png")
+    with pytest.raises(ValueError, match=f"several files carry stamp {frame.stamp_ns}"):
+        FolderGroundTruth(tmp_path / "panoptic", SYNTHETIC)
+    all_stuff = LabelSet("all stuff", SYNTHETIC.names, (False,) * 8, SYNTHETIC.colors)
+    with pytest.raises(ValueError, match=r"category 5 \('person'\) has isthing 1, but the model's class 5 \(person\) "
+                                         r"is stuff"):
+        FolderGroundTruth(tmp_path / "panoptic", all_stuff, match="index")
+
+    params = tmp_path / "p.yaml"
+    params.write_text("/**:\n  ros__parameters:\n    score_treshold: 0.2\n")
+    with pytest.raises(ValueError, match="unknown parameters score_treshold; panoptic_node's parameters: model"):
+        read_params_file(params)
+    params.write_text("just: text\n")
+    with pytest.raises(ValueError, match="no ros__parameters section"):
+        read_params_file(params)
