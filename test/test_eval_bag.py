@@ -66,6 +66,7 @@ def model_path(tmp_path_factory):
 
     from panoptic_ros.fusion.pipeline import build_pipeline
     from panoptic_ros.networks import build_network
+    from panoptic_ros.networks.checkpoint import save_checkpoint
     from panoptic_ros.runtime.export import export_onnx
 
     torch.manual_seed(0)
@@ -75,7 +76,9 @@ def model_path(tmp_path_factory):
         weight[SYNTHETIC.names.index("car")] = weight[SYNTHETIC.names.index("vegetation")] * 1.05
         weight[SYNTHETIC.names.index("person")] = weight[SYNTHETIC.names.index("sidewalk")] * 1.05
     pipeline = build_pipeline("psn", SYNTHETIC, *MODEL_HW, network=network, max_instances=16)
-    return export_onnx(pipeline, tmp_path_factory.mktemp("model") / "psn.onnx")
+    directory = tmp_path_factory.mktemp("model")
+    save_checkpoint(directory / "psn.pt", network, "psn")  # the same network for the torch backend
+    return export_onnx(pipeline, directory / "psn.onnx")
 
 
 @pytest.fixture(scope="module")
@@ -200,17 +203,19 @@ def write_folder(root, frames, name_of) -> None:
 @pytest.mark.parametrize(("match", "layout", "name_of"), [
     ("stamp", "coco", lambda i, frame: f"frame_{frame.stamp_ns}.png"),
     ("index", "cityscapes", lambda i, frame: f"city_000000_{i:06d}_gtFine_panoptic.png")])
-def test_ground_truth_folder_gives_the_topic_numbers(tmp_path, backend, match, layout, name_of):
+def test_ground_truth_folder_gives_the_topic_numbers(tmp_path, backend, model_path, match, layout, name_of):
     bag = tmp_path / "bag.mcap"
     frames = scene_frames(backend, 3)
     write_frames(bag, frames)
     write_folder(tmp_path, frames[::-1], lambda i, frame: name_of(2 - i, frame))  # listed out of order on purpose
-    folder = FolderGroundTruth(tmp_path / "panoptic", SYNTHETIC, layout=layout, match=match)
-    from_folder = evaluate_bag(bag, IMAGE_TOPIC, backend, ground_truth=folder, label_divisor=DIVISOR)
+    code = main(["eval-bag", str(bag), "--image-topic", IMAGE_TOPIC, "--gt-dir", str(tmp_path / "panoptic"),
+                 "--gt-match", match, "--gt-format", layout, "--onnx", str(model_path), "--report",
+                 str(tmp_path / "report")])
+    from_folder = json.loads((tmp_path / "report" / "metrics.json").read_text())
     from_topic = evaluate_bag(bag, IMAGE_TOPIC, backend, ground_truth=TopicGroundTruth(bag, GT_TOPIC),
                               label_divisor=DIVISOR)
-    assert from_folder.skipped == {} and from_folder.result.num_frames == 3
-    assert from_folder.result.to_dict() == from_topic.result.to_dict()
+    assert code == 0 and from_folder["skipped_frames"] == {"total": 0}
+    assert from_folder["metrics"] == from_topic.result.to_dict() and from_topic.result.num_frames == 3
 
 
 def test_frames_without_usable_ground_truth_are_skipped_with_reasons(tmp_path, backend):
@@ -310,6 +315,19 @@ def test_damage_part_way_keeps_the_frames_before(tmp_path, backend, model_path, 
     assert "truncated or corrupt" in json.loads((report / "metrics.json").read_text())["info"]["bag error"]
 
 
+def test_checkpoint_runs_on_the_torch_backend(tmp_path, backend, model_path, capsys):
+    bag = tmp_path / "bag.mcap"
+    write_frames(bag, scene_frames(backend, 1))
+    command = ["eval-bag", str(bag), "--image-topic", IMAGE_TOPIC, "--checkpoint", str(model_path.with_suffix(".pt")),
+               "--report", str(tmp_path / "report")]
+    assert main(command) == 2 and "--checkpoint needs --input-size HxW" in capsys.readouterr().err
+    assert main([*command, "--input-size", "128x256", "--device", "cpu"]) == 0
+    info = json.loads((tmp_path / "report" / "metrics.json").read_text())["info"]
+    assert (info["backend"], info["model"], info["input size"]) == ("torch", "psn", "128x256")
+    assert main([*command, "--input-size", "128x256", "--backend", "onnxruntime"]) == 2
+    assert "--checkpoint runs on the torch backend, not --backend onnxruntime" in capsys.readouterr().err
+
+
 def test_without_ground_truth_latency_and_overlays_only(tmp_path, backend):
     bag = tmp_path / "bag.mcap"
     write_frames(bag, scene_frames(backend, 3))
@@ -341,3 +359,22 @@ def test_file_name_stamps_and_bad_options(tmp_path, backend):
     params.write_text("just: text\n")
     with pytest.raises(ValueError, match="no ros__parameters section"):
         read_params_file(params)
+
+
+def test_each_ground_truth_serves_one_frame(tmp_path, backend):
+    frames = scene_frames(backend, 2)
+    write_folder(tmp_path, frames, lambda i, f: f"frame_{f.stamp_ns}.png")
+    folder = FolderGroundTruth(tmp_path / "panoptic", SYNTHETIC, tolerance_ns=2_000_000)
+    assert folder.lookup(frames[0].stamp_ns + 1_000_000, 0) is not None
+    assert folder.lookup(frames[0].stamp_ns + 1_500_000, 1) is None  # its file is taken
+    assert folder.lookup(frames[1].stamp_ns - 3_000_000, 2) is None  # beyond the tolerance
+    found = folder.lookup(frames[1].stamp_ns, 3)
+    assert np.array_equal(found.as_id_map(DIVISOR, SYNTHETIC), frames[1].ground_truth)
+
+    bag = tmp_path / "bag.mcap"
+    write_frames(bag, frames)
+    topic = TopicGroundTruth(bag, GT_TOPIC, tolerance_ns=2_000_000)
+    assert np.array_equal(topic.lookup(frames[0].stamp_ns - 1_000_000, 0).id_map, frames[0].ground_truth)
+    assert topic.lookup(frames[0].stamp_ns, 1) is None  # taken
+    assert np.array_equal(topic.lookup(frames[1].stamp_ns, 2).id_map, frames[1].ground_truth)
+    assert topic.lookup(frames[1].stamp_ns + PERIOD_NS, 3) is None and topic.notes == []

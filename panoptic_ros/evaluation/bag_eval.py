@@ -36,7 +36,7 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter, defaultdict
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -158,11 +158,13 @@ class TopicGroundTruth:
         return f"topic {self.topic} (same header stamp{tolerance})"
 
     def lookup(self, stamp_ns: int, index: int) -> GroundTruthFrame | None:
-        while not self._done and self._newest <= stamp_ns + self.tolerance_ns:
+        while True:
+            # Frame stamps increase: ground truth older than this frame's window can match no later frame.
+            for stamp in [s for s in self._pending if s < stamp_ns - self.tolerance_ns]:
+                del self._pending[stamp]
+            if self._done or self._newest > stamp_ns + self.tolerance_ns:
+                break
             self._read_next()
-        # Frame stamps increase: ground truth older than this frame's window can match no later frame.
-        for stamp in [s for s in self._pending if s < stamp_ns - self.tolerance_ns]:
-            del self._pending[stamp]
         candidates = [s for s in self._pending if abs(s - stamp_ns) <= self.tolerance_ns]
         if not candidates:
             return None
@@ -212,16 +214,16 @@ class FolderGroundTruth:
         self.png_dir = Path(png_dir)
         self.json_path = Path(json_path) if json_path is not None else self.png_dir.with_suffix(".json")
         self.match, self.tolerance_ns = match, int(tolerance_ns)
-        self._matched = 0
         if layout == "cityscapes":
             categories, self._annotations = read_cityscapes_panoptic(self.json_path, self.png_dir, train_ids=True)
         else:
             categories, self._annotations = read_coco_panoptic(self.json_path, self.png_dir)
         check_categories(categories, label_set, self.json_path)
         names = [entry["file_name"] for entry in self._annotations.entries]
-        # annotation positions in matching order, and (stamp mode) their stamps, both sorted
-        self._order = np.argsort(names, kind="stable")
-        if match == "stamp":
+        # Annotation positions in matching order: by file name, or by the stamp in it (kept, sorted, alongside).
+        if match == "index":
+            self._order = np.argsort(names, kind="stable")
+        else:
             stamps = np.array([stamp_from_file_name(name) for name in names], dtype=np.int64)
             self._order = np.argsort(stamps, kind="stable")
             self._stamps = stamps[self._order]
@@ -229,6 +231,7 @@ class FolderGroundTruth:
             if repeated.size:
                 raise ValueError(f"{self.json_path}: several files carry stamp {repeated[0]}; each stamp names one "
                                  "frame")
+        self._used: set[int] = set()  # each file is one frame's ground truth
 
     def describe(self) -> str:
         rule = (f"by stamp in file name{f' within {self.tolerance_ns / 1e6:g} ms' if self.tolerance_ns else ''}"
@@ -240,14 +243,14 @@ class FolderGroundTruth:
             position = index if index < len(self._order) else None
         else:
             position = _nearest(self._stamps, stamp_ns, self.tolerance_ns)
-        if position is None:
+        if position is None or position in self._used:
             return None
-        self._matched += 1
+        self._used.add(position)
         return GroundTruthFrame(annotation=self._annotations[int(self._order[position])])
 
     @property
     def notes(self) -> list[str]:
-        if self.match != "stamp" or self._matched or not len(self._stamps):
+        if self.match != "stamp" or self._used or not len(self._stamps):
             return []
         return [f"no file name matched a frame stamp (stamps read from the names: {self._stamps[0]} to "
                 f"{self._stamps[-1]}); if the files are in frame order, match by index"]
@@ -409,9 +412,9 @@ def evaluate_bag(bag: str | Path, image_topic: str, backend, *, ground_truth: Gr
     writer = (PredictionBagWriter(output_bag, prediction_namespace(image_topic), backend.label_set, label_divisor,
                                   backend.model_name) if output_bag is not None else None)
     undecodable: list[SkippedMessage] = []  # filled by read_images as it meets them
-    frames = read_images(bag, image_topic, undecodable)
     bag_error = None
-    with writer or nullcontext(), tqdm(total=total, desc="eval-bag", unit="frame", disable=not progress) as bar:
+    with (closing(read_images(bag, image_topic, undecodable)) as frames, writer or nullcontext(),
+          tqdm(total=total, desc="eval-bag", unit="frame", disable=not progress) as bar):
         while run.frames + len(undecodable) < total:
             start = time.perf_counter()
             try:
@@ -429,7 +432,6 @@ def evaluate_bag(bag: str | Path, image_topic: str, backend, *, ground_truth: Gr
             run.process(frame, index, start, writer)
             bar.update(index + 1 - bar.n)
         bar.update(run.frames + len(undecodable) - bar.n)
-    frames.close()
 
     described = backend.describe()
     info = {"bag": str(bag), "image topic": image_topic,
