@@ -61,11 +61,15 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 
 
-def poly_lr_factor(step: int, total: int, power: float, warmup: int) -> float:
-    """Linear warm-up, then (1 - step/total)^power, as in DeepLab and the five papers."""
+def poly_lr_factor(step: int, progress: float, power: float, warmup: int) -> float:
+    """Linear warm-up over `warmup` steps, then (1 - progress)^power, as in DeepLab and the five papers.
+
+    `progress` in [0, 1] is the fraction of the run's budget used: steps, or time when the run has a
+    time limit and that runs out first, so a time-limited run still decays to zero.
+    """
     if warmup and step < warmup:
         return (step + 1) / warmup
-    return max(0.0, 1.0 - step / total) ** power
+    return max(0.0, 1.0 - progress) ** power
 
 
 def normalize(images: Tensor) -> Tensor:
@@ -145,14 +149,12 @@ def train(config: TrainConfig, label_set: LabelSet, batches: Iterator[dict],
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     else:
         optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: poly_lr_factor(s, config.steps, config.poly_power, config.warmup_steps))
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
     start_step = 0
     if resume:
-        start_step = _load_training_state(resume, network, optimizer, scheduler, scaler)
+        start_step = _load_training_state(resume, network, optimizer, scaler)
 
     log_path = out / "train_log.jsonl"
     bar = _progress_bar(config.steps, start_step, progress and dist.is_main)
@@ -160,6 +162,13 @@ def train(config: TrainConfig, label_set: LabelSet, batches: Iterator[dict],
     summary: dict = {"config": asdict(config), "evaluations": []}
     step = start_step
     while step < config.steps:
+        elapsed = time.monotonic() - started
+        progress = step / config.steps
+        if config.time_limit_s:
+            progress = max(progress, elapsed / config.time_limit_s)
+        lr = config.lr * poly_lr_factor(step, progress, config.poly_power, config.warmup_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         batch = next(batches)
         images = normalize(batch["image"].to(device, non_blocking=True))
         semantic, instance = batch["semantic"].to(device), batch["instance"].to(device)
@@ -176,11 +185,10 @@ def train(config: TrainConfig, label_set: LabelSet, batches: Iterator[dict],
         nn.utils.clip_grad_norm_(params, 10.0)
         scaler.step(optimizer)
         scaler.update()
-        scheduler.step()
         step += 1
 
         if dist.is_main:
-            record = {"step": step, "loss": float(total.detach()), "lr": scheduler.get_last_lr()[0],
+            record = {"step": step, "loss": float(total.detach()), "lr": lr,
                       **{k: float(v.detach()) for k, v in terms.items()}}
             with log_path.open("a") as log:
                 log.write(json.dumps(record) + "\n")
@@ -188,7 +196,7 @@ def train(config: TrainConfig, label_set: LabelSet, batches: Iterator[dict],
             bar.set_postfix(loss=f"{record['loss']:.3f}", **{k: f"{float(v):.3f}" for k, v in list(terms.items())[:3]})
         out_of_time = config.time_limit_s and time.monotonic() - started > config.time_limit_s
         if dist.is_main and (step % config.checkpoint_every == 0 or step == config.steps or out_of_time):
-            _save_training_state(out / "last.pt", network, config, optimizer, scheduler, scaler, step)
+            _save_training_state(out / "last.pt", network, config, optimizer, scaler, step)
         if dist.is_main and evaluate and config.eval_every and step % config.eval_every == 0 and step < config.steps:
             summary["evaluations"].append({"step": step, **_evaluate(evaluate, network)})
         if out_of_time:
@@ -216,26 +224,25 @@ def _evaluate(evaluate: Callable[[PanopticNetwork], dict], network: PanopticNetw
     return result
 
 
-def _save_training_state(path: Path, network: PanopticNetwork, config: TrainConfig, optimizer, scheduler, scaler,
+def _save_training_state(path: Path, network: PanopticNetwork, config: TrainConfig, optimizer, scaler,
                          step: int) -> None:
     # Optimiser state (tensors, ints, floats) keeps the file torch.load(weights_only=True)-safe.
     save_checkpoint(path, network, config.model, extra={
-        "step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(), "train_config": asdict(config)})
+        "step": step, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+        "train_config": asdict(config)})
 
 
-def _load_training_state(path: str, network: PanopticNetwork, optimizer, scheduler, scaler) -> int:
+def _load_training_state(path: str, network: PanopticNetwork, optimizer, scaler) -> int:
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint to resume from not found: {path}")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "optimizer", "scheduler", "step"):
+    for key in ("state_dict", "optimizer", "step"):
         if key not in state:
             raise ValueError(f"{path} cannot resume training: it has no {key!r} (use last.pt of a run)")
     if state["model"] != network.model_name:
         raise ValueError(f"{path} holds a {state['model']} network, not {network.model_name}")
     network.load_state_dict(state["state_dict"])
     optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state.get("scaler", {}))
     return int(state["step"])
 
