@@ -19,7 +19,6 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import rclpy
@@ -66,12 +65,6 @@ QOS_PRESETS = {
 # Late subscribers (RViz, loggers) still get the class map of the running model.
 CLASS_MAP_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 LOG_THROTTLE_S = 2.0
-
-
-@dataclass
-class Frame:
-    msg: Image | CompressedImage
-    received: float  # time.perf_counter() when the callback stored it
 
 
 class Camera:
@@ -285,7 +278,7 @@ class PanopticNode(Node):
             except ImageRejected as error:
                 self._reject(camera, error)
                 return
-        self._slots.put(camera.index, Frame(msg, time.perf_counter()))
+        self._slots.put(camera.index, msg)
 
     def _reject(self, camera: Camera, error: Exception) -> None:
         camera.stats.record_rejected(str(error))
@@ -297,10 +290,10 @@ class PanopticNode(Node):
             taken = self._slots.take(timeout=0.5)
             if taken is None:
                 continue
-            index, frame = taken
+            index, msg = taken
             camera = self._cameras[index]
             try:
-                self._process(camera, frame)
+                self._process(camera, msg)
             except ImageRejected as error:
                 self._reject(camera, error)
             except Exception as error:  # one bad frame or backend hiccup must not stop the node
@@ -308,11 +301,10 @@ class PanopticNode(Node):
                 self.get_logger().error(f"{camera.name or 'image'}: frame failed: {type(error).__name__}: {error}",
                                         throttle_duration_sec=LOG_THROTTLE_S)
 
-    def _process(self, camera: Camera, frame: Frame) -> None:
+    def _process(self, camera: Camera, msg: Image | CompressedImage) -> None:
         """One frame: convert, resize to the model, run, map back to the camera, publish. Records stage times."""
         backend = self._backend  # one read: a swap during this frame takes effect on the next
         thresholds, outputs, label_divisor = self._thresholds, self._outputs, self._label_divisor
-        msg = frame.msg
         cpu0 = time.thread_time()
         t0 = time.perf_counter()
         rgb = image_to_rgb(msg, self._max_pixels) if self._raw_input else compressed_to_rgb(msg, self._max_pixels)
