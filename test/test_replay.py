@@ -38,13 +38,12 @@ def tiny_model(tmp_path_factory) -> Path:
     return export_onnx(build_pipeline("psn", SYNTHETIC, *HW, width_mult=0.25, max_instances=16), path)
 
 
-def write_bag(path: Path, count: int, rate_hz: float) -> list[int]:
-    """Synthetic test-split scenes with ground truth at `rate_hz`; their stamps."""
+def write_bag(path: Path, count: int, rate_hz: float) -> None:
+    """Synthetic test-split scenes with ground truth at `rate_hz`."""
     stamps = [START_NS + round(i * 1e9 / rate_hz) for i in range(count)]
     scenes = (generate_scene(SYNTHETIC_SPLIT_SEEDS["test"] + i, *HW) for i in range(count))
     frames = (BagFrame(stamp, scene.image, scene.panoptic(1000)) for stamp, scene in zip(stamps, scenes, strict=True))
     write_frames(path, frames)
-    return stamps
 
 
 @pytest.fixture(scope="module")
