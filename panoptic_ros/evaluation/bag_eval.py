@@ -441,10 +441,66 @@ def evaluate_bag(bag: str | Path, image_topic: str, backend, *, ground_truth: Gr
             "thresholds": run.thresholds.as_dict(), "label divisor": label_divisor}
     if output_bag is not None:
         info["output bag"] = str(output_bag)
-    return BagEvaluation(result=run.accumulator.result() if run.accumulator is not None else None,
-                         latencies_ms=dict(run.latencies), skipped=dict(run.skipped), frames=run.frames,
-                         overlays=run.overlays, bag_error=bag_error,
-                         notes=run.notes + (ground_truth.notes if ground_truth is not None else []), info=info)
+    return BagEvaluation(result=run.evaluator.result(), latencies_ms=dict(run.latencies),
+                         skipped=dict(run.evaluator.skipped), frames=run.frames, overlays=run.overlays,
+                         bag_error=bag_error, notes=run.evaluator.notes, info=info)
+
+
+class FrameEvaluator:
+    """Scores predictions against a ground-truth source, one frame at a time, with the skip rules of the module.
+
+    `add` looks a frame's ground truth up and adds the pair to the PQ counts, or counts the frame as
+    skipped by reason (the first example of each reason becomes a note). Without a source, nothing is
+    scored and `result()` is None; `skip` also records frames left out for other reasons.
+    """
+
+    def __init__(self, ground_truth: GroundTruthSource | None, label_set: LabelSet,
+                 label_divisor: int = DEFAULT_LABEL_DIVISOR) -> None:
+        self.ground_truth, self.label_set, self.label_divisor = ground_truth, label_set, label_divisor
+        self.accumulator = PQAccumulator.from_label_set(label_set)
+        self.skipped: Counter[str] = Counter()
+        self._notes: list[str] = []
+
+    def add(self, prediction: np.ndarray, stamp_ns: int, index: int,
+            times: dict[str, float] | None = None) -> GroundTruthFrame | None:
+        """Score one prediction (pipeline id map at the image's size) of the topic's `index`-th frame; returns the
+        ground truth it was scored against, or None. Fills times["ground_truth"] / ["evaluation"] (s) if given."""
+        if self.ground_truth is None:
+            return None
+        times = {} if times is None else times
+        tick = time.perf_counter()
+        gt = self.ground_truth.lookup(stamp_ns, index)
+        times["ground_truth"] = time.perf_counter() - tick
+        where = f"frame {index} (stamp {stamp_ns})"
+        if gt is None:
+            self.skip(NO_GROUND_TRUTH, f"{where}: no ground truth")
+            return None
+        if gt.shape != prediction.shape:
+            self.skip(SIZE_MISMATCH, f"{where}: ground truth is {gt.shape[0]}x{gt.shape[1]}, the image "
+                                     f"{prediction.shape[0]}x{prediction.shape[1]}")
+            return None
+        tick = time.perf_counter()
+        try:
+            gt.add_to(self.accumulator, prediction, self.label_divisor, self.label_set)
+        except ValueError as error:
+            self.skip(INVALID_GROUND_TRUTH, f"{where}: {error}")
+            return None
+        times["evaluation"] = time.perf_counter() - tick
+        return gt
+
+    def skip(self, reason: str, detail: str) -> None:
+        """Count a frame left out of the metrics."""
+        if not self.skipped[reason]:  # the first example of each reason goes into the report
+            self._notes.append(detail)
+        self.skipped[reason] += 1
+
+    @property
+    def notes(self) -> list[str]:
+        """First example of each skip reason, then what the source says about itself."""
+        return self._notes + (self.ground_truth.notes if self.ground_truth is not None else [])
+
+    def result(self) -> PQResult | None:
+        return self.accumulator.result() if self.ground_truth is not None else None
 
 
 class _BagRun:
@@ -453,11 +509,8 @@ class _BagRun:
     def __init__(self, backend, thresholds: Thresholds, label_divisor: int, ground_truth: GroundTruthSource | None,
                  overlay_at: list[int]) -> None:
         self.backend, self.thresholds, self.label_divisor = backend, thresholds, label_divisor
-        self.ground_truth = ground_truth
-        self.accumulator = PQAccumulator.from_label_set(backend.label_set) if ground_truth is not None else None
+        self.evaluator = FrameEvaluator(ground_truth, backend.label_set, label_divisor)
         self.latencies: dict[str, list[float]] = defaultdict(list)
-        self.skipped: Counter[str] = Counter()
-        self.notes: list[str] = []
         self.overlays: list[np.ndarray] = []
         self.frames = 0
         self._overlay_at = set(overlay_at)
@@ -466,7 +519,7 @@ class _BagRun:
 
     def count_undecodable(self, undecodable: list[SkippedMessage]) -> None:
         for message in undecodable[self._undecodable_counted:]:
-            self._skip(UNDECODABLE_IMAGE, f"image message at {message.bag_time_ns} ns: {message.reason}")
+            self.evaluator.skip(UNDECODABLE_IMAGE, f"image message at {message.bag_time_ns} ns: {message.reason}")
         self._undecodable_counted = len(undecodable)
 
     def process(self, frame: ImageFrame, index: int, start: float, writer: PredictionBagWriter | None) -> None:
@@ -482,7 +535,7 @@ class _BagRun:
         times = {"decode": decoded - start, "resize": (resized - decoded) + (time.perf_counter() - inferred),
                  "inference": inferred - resized}
         self.frames += 1
-        gt = self._evaluate(frame, index, panoptic, times)
+        gt = self.evaluator.add(panoptic, frame.stamp_ns, index, times)
         if writer is not None:
             tick = time.perf_counter()
             writer.write(frame, result, resampler, panoptic)
@@ -494,33 +547,3 @@ class _BagRun:
             gt_map = gt.as_id_map(self.label_divisor, self.backend.label_set) if gt is not None else None
             self.overlays.append(side_by_side(frame.pixels, gt_map, panoptic, self.backend.label_set,
                                               self.label_divisor))
-
-    def _evaluate(self, frame: ImageFrame, index: int, panoptic: np.ndarray,
-                  times: dict[str, float]) -> GroundTruthFrame | None:
-        """Add the frame to the metrics if it has usable ground truth; that ground truth, or None."""
-        if self.ground_truth is None:
-            return None
-        tick = time.perf_counter()
-        gt = self.ground_truth.lookup(frame.stamp_ns, index)
-        times["ground_truth"] = time.perf_counter() - tick
-        where = f"frame {index} (stamp {frame.stamp_ns})"
-        if gt is None:
-            self._skip(NO_GROUND_TRUTH, f"{where}: no ground truth")
-            return None
-        if gt.shape != panoptic.shape:
-            self._skip(SIZE_MISMATCH, f"{where}: ground truth is {gt.shape[0]}x{gt.shape[1]}, the image "
-                                      f"{panoptic.shape[0]}x{panoptic.shape[1]}")
-            return None
-        tick = time.perf_counter()
-        try:
-            gt.add_to(self.accumulator, panoptic, self.label_divisor, self.backend.label_set)
-        except ValueError as error:
-            self._skip(INVALID_GROUND_TRUTH, f"{where}: {error}")
-            return None
-        times["evaluation"] = time.perf_counter() - tick
-        return gt
-
-    def _skip(self, reason: str, detail: str) -> None:
-        if not self.skipped[reason]:  # the first example of each reason goes into the report
-            self.notes.append(detail)
-        self.skipped[reason] += 1
