@@ -134,9 +134,18 @@ def raw_messages(bag: Path, topic: str):
 
     reader = Reader(bag)
     reader.open()
+    count = 0
     try:
-        connections = [c for c in reader.connections if c.topic == topic]
-        for _, bag_time, raw in reader.messages(connections=connections):
+        messages = reader.messages(connections=[c for c in reader.connections if c.topic == topic])
+        while True:
+            try:
+                _, bag_time, raw = next(messages)
+            except StopIteration:
+                return
+            except Exception as error:  # rosbags raises many kinds for damaged files; all mean the same here
+                raise BagError(f"bag {bag} is truncated or corrupt: reading {topic!r} failed after {count} "
+                               f"messages: {type(error).__name__}: {error}") from error
+            count += 1
             yield bag_time, bytes(raw)
     finally:
         reader.close()
@@ -544,7 +553,10 @@ def replay(bag: str | Path, image_topic: str, report_dir: str | Path, *, params_
             "label divisor": live.label_divisor,
             "frames evaluated": evaluation.result.num_frames if evaluation.result is not None else 0,
             "params file": str(params_file), "playback rate": rate, "playback seconds": round(live.playback_s, 2),
-            "frames in bag": topics.image.count, **counts.as_dict(), "node exit code": live.exit_code}
+            "frames in bag": topics.image.count, **counts.as_dict(),
+            "instance arrays received": len(recorder.instance_counts),
+            "segments per frame": round(float(np.mean(list(recorder.instance_counts.values()) or [0])), 1),
+            "node exit code": live.exit_code}
     if evaluation.notes:
         info["notes"] = "; ".join(evaluation.notes)
     paths = write_report(report_dir, result=evaluation.result, latencies_ms=latencies, overlays=evaluation.overlays,
