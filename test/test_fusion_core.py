@@ -126,12 +126,12 @@ def test_greedy_nms_equals_sequential_greedy(seed):
 
 @pytest.mark.parametrize("seed", range(10))
 def test_paste_by_confidence_equals_sequential_pasting(seed):
-    rng = np.random.default_rng(seed)
-    k, h, w = 12, 16, 16
+    rng = np.random.default_rng(seed)  # 30 dense, overlapping masks: long chains of drop decisions
+    k, h, w = 30, 24, 24
     masks = np.zeros((k, h, w), dtype=bool)
     for n in range(k):
-        y, x = rng.integers(0, 12, size=2)
-        masks[n, y:y + rng.integers(2, 8), x:x + rng.integers(2, 8)] = True
+        y, x = rng.integers(0, 20, size=2)
+        masks[n, y:y + rng.integers(2, 10), x:x + rng.integers(2, 10)] = True
     valid = rng.random(k) < 0.9
     keep, owner = paste_by_confidence(torch.tensor(masks.reshape(k, -1)), torch.tensor(valid), torch.tensor(0.3))
     expected_owner, pasted = paste_reference([m & v for m, v in zip(masks, valid, strict=True)], 0.3)

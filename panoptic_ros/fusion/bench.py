@@ -1,0 +1,87 @@
+"""`panoptic-ros bench fusion`: network time vs fusion time, per model and input size, in PyTorch
+(CPU, and CUDA when present) and ONNX Runtime (CPU).
+
+"network" is normalisation + the network's forward pass; "fusion" is everything after it (for
+FPSNet that includes the panoptic head, which runs between detector and fusion). In ONNX Runtime
+both halves are exported as separate graphs and timed on their own. The static fusion does the
+same work whatever the frame holds, so untrained networks give representative timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+DEFAULT_SIZES = ("512x1024", "1024x2048")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", nargs="+", help="models to time (default: all five)")
+    parser.add_argument("--sizes", nargs="+", default=list(DEFAULT_SIZES),
+                        help="HxW input sizes (default: %(default)s)")
+    parser.add_argument("--width-mult", type=float, default=1.0, help="network width multiplier (default 1.0)")
+    parser.add_argument("--max-instances", type=int, default=100, help="K (default 100)")
+    parser.add_argument("--iterations", type=int, default=2, help="timed runs per measurement (default 2)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    parser.add_argument("--runtimes", nargs="+", choices=("torch", "onnxruntime", "cuda"),
+                        default=["torch", "onnxruntime", "cuda"],
+                        help="where to time (cuda is skipped without a GPU; default: all)")
+    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from panoptic_ros.classes import SYNTHETIC
+    from panoptic_ros.fusion.pipeline import MODEL_NAMES, build_pipeline
+    from panoptic_ros.fusion.timing import time_pipeline
+
+    models = args.models or list(MODEL_NAMES)
+    unknown = sorted(set(models) - set(MODEL_NAMES))
+    if unknown:
+        raise ValueError(f"unknown models {unknown}; expected some of {', '.join(MODEL_NAMES)}")
+    if args.iterations < 1 or args.warmup < 0:
+        raise ValueError("--iterations must be >= 1 and --warmup >= 0")
+    sizes = [_parse_size(s) for s in args.sizes]
+    runtimes = [r for r in args.runtimes if r != "cuda" or torch.cuda.is_available()]
+    rows = []
+    for height, width in sizes:
+        for model in models:
+            torch.manual_seed(0)
+            pipeline = build_pipeline(model, SYNTHETIC, height, width, width_mult=args.width_mult,
+                                      max_instances=args.max_instances)
+            for runtime in runtimes:
+                network_ms, fusion_ms = time_pipeline(pipeline, runtime, args.warmup, args.iterations)
+                rows.append({"model": model, "size": f"{height}x{width}", "runtime": runtime,
+                             "network_ms": network_ms, "fusion_ms": fusion_ms, "ratio": fusion_ms / network_ms})
+                print(_format_row(rows[-1]), flush=True)
+    print()
+    print(format_table(rows))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"width_mult": args.width_mult, "max_instances": args.max_instances,
+                                         "iterations": args.iterations, "results": rows}, indent=1))
+    return 0
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"size must look like 512x1024 (HxW), got {text!r}") from None
+    return height, width
+
+
+def _format_row(row: dict) -> str:
+    return (f"{row['model']:7s} {row['size']:>9s} {row['runtime']:12s} network {row['network_ms']:9.1f} ms  "
+            f"fusion {row['fusion_ms']:8.1f} ms  fusion/network {100 * row['ratio']:6.1f}%")
+
+
+def format_table(rows: list[dict]) -> str:
+    """A Markdown table of the results."""
+    lines = ["| model | size | runtime | network ms | fusion ms | fusion / network |",
+             "|---|---|---|---:|---:|---:|"]
+    lines += [f"| {r['model']} | {r['size']} | {r['runtime']} | {r['network_ms']:.1f} | {r['fusion_ms']:.1f} | "
+              f"{100 * r['ratio']:.1f}% |" for r in rows]
+    return "\n".join(lines)

@@ -1,0 +1,134 @@
+"""Timing of a pipeline's two halves, network and fusion, for `panoptic-ros bench fusion`."""
+
+from __future__ import annotations
+
+import io
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+
+import onnxruntime as ort
+import torch
+from torch import Tensor, nn
+
+from panoptic_ros.fusion.base import Heads, RuntimeThresholds
+from panoptic_ros.fusion.pipeline import PanopticPipeline
+
+HeadsLayout = list[tuple[str, "int | None"]]  # (head name, list length or None for a single tensor)
+
+
+def time_pipeline(pipeline: PanopticPipeline, runtime: str, warmup: int, iterations: int) -> tuple[float, float]:
+    """Median (network ms, fusion ms) of `pipeline` on a black frame; runtime: torch, cuda or onnxruntime."""
+    inputs = pipeline.example_inputs()
+    if runtime == "onnxruntime":
+        return _time_onnxruntime(pipeline, inputs, warmup, iterations)
+    device = torch.device("cuda" if runtime == "cuda" else "cpu")
+    pipeline = pipeline.to(device)
+    image, *scalars = (t.to(device) for t in inputs)
+    thresholds, divisor = RuntimeThresholds(*scalars[:-1]), scalars[-1]
+    sync = torch.cuda.synchronize if device.type == "cuda" else _no_sync
+    with torch.inference_mode():
+        heads = pipeline.network(pipeline.normalize(image))
+        network_ms = median_ms(lambda: pipeline.network(pipeline.normalize(image)), warmup, iterations, sync)
+        fusion_ms = median_ms(lambda: pipeline.fusion(pipeline.network, heads, thresholds, divisor), warmup,
+                              iterations, sync)
+    pipeline.to("cpu")
+    return network_ms, fusion_ms
+
+
+def median_ms(fn: Callable[[], object], warmup: int, iterations: int, sync: Callable[[], None] | None = None) -> float:
+    """Median wall time of fn() in milliseconds after `warmup` untimed calls."""
+    sync = sync or _no_sync
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times)
+
+
+def _no_sync() -> None:
+    pass
+
+
+def _time_onnxruntime(pipeline: PanopticPipeline, inputs: tuple[Tensor, ...], warmup: int,
+                      iterations: int) -> tuple[float, float]:
+    """Each half exported as its own graph (fusion takes the heads as inputs) and timed in ONNX Runtime."""
+    with torch.no_grad():
+        heads = pipeline.network(pipeline.normalize(inputs[0]))
+    layout, flat = flatten_heads(heads)
+    fusion_args = (*flat, *inputs[1:])
+    sessions = [ort.InferenceSession(_to_onnx(graph, args), providers=["CPUExecutionProvider"])
+                for graph, args in ((NetworkGraph(pipeline), (inputs[0],)),
+                                    (FusionGraph(pipeline, layout), fusion_args))]
+    times = []
+    for session, args in zip(sessions, ((inputs[0],), fusion_args), strict=True):
+        # Inputs a graph does not use (a method's unused thresholds) are not graph inputs.
+        used = {i.name for i in session.get_inputs()}
+        feeds = {name: t.numpy() for name, t in zip(_input_names(len(args)), args, strict=True) if name in used}
+        times.append(median_ms(lambda s=session, f=feeds: s.run(None, f), warmup, iterations))
+    return times[0], times[1]
+
+
+def _input_names(count: int) -> list[str]:
+    return [f"input_{i}" for i in range(count)]
+
+
+def _to_onnx(module: nn.Module, args: tuple[Tensor, ...]) -> bytes:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+        torch.onnx.export(module.eval(), args, buffer, dynamo=False, opset_version=17,
+                          input_names=_input_names(len(args)))
+    return buffer.getvalue()
+
+
+def flatten_heads(heads: Heads) -> tuple[HeadsLayout, list[Tensor]]:
+    """Heads as one flat tensor list plus the layout to rebuild them."""
+    layout, flat = [], []
+    for name, value in heads.items():
+        is_list = isinstance(value, list)
+        layout.append((name, len(value) if is_list else None))
+        flat.extend(value if is_list else [value])
+    return layout, flat
+
+
+def unflatten_heads(layout: HeadsLayout, tensors: tuple[Tensor, ...]) -> Heads:
+    heads, position = {}, 0
+    for name, length in layout:
+        count = 1 if length is None else length
+        chunk = tensors[position:position + count]
+        heads[name] = chunk[0] if length is None else list(chunk)
+        position += count
+    return heads
+
+
+class NetworkGraph(nn.Module):
+    """image -> normalise -> network -> flat heads."""
+
+    def __init__(self, pipeline: PanopticPipeline) -> None:
+        super().__init__()
+        self.pipeline = pipeline
+
+    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
+        return tuple(flatten_heads(self.pipeline.network(self.pipeline.normalize(image)))[1])
+
+
+class FusionGraph(nn.Module):
+    """(flat heads, six thresholds, label divisor) -> the pipeline's four outputs."""
+
+    def __init__(self, pipeline: PanopticPipeline, layout: HeadsLayout) -> None:
+        super().__init__()
+        self.pipeline = pipeline
+        self.layout = layout
+
+    def forward(self, *tensors: Tensor) -> tuple[Tensor, ...]:
+        count = len(tensors) - 7
+        heads = unflatten_heads(self.layout, tensors[:count])
+        thresholds = RuntimeThresholds(*tensors[count:count + 6])
+        return self.pipeline.fusion(self.pipeline.network, heads, thresholds, tensors[-1])
