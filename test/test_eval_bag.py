@@ -13,6 +13,7 @@ PQAccumulator.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -51,6 +52,7 @@ from panoptic_ros.evaluation.bag_eval import (
 from panoptic_ros.evaluation.pq import PQAccumulator
 from panoptic_ros.pipeline_io import Thresholds
 
+REPO = Path(__file__).resolve().parents[1]
 MODEL_HW = (128, 256)
 DIVISOR = 1000
 START_NS = 1_700_000_000_000_000_000
@@ -267,6 +269,12 @@ def test_missing_topics_name_the_topics_there(tmp_path, backend, model_path, cap
                  "--report", str(tmp_path / "report")])
     assert code == 2 and "'/gt' is not in bag" in capsys.readouterr().err
     assert not (tmp_path / "report").exists()
+    code = main(["eval-bag", str(bag), "--image-topic", IMAGE_TOPIC, "--model", "no_such_model", "--report",
+                 str(tmp_path / "report")])
+    assert code == 2 and "model 'no_such_model': no file no_such_model.onnx in" in capsys.readouterr().err
+    code = main(["eval-bag", str(tmp_path / "absent.mcap"), "--image-topic", IMAGE_TOPIC, "--onnx", str(model_path),
+                 "--report", str(tmp_path / "report")])
+    assert code == 2 and "bag not found" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", ["bag.mcap", "bag.db3"])
@@ -352,6 +360,8 @@ def test_file_name_stamps_and_bad_options(tmp_path, backend):
                                          r"is stuff"):
         FolderGroundTruth(tmp_path / "panoptic", all_stuff, match="index")
 
+    for shipped in ("cpu.yaml", "jetson.yaml"):  # the node's own files are valid here
+        assert read_params_file(REPO / "config" / shipped)["label_divisor"] == DIVISOR
     params = tmp_path / "p.yaml"
     params.write_text("/**:\n  ros__parameters:\n    score_treshold: 0.2\n")
     with pytest.raises(ValueError, match="unknown parameters score_treshold; panoptic_node's parameters: model"):

@@ -76,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     from panoptic_ros.ros import parameters as params
     from panoptic_ros.runtime.backends import create_backend
 
+    if args.gt_json is not None and args.gt_dir is None:
+        raise ValueError("--gt-json goes with --gt-dir (the PNG folder it describes)")
     if args.output_bag is not None and args.output_bag.exists():
         raise ValueError(f"--output-bag {args.output_bag} exists already; give a new path")
     values = node_parameters(args)

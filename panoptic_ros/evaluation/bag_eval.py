@@ -25,10 +25,11 @@ ground truth, ground truth of another size than the image, ground truth with unk
 an undecodable image. A bag that turns out damaged part-way ends the run after the frames before
 the damage, which are evaluated and reported with the error.
 
-`--output-bag` writes what the node would have published for every frame (id image 32SC1,
-semantic mono8, overlay rgb8, PanopticInstanceArray and the PanopticClassMap, with the custom
-types' definitions in the bag), stamped like the source frames. The messages are built by the
-node's builders (rclpy types) and carried into the bag's rosbags types through their CDR bytes.
+`PredictionBagWriter` (eval-bag --output-bag) writes what the node would have published for every
+frame (id image 32SC1, semantic mono8, overlay rgb8, PanopticInstanceArray and the PanopticClassMap,
+with the custom types' definitions in the bag), stamped like the source frames. The messages are
+built by the node's builders (rclpy types) and carried into the bag's rosbags types through their
+CDR bytes.
 """
 
 from __future__ import annotations
@@ -78,7 +79,9 @@ from panoptic_ros.ros.outputs import (
     segment_colors,
 )
 
-# Per-frame stages timed, in milliseconds (a stage a frame does not go through has no sample).
+# Per-frame stages timed, in milliseconds (a stage a frame does not go through has no sample). decode: bag read,
+# deserialization and image decoding; resize: to the model and back; ground_truth: its lookup and reading;
+# evaluation: the PQ counts; total: all of the frame's stages.
 STAGES = ("decode", "resize", "inference", "ground_truth", "evaluation", "output_bag", "total")
 # Reasons a frame is left out of the metrics.
 NO_GROUND_TRUTH = "no ground truth"
@@ -441,7 +444,8 @@ def evaluate_bag(bag: str | Path, image_topic: str, backend, *, ground_truth: Gr
             "thresholds": run.thresholds.as_dict(), "label divisor": label_divisor}
     if output_bag is not None:
         info["output bag"] = str(output_bag)
-    return BagEvaluation(result=run.evaluator.result(), latencies_ms=dict(run.latencies),
+    return BagEvaluation(result=run.evaluator.result(),
+                         latencies_ms={stage: run.latencies[stage] for stage in STAGES if stage in run.latencies},
                          skipped=dict(run.evaluator.skipped), frames=run.frames, overlays=run.overlays,
                          bag_error=bag_error, notes=run.evaluator.notes, info=info)
 
