@@ -16,6 +16,7 @@ and the model parameters are set back to the running model's values.
 
 from __future__ import annotations
 
+import copy
 import sys
 import threading
 import time
@@ -140,7 +141,9 @@ class PanopticNode(Node):
         names = list(values["cameras"] or [""])
         if len(set(names)) != len(names):
             raise ValueError(f"cameras must be distinct names, got {names}")
-        input_qos, output_qos = QOS_PRESETS[values["input_qos"]], QOS_PRESETS[values["output_qos"]]
+        input_qos = QOS_PRESETS[values["input_qos"]]
+        output_qos = copy.copy(QOS_PRESETS[values["output_qos"]])
+        output_qos.depth = values["output_depth"]
         self._raw_input = values["input_type"] == "raw"
         self._cameras = [Camera(self, name, i, values["input_type"], input_qos, output_qos)
                          for i, name in enumerate(names)]

@@ -93,8 +93,10 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   read_only=True, choices=INPUT_TYPES),
     ParameterSpec("input_qos", "SENSOR_DATA", "QoS of the image subscription (SENSOR_DATA: best effort, depth 5)",
                   read_only=True, choices=QOS_PRESETS),
-    ParameterSpec("output_qos", "DEFAULT", "QoS of the outputs (DEFAULT: reliable, depth 10)",
-                  read_only=True, choices=QOS_PRESETS),
+    ParameterSpec("output_qos", "DEFAULT", "QoS of the outputs (DEFAULT: reliable)", read_only=True,
+                  choices=QOS_PRESETS),
+    ParameterSpec("output_depth", 2, "history depth of the outputs: a reliable publisher keeps this many "
+                  "images per topic for resending (memory: depth x image size)", read_only=True, bounds=(1, 100)),
     ParameterSpec("cameras", Parameter.Type.STRING_ARRAY, "camera names; camera c reads c/image and publishes "
                   "c/panoptic/...; unset: one camera on image and panoptic/...", read_only=True),
     ParameterSpec("max_pixels", 4096 * 4096, "input images with more pixels are rejected", bounds=(1, 2**28)),
