@@ -4,8 +4,8 @@ Starts panoptic_node, publishes camera frames (1024x2048 rgb8 at 30 Hz for 60 s 
 this process while subscribing to its outputs, and reports:
 - memory: the node's resident set (VmRSS) sampled from /proc through the run, and its peak (VmHWM);
 - freshness: every output comes from the newest frame: when the node starts on a frame, typically (median)
-  at most one newer frame has been sent (one can be in transit), this lag and the outputs' age (receive
-  time minus send time) do not grow over the run, and outputs never go back to an older frame;
+  at most one newer frame has been sent (one can be in transit), this lag does not grow over the run,
+  and outputs never go back to an older frame; the outputs' age (receive time minus send time) is reported;
 - drops: the node's drop counter equals frames received minus frames processed (with the default reliable
   input every sent frame is received; --input-qos SENSOR_DATA shows what a best-effort link loses too);
 - the node's own per-frame overhead: everything except the backend run (convert, resize both ways,
@@ -255,7 +255,6 @@ def _figures(args, sent: int, publish_seconds: float, before: dict[str, int], af
     quarter = max(1, len(ages_ms) // 4)
     rss = [kb / 1024 for _, kb in sampler.samples]
     rss_quarter = max(1, len(rss) // 4)
-    period_ms = 1e3 / args.rate
     # Lag of an output: how many newer frames had been sent when the node started on it (its receive
     # time minus its total node time; outputs and latency values arrive in the same, processing, order).
     # A newest-frame node stays at 0-1 (a frame in transit); a queue would fall further behind every frame.
@@ -301,8 +300,9 @@ def _figures(args, sent: int, publish_seconds: float, before: dict[str, int], af
         # The median, not the tail: on a busy machine frames can sit in transit or in the executor for a
         # while (p99, max are reported); a queue instead falls behind by more frames every second.
         "outputs_from_newest_frames": figures["outputs_in_frame_order"] and figures["lag_frames_p50"] <= 1,
+        # In frames, not in ms: the age also follows the backend's speed, which a shared machine changes.
         "staleness_does_not_grow": figures["lag_frames_last_quarter_mean"] <= figures["lag_frames_first_quarter_mean"]
-        + 1 and figures["age_ms_last_quarter_median"] <= figures["age_ms_first_quarter_median"] + period_ms,
+        + 1,
         "memory_flat": figures["rss_mb_last_quarter_mean"] - figures["rss_mb_second_quarter_mean"]
         <= args.max_rss_growth_mb,
     }
