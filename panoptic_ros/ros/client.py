@@ -173,8 +173,8 @@ class PanopticClient:
             return next(reversed(kept.values())) if kept else None
 
     def camera_status(self, camera: str, predicate: Callable[[dict[str, str]], bool] = lambda v: True,
-                      timeout: float = 20.0) -> dict[str, str]:
-        """Key/values of the newest /diagnostics status of `camera` that satisfies `predicate`."""
+                      timeout: float = 20.0) -> dict[str, Any]:
+        """Key/values of the newest /diagnostics status of `camera`, waiting until it satisfies `predicate`."""
         suffix = f": {camera or 'image'}"
 
         def find():
