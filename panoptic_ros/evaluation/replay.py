@@ -366,6 +366,7 @@ def run_live(bag: Path, topics: BagTopics, params_file: Path, model_path: Path |
     from sensor_msgs.msg import CompressedImage, Image
 
     from panoptic_ros.ros.client import NODE_NAME, PanopticClient, start_node, stop_node
+    from panoptic_ros.ros.diagnostics import TOTAL
 
     compressed = topics.image.msgtype == COMPRESSED_TYPE
     msg_type = CompressedImage if compressed else Image
@@ -394,8 +395,10 @@ def run_live(bag: Path, topics: BagTopics, params_file: Path, model_path: Path |
             playback_s = time.monotonic() - start
             status = wait_until_settled(client, hardware_id, watch, baseline, sent, ready_timeout)
             done = {name: value - baseline[name] for name, value in _counters(status).items()}
+            # Outputs, then the latency values (published last), of the final frames may still be on their way.
             deadline = time.monotonic() + OUTPUT_WAIT_S
-            while len(recorder.id_images) < done["processed"] and time.monotonic() < deadline:
+            while (min(len(recorder.id_images), len(client.latencies[("", TOTAL)])) < done["processed"]
+                   and time.monotonic() < deadline):
                 time.sleep(0.05)
             stage_latencies = {stage: list(values) for (_, stage), values in client.latencies.items()}
             class_map = client.class_maps[""][-1]
