@@ -17,7 +17,8 @@ import panoptic_ros
 COMMAND_MODULES: tuple[str, ...] = ("panoptic_ros.evaluation.cli", "panoptic_ros.evaluation.bag_cli",
                                    "panoptic_ros.runtime.engine_cli",
                                    "panoptic_ros.data.synth_cli", "panoptic_ros.runtime.export_cli",
-                                   "panoptic_ros.training.train_cli", "panoptic_ros.evaluation.replay_cli")
+                                   "panoptic_ros.training.train_cli", "panoptic_ros.evaluation.replay_cli",
+                                   "panoptic_ros.bench_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -103,6 +103,7 @@ BARE_IMPORT = textwrap.dedent("""
     sys.meta_path.insert(0, Block())
     import panoptic_ros, panoptic_ros.cli, panoptic_ros.pipeline_io, panoptic_ros.classes
     from panoptic_ros.msg import PanopticInstanceArray
+    panoptic_ros.cli.build_parser()  # every subcommand registered, none of their heavy libraries loaded
     assert "tensorrt" not in sys.modules and "torch" not in sys.modules
     print("ok", panoptic_ros.__version__)
 """)

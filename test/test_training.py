@@ -12,7 +12,8 @@ from panoptic_ros.cli import main
 from panoptic_ros.data.datasets import SyntheticScenes
 from panoptic_ros.data.torch_dataset import PanopticDataset, collate
 from panoptic_ros.networks.checkpoint import load_network
-from panoptic_ros.training.train import TrainConfig, normalize, poly_lr_factor, train
+from panoptic_ros.training.config import TrainConfig
+from panoptic_ros.training.train import normalize, poly_lr_factor, train
 
 
 @pytest.fixture(scope="module")

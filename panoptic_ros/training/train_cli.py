@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from panoptic_ros.training.train import OPTIMIZERS
+from panoptic_ros.training.config import OPTIMIZERS
 
 DATASETS = ("synthetic", "cityscapes", "coco", "synth-folder")
 
@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     from panoptic_ros.data.datasets import SyntheticScenes, open_dataset
     from panoptic_ros.data.torch_dataset import PanopticDataset, collate
     from panoptic_ros.fusion.pipeline import build_pipeline
-    from panoptic_ros.training.train import Distributed, TrainConfig, cycle, train
+    from panoptic_ros.training.config import TrainConfig
+    from panoptic_ros.training.train import Distributed, cycle, train
     from panoptic_ros.training.validation import evaluate_frames, scene_frames, validation_scenes
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
