@@ -44,10 +44,10 @@ def export_tiny(model: str, path: Path) -> Path:
     torch.manual_seed(0)
     network = build_network(model, SYNTHETIC, width=0.25)
     if model == "psn":
-        with torch.no_grad():  # car follows building-like logits, person road-like ones (see module doc)
-            weight = network.semantic_head[2].weight
-            weight[SYNTHETIC.names.index("car")] = weight[3] * 1.05
-            weight[SYNTHETIC.names.index("person")] = weight[0] * 1.05
+        with torch.no_grad():  # car logits follow vegetation's, person logits road's (see module doc)
+            weight, names = network.semantic_head[2].weight, SYNTHETIC.names
+            weight[names.index("car")] = weight[names.index("vegetation")] * 1.05
+            weight[names.index("person")] = weight[names.index("road")] * 1.05
     return export_onnx(build_pipeline(model, SYNTHETIC, *MODEL_HW, network=network, max_instances=16), path)
 
 
