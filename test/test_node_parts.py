@@ -8,16 +8,11 @@ import pytest
 from std_msgs.msg import Header
 
 from panoptic_ros.classes import SYNTHETIC, VOID_CLASS, VOID_ID
+from panoptic_ros.imaging import Resampler, overlay_image, segment_colors
 from panoptic_ros.pipeline_io import COL, INSTANCE_COLUMNS, Thresholds
 from panoptic_ros.ros import parameters as params
 from panoptic_ros.ros.frame_slot import NewestFrameSlots
-from panoptic_ros.ros.outputs import (
-    Resampler,
-    class_map_msg,
-    instance_array_msg,
-    overlay_image,
-    segment_colors,
-)
+from panoptic_ros.ros.outputs import class_map_msg, instance_array_msg
 
 DIVISOR = 1000
 

@@ -69,15 +69,10 @@ from panoptic_ros.data.rosbag_io import (
 )
 from panoptic_ros.evaluation.pq import PQAccumulator, PQResult
 from panoptic_ros.evaluation.report import side_by_side, write_report
+from panoptic_ros.imaging import Resampler, overlay_image, segment_colors
 from panoptic_ros.pipeline_io import PanopticResult, Thresholds
 from panoptic_ros.ros.image_conversion import to_image_msg
-from panoptic_ros.ros.outputs import (
-    Resampler,
-    class_map_msg,
-    instance_array_msg,
-    overlay_image,
-    segment_colors,
-)
+from panoptic_ros.ros.outputs import class_map_msg, instance_array_msg
 
 # Per-frame stages timed, in milliseconds (a stage a frame does not go through has no sample). decode: bag read,
 # deserialization and image decoding; resize: to the model and back; ground_truth: its lookup and reading;

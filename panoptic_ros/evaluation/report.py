@@ -49,7 +49,7 @@ def side_by_side(image: np.ndarray, gt_panoptic: np.ndarray | None, pred_panopti
     """
     import cv2
 
-    from panoptic_ros.ros.outputs import overlay_image, segment_colors
+    from panoptic_ros.imaging import overlay_image, segment_colors
 
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:

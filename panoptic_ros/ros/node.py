@@ -39,6 +39,7 @@ from rclpy.qos import (
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64, Header
 
+from panoptic_ros.imaging import Resampler, overlay_image, segment_colors
 from panoptic_ros.msg import PanopticClassMap, PanopticInstanceArray
 from panoptic_ros.ros import parameters as params
 from panoptic_ros.ros.diagnostics import STAGES, TOTAL, CameraStats, camera_status
@@ -50,13 +51,7 @@ from panoptic_ros.ros.image_conversion import (
     compressed_to_rgb,
     image_to_rgb,
 )
-from panoptic_ros.ros.outputs import (
-    Resampler,
-    class_map_msg,
-    instance_array_msg,
-    overlay_image,
-    segment_colors,
-)
+from panoptic_ros.ros.outputs import class_map_msg, instance_array_msg
 
 QOS_PRESETS = {
     "SENSOR_DATA": qos_profile_sensor_data,
