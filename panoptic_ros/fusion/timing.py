@@ -1,4 +1,9 @@
-"""Timing of a pipeline's two halves, network and fusion, for `panoptic-ros bench fusion`."""
+"""Timing of a pipeline's two halves, network and fusion, for `panoptic-ros bench fusion`.
+
+FPSNet runs a learned part, its panoptic head, inside the fusion (between detector and arg-max);
+it is timed on its own as well (`head_ms`, part of `fusion_ms`), so that the post-processing
+share can be reported without it.
+"""
 
 from __future__ import annotations
 
@@ -18,8 +23,9 @@ from panoptic_ros.fusion.pipeline import PanopticPipeline
 HeadsLayout = list[tuple[str, "int | None"]]  # (head name, list length or None for a single tensor)
 
 
-def time_pipeline(pipeline: PanopticPipeline, runtime: str, warmup: int, iterations: int) -> tuple[float, float]:
-    """Median (network ms, fusion ms) of `pipeline` on a black frame; runtime: torch, cuda or onnxruntime."""
+def time_pipeline(pipeline: PanopticPipeline, runtime: str, warmup: int, iterations: int) -> dict[str, float]:
+    """Median network_ms, fusion_ms and head_ms (learned layers inside the fusion, 0 for most models)
+    of `pipeline` on a black frame; runtime: torch, cuda or onnxruntime."""
     inputs = pipeline.example_inputs()
     if runtime == "onnxruntime":
         return _time_onnxruntime(pipeline, inputs, warmup, iterations)
@@ -30,11 +36,26 @@ def time_pipeline(pipeline: PanopticPipeline, runtime: str, warmup: int, iterati
     sync = torch.cuda.synchronize if device.type == "cuda" else _no_sync
     with torch.inference_mode():
         heads = pipeline.network(pipeline.normalize(image))
-        network_ms = median_ms(lambda: pipeline.network(pipeline.normalize(image)), warmup, iterations, sync)
-        fusion_ms = median_ms(lambda: pipeline.fusion(pipeline.network, heads, thresholds, divisor), warmup,
-                              iterations, sync)
+        times = {
+            "network_ms": median_ms(lambda: pipeline.network(pipeline.normalize(image)), warmup, iterations, sync),
+            "fusion_ms": median_ms(lambda: pipeline.fusion(pipeline.network, heads, thresholds, divisor), warmup,
+                                   iterations, sync),
+            "head_ms": 0.0,
+        }
+        head = _panoptic_head_args(pipeline, heads)
+        if head is not None:
+            times["head_ms"] = median_ms(lambda: pipeline.network.panoptic_head(*head), warmup, iterations, sync)
     pipeline.to("cpu")
-    return network_ms, fusion_ms
+    return times
+
+
+def _panoptic_head_args(pipeline: PanopticPipeline, heads: Heads) -> tuple[Tensor, Tensor] | None:
+    """(features, empty attention masks) when the network's panoptic head runs inside the fusion."""
+    if not hasattr(pipeline.network, "panoptic_head"):
+        return None
+    features = heads["features"]
+    masks = features.new_zeros(features.shape[0], pipeline.network.num_attention, *features.shape[-2:])
+    return features, masks
 
 
 def median_ms(fn: Callable[[], object], warmup: int, iterations: int, sync: Callable[[], None] | None = None) -> float:
@@ -57,22 +78,24 @@ def _no_sync() -> None:
 
 
 def _time_onnxruntime(pipeline: PanopticPipeline, inputs: tuple[Tensor, ...], warmup: int,
-                      iterations: int) -> tuple[float, float]:
+                      iterations: int) -> dict[str, float]:
     """Each half exported as its own graph (fusion takes the heads as inputs) and timed in ONNX Runtime."""
     with torch.no_grad():
         heads = pipeline.network(pipeline.normalize(inputs[0]))
     layout, flat = flatten_heads(heads)
-    fusion_args = (*flat, *inputs[1:])
-    sessions = [ort.InferenceSession(_to_onnx(graph, args), providers=["CPUExecutionProvider"])
-                for graph, args in ((NetworkGraph(pipeline), (inputs[0],)),
-                                    (FusionGraph(pipeline, layout), fusion_args))]
-    times = []
-    for session, args in zip(sessions, ((inputs[0],), fusion_args), strict=True):
+    graphs = {"network_ms": (NetworkGraph(pipeline), (inputs[0],)),
+              "fusion_ms": (FusionGraph(pipeline, layout), (*flat, *inputs[1:]))}
+    head = _panoptic_head_args(pipeline, heads)
+    if head is not None:
+        graphs["head_ms"] = (PanopticHeadGraph(pipeline.network), head)
+    times = {"head_ms": 0.0}
+    for key, (graph, args) in graphs.items():
+        session = ort.InferenceSession(_to_onnx(graph, args), providers=["CPUExecutionProvider"])
         # Inputs a graph does not use (a method's unused thresholds) are not graph inputs.
         used = {i.name for i in session.get_inputs()}
         feeds = {name: t.numpy() for name, t in zip(_input_names(len(args)), args, strict=True) if name in used}
-        times.append(median_ms(lambda s=session, f=feeds: s.run(None, f), warmup, iterations))
-    return times[0], times[1]
+        times[key] = median_ms(lambda s=session, f=feeds: s.run(None, f), warmup, iterations)
+    return times
 
 
 def _input_names(count: int) -> list[str]:
@@ -117,6 +140,17 @@ class NetworkGraph(nn.Module):
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
         return tuple(flatten_heads(self.pipeline.network(self.pipeline.normalize(image)))[1])
+
+
+class PanopticHeadGraph(nn.Module):
+    """FPSNet's panoptic head alone: (features, attention masks) -> logits."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, features: Tensor, masks: Tensor) -> Tensor:
+        return self.network.panoptic_head(features, masks)
 
 
 class FusionGraph(nn.Module):
