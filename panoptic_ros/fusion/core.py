@@ -88,9 +88,9 @@ class PanopticAssembler(nn.Module):
         # Per-segment occupancy of grid rows and columns, from a one-hot of the label map.
         segment = torch.arange(num_segments, device=device)
         one_hot = (labels[None] == segment[:, None, None]).to(torch.int32)
-        rows = one_hot.sum(dim=2, dtype=torch.int32)  # (S, h)
-        cols = one_hot.sum(dim=1, dtype=torch.int32)  # (S, w)
-        cells = rows.sum(dim=1, dtype=torch.int32)  # (S,)
+        rows = one_hot.sum(dim=2, dtype=torch.int32)  # (segments, h)
+        cols = one_hot.sum(dim=1, dtype=torch.int32)  # (segments, w)
+        cells = rows.sum(dim=1, dtype=torch.int32)  # (segments,)
         area = cells.to(torch.float32) * float(s * s)
 
         is_thing = segment < kc
@@ -110,7 +110,8 @@ class PanopticAssembler(nn.Module):
         picks = valid[None, :] & (row[None, :] == torch.arange(self.num_rows, device=device)[:, None])
         index = (picks.to(torch.int64) * segment[None, :]).sum(dim=1)
         row_valid = picks.to(torch.int32).amax(dim=1) > 0
-        instances = torch.where(row_valid[:, None], stats[index], torch.zeros_like(stats[index]))
+        picked = stats[index]
+        instances = torch.where(row_valid[:, None], picked, torch.zeros_like(picked))
         num_instances = valid.to(torch.int32).sum(dtype=torch.int32)
 
         # Maps: gather each cell's segment id / class (void and dropped segments -> -1 / 255).
@@ -142,7 +143,7 @@ class PanopticAssembler(nn.Module):
 
     def _statistics(self, rows: Tensor, cols: Tensor, cells: Tensor, area: Tensor, seg_id: Tensor,
                     seg_class: Tensor, thing_score: Tensor) -> Tensor:
-        """(S, len(INSTANCE_COLUMNS)) float32 per segment, in input pixels."""
+        """(segments, len(INSTANCE_COLUMNS)) float32, in input pixels."""
         s = self.stride
         h, w = rows.shape[1], cols.shape[1]
         device = rows.device
