@@ -31,13 +31,9 @@ class Detections(NamedTuple):
     level: Tensor
 
 
-def flatten_locations(maps: list[Tensor], per_location: int = 1) -> Tensor:
-    """Per-level maps (1, A*C, h, w) -> (sum of h*w*A, C), location-major then A, levels concatenated."""
-    rows = []
-    for m in maps:
-        channels = m.shape[1] // per_location
-        rows.append(m[0].permute(1, 2, 0).reshape(-1, channels))
-    return torch.cat(rows, dim=0)
+def flatten_locations(maps: list[Tensor]) -> Tensor:
+    """Per-level maps (1, C, h, w) -> (sum of h*w, C): row-major locations, levels concatenated."""
+    return torch.cat([m[0].permute(1, 2, 0).reshape(-1, m.shape[1]) for m in maps], dim=0)
 
 
 def level_index(sizes: list[int], device: torch.device) -> Tensor:

@@ -21,9 +21,9 @@ from torch import nn
 from panoptic_ros.classes import LabelSet
 from panoptic_ros.fusion.base import Fusion, Heads, RuntimeThresholds
 from panoptic_ros.fusion.core import FUSION_STRIDE, Segments
-from panoptic_ros.fusion.detections import clip_boxes, flatten_locations, level_index, select_detections
+from panoptic_ros.fusion.detections import clip_boxes, level_index, select_detections
 from panoptic_ros.networks.box_coding import decode_deltas, retinanet_anchors
-from panoptic_ros.networks.fpsnet import FEATURE_STRIDE, gaussian_attention_masks
+from panoptic_ros.networks.fpsnet import FEATURE_STRIDE, flatten_anchor_predictions, gaussian_attention_masks
 
 
 class FPSNetFusion(Fusion):
@@ -48,13 +48,14 @@ class FPSNetFusion(Fusion):
         h8, w8 = features.shape[-2:]
         device = features.device
 
-        # 1. Detections (box_cls channel a * T + t and box_reg channel a * 4 + c belong to anchor a).
+        # 1. Detections: every anchor of every level, in the row order of retinanet_anchors.
         anchors = torch.cat([retinanet_anchors(m.shape[-2], m.shape[-1], stride, sizes, ratios, device=device)
                              for m, stride, sizes, ratios in zip(heads["box_reg"], self.strides, self.anchor_sizes,
                                                                  self.anchor_ratios, strict=True)])
-        deltas = flatten_locations(heads["box_reg"], self.num_anchors)
+        deltas = torch.cat([flatten_anchor_predictions(m, 4)[0] for m in heads["box_reg"]])
         boxes = clip_boxes(decode_deltas(anchors, deltas), h8 * FEATURE_STRIDE, w8 * FEATURE_STRIDE)
-        class_prob = torch.sigmoid(flatten_locations(heads["box_cls"], self.num_anchors))
+        num_things = len(self.label_set.thing_ids)
+        class_prob = torch.sigmoid(torch.cat([flatten_anchor_predictions(m, num_things)[0] for m in heads["box_cls"]]))
         levels = level_index([m.shape[-2] * m.shape[-1] * self.num_anchors for m in heads["box_reg"]], device)
         detections = select_detections(boxes, class_prob, class_prob.max(dim=1).values, levels,
                                        thresholds.score_threshold, thresholds.nms_iou, self.num_boxes)

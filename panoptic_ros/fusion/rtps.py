@@ -17,8 +17,9 @@ from torch import nn
 from panoptic_ros.classes import LabelSet
 from panoptic_ros.fusion.base import Fusion, Heads, RuntimeThresholds
 from panoptic_ros.fusion.core import FUSION_STRIDE, Segments
-from panoptic_ros.fusion.detections import flatten_locations, level_boxes, level_index, select_detections
-from panoptic_ros.fusion.static_ops import block_upsample, pairwise_box_iou, paste_by_confidence
+from panoptic_ros.fusion.detections import clip_boxes, flatten_locations, level_boxes, level_index, select_detections
+from panoptic_ros.fusion.static_ops import pairwise_box_iou, paste_by_confidence
+from panoptic_ros.networks.box_coding import dense_level_boxes
 
 
 class RTPSFusion(Fusion):
@@ -45,16 +46,16 @@ class RTPSFusion(Fusion):
                                     thresholds.score_threshold, thresholds.nms_iou, self.num_candidates)
         query_class = self.thing_ids[queries.thing]
 
-        # 2. B(x, y): each cell's box from the level its levelness picks.
+        # 2. B(x, y): each cell's box from the level its levelness picks (clipped, like the queries).
         level = heads["levelness"][0].argmax(dim=0)  # 0 = no instance, l = level l - 1
-        cell_box = torch.zeros(4, h, w, device=semantic.device)
-        for i, (reg, stride) in enumerate(zip(heads["box_reg"], self.strides, strict=True)):
-            grid_boxes = block_upsample(per_level[i].T.reshape(4, *reg.shape[-2:]), stride // FUSION_STRIDE)
-            cell_box = torch.where(level[None] == i + 1, grid_boxes, cell_box)
+        grid_boxes = dense_level_boxes(heads["box_reg"], self.strides, FUSION_STRIDE)[0]  # (L, 4, h, w)
+        picked_level = torch.where(level > 0, level - 1, torch.zeros_like(level))  # (no Clip: TensorRT's is float-only)
+        pick = picked_level[None, None].expand(1, 4, h, w)
+        cell_box = clip_boxes(torch.gather(grid_boxes, 0, pick)[0].reshape(4, -1).T, *image_size)  # (cells, 4)
         has_box = (level > 0).reshape(1, -1)
 
         # 3. Masks: IoU with the query box times the probability of the query's class.
-        location = pairwise_box_iou(queries.boxes, cell_box.reshape(4, -1).T)  # (K, cells)
+        location = pairwise_box_iou(queries.boxes, cell_box)  # (K, cells)
         probability = torch.softmax(semantic, dim=0).reshape(semantic.shape[0], -1)[query_class]
         masks = (location * probability > thresholds.mask_sigma) & has_box
 
