@@ -39,7 +39,7 @@ class Thresholds:
     score_threshold: float = 0.3  # minimum instance / detection confidence
     center_threshold: float = 0.1  # PSN: minimum center-heatmap peak
     nms_iou: float = 0.5  # box / mask NMS IoU
-    mask_sigma: float = 0.5  # RTPS: IoU x P_sem threshold; FPSNet/SPINet: mask probability
+    mask_sigma: float = 0.5  # RTPS: IoU x P_sem threshold; SPINet: mask probability
     overlap_threshold: float = 0.3  # LPSNet / merge: drop an instance whose overlap exceeds this
     min_stuff_area: float = 64.0  # stuff segments smaller than this (pixels) become void
 
@@ -70,6 +70,21 @@ class Thresholds:
         inputs = {name: np.asarray(getattr(self, name), dtype=np.float32) for name in THRESHOLD_INPUTS}
         inputs[LABEL_DIVISOR_INPUT] = np.asarray(label_divisor, dtype=np.int32)
         return inputs
+
+
+INT32_MAX = 2**31 - 1
+
+
+def check_label_divisor(label_divisor: int, max_instances: int, num_classes: int) -> None:
+    """Ids are class * divisor + instance number: the divisor must exceed K and keep ids in int32."""
+    if isinstance(label_divisor, bool) or not isinstance(label_divisor, (int, np.integer)):
+        raise ValueError(f"{LABEL_DIVISOR_INPUT} must be an integer, got {label_divisor!r}")
+    if label_divisor <= max_instances:
+        raise ValueError(f"{LABEL_DIVISOR_INPUT} must be greater than max_instances ({max_instances}), "
+                         f"got {label_divisor}")
+    largest = (num_classes - 1) * label_divisor + max_instances
+    if largest > INT32_MAX:
+        raise ValueError(f"{LABEL_DIVISOR_INPUT} {label_divisor} is too large: ids up to {largest} overflow int32")
 
 
 @dataclass

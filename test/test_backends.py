@@ -13,9 +13,9 @@ import torch
 from panoptic_ros.classes import SYNTHETIC
 from panoptic_ros.fusion.pipeline import MODEL_NAMES, build_pipeline
 from panoptic_ros.networks.checkpoint import save_checkpoint
-from panoptic_ros.pipeline_io import COL, META_MODEL, Thresholds
+from panoptic_ros.pipeline_io import COL, META_MODEL, Thresholds, check_label_divisor
 from panoptic_ros.runtime.backends import BACKEND_NAMES, create_backend, read_onnx_info
-from panoptic_ros.runtime.backends.base import check_label_divisor, resolve_device
+from panoptic_ros.runtime.backends.base import resolve_device
 from panoptic_ros.runtime.backends.torch_backend import TorchBackend
 from panoptic_ros.runtime.export import export_onnx
 from panoptic_ros.runtime.golden import compare_results, golden_image

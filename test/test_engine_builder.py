@@ -112,9 +112,6 @@ def test_uint8_conversions_are_checked_for_tensorrt_8():
     assert "Transpose node 't'" in uint8_conversion_problems(model, 8)[0]
 
 
-@pytest.mark.xfail(strict=True, reason="fusion/core.py casts the int32 class map straight to uint8 (semantic); "
-                   "TensorRT 8.x casts uint8 only from/to float. Fix: .to(torch.float32).to(torch.uint8), "
-                   "then drop this marker")
 def test_pipeline_graph_builds_on_tensorrt_8(pipeline_onnx):
     """JetPack 5 ships TensorRT 8.6: the pipeline's uint8 conversions must all be float casts."""
     assert uint8_conversion_problems(onnx.load(str(pipeline_onnx)), 8) == []

@@ -120,7 +120,8 @@ class PanopticAssembler(nn.Module):
         id_of = torch.cat((torch.where(valid, seg_id, void_id), void_id)).to(torch.int32)
         class_of = torch.cat((torch.where(valid, seg_class, void_class), void_class)).to(torch.int32)
         panoptic = block_upsample(id_of[labels], s)
-        semantic = block_upsample(class_of[labels], s).to(torch.uint8)
+        # Through float: TensorRT 8.x casts to uint8 only from float types.
+        semantic = block_upsample(class_of[labels], s).to(torch.float32).to(torch.uint8)
         return panoptic, semantic, instances, num_instances
 
     def _table_rows(self, thing_score: Tensor, valid: Tensor) -> Tensor:

@@ -29,12 +29,12 @@ from panoptic_ros.pipeline_io import (
     THRESHOLD_INPUTS,
     PanopticResult,
     Thresholds,
+    check_label_divisor,
 )
 
 FUSIONS: dict[str, type[Fusion]] = {
     "psn": PSNFusion, "rtps": RTPSFusion, "lpsnet": LPSNetFusion, "fpsnet": FPSNetFusion, "spinet": SPINetFusion}
 MODEL_NAMES = tuple(FUSIONS)
-INT32_MAX = 2**31 - 1
 
 
 class PanopticPipeline(nn.Module):
@@ -108,7 +108,7 @@ class PanopticPipeline(nn.Module):
         divisor = scalars[-1]
         if not isinstance(divisor, Tensor) or divisor.dim() != 0 or divisor.dtype != torch.int32:
             raise ValueError(f"{LABEL_DIVISOR_INPUT} must be a 0-d int32 tensor, got {_describe(divisor)}")
-        check_label_divisor(int(divisor.item()), self.label_set, self.max_instances)
+        check_label_divisor(int(divisor.item()), self.max_instances, self.label_set.num_classes)
 
     def example_inputs(self, thresholds: Thresholds | None = None,
                        label_divisor: int = DEFAULT_LABEL_DIVISOR) -> tuple[Tensor, ...]:
@@ -136,16 +136,6 @@ def _describe(value: object) -> str:
     if isinstance(value, Tensor):
         return f"{value.dtype} tensor of shape {tuple(value.shape)}"
     return type(value).__name__
-
-
-def check_label_divisor(label_divisor: int, label_set: LabelSet, max_instances: int) -> None:
-    """Raise ValueError unless ids class * divisor + index are unique and fit int32."""
-    if label_divisor <= max_instances:
-        raise ValueError(f"{LABEL_DIVISOR_INPUT} must exceed max_instances ({max_instances}) so that ids are "
-                         f"unique, got {label_divisor}")
-    largest = (label_set.num_classes - 1) * label_divisor + max_instances
-    if largest > INT32_MAX:
-        raise ValueError(f"{LABEL_DIVISOR_INPUT} {label_divisor} is too large: ids up to {largest} overflow int32")
 
 
 def build_pipeline(model: str, label_set: LabelSet, height: int, width: int, network: nn.Module | None = None,

@@ -207,7 +207,7 @@ class PanopticNode(Node):
 
     @staticmethod
     def _check_label_divisor(label_divisor: int, backend) -> None:
-        from panoptic_ros.runtime.backends.base import check_label_divisor
+        from panoptic_ros.pipeline_io import check_label_divisor
 
         check_label_divisor(int(label_divisor), backend.max_instances, backend.label_set.num_classes)
 

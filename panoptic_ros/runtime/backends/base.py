@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from panoptic_ros.classes import LabelSet
-from panoptic_ros.pipeline_io import PanopticResult, Thresholds
+from panoptic_ros.pipeline_io import PanopticResult, Thresholds, check_label_divisor
 from panoptic_ros.runtime.backends.model_info import ModelInfo
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
-INT32_MAX = 2**31 - 1
 
 
 def resolve_device(device: str, cuda_available: bool) -> str:
@@ -42,17 +41,6 @@ def check_image(image: np.ndarray, input_hw: tuple[int, int]) -> None:
     if image.shape[:2] != (height, width):
         raise ValueError(f"image is {image.shape[0]}x{image.shape[1]} (HxW) but the model takes {height}x{width}; "
                          "resize it before running the backend")
-
-
-def check_label_divisor(label_divisor: int, max_instances: int, num_classes: int) -> None:
-    """Ids are class * divisor + instance number: the divisor must exceed K and keep ids in int32."""
-    if isinstance(label_divisor, bool) or not isinstance(label_divisor, (int, np.integer)):
-        raise ValueError(f"label_divisor must be an integer, got {label_divisor!r}")
-    if label_divisor <= max_instances:
-        raise ValueError(f"label_divisor must be greater than max_instances ({max_instances}), got {label_divisor}")
-    largest = (num_classes - 1) * label_divisor + max_instances
-    if largest > INT32_MAX:
-        raise ValueError(f"label_divisor {label_divisor} is too large: ids up to {largest} overflow int32")
 
 
 def result_from_outputs(outputs: dict[str, np.ndarray]) -> PanopticResult:
