@@ -2,8 +2,8 @@
 
 A synthetic street-scene bag (test-split scenes, never trained on) goes through a real panoptic_node
 process with config/cpu.yaml and models/psn.onnx on ONNX Runtime; the report must be complete and its
-PQ above a floor that a broken pipeline (wrong colour order, misaligned or resized-away outputs,
-outputs matched to the wrong frames, an untrained network) does not reach.
+PQ above a floor that a broken pipeline (wrong colour order, outputs matched to the wrong frames, an
+untrained network) does not reach.
 """
 
 import json
@@ -15,7 +15,9 @@ from panoptic_ros.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "models" / "psn.onnx"
-PQ_FLOOR = 35.0  # the shipped model scores well above this on test-split scenes; an untrained one scores ~0
+# Measured on these 6 frames with the shipped psn: 64.6; the same model fed BGR frames: 37.1, its outputs
+# scored against the next frame's ground truth: 11.5; an untrained network: ~0. The issue asks for >= 50.
+PQ_FLOOR = 50.0
 
 pytestmark = [pytest.mark.timeout(120),
               pytest.mark.skipif(not MODEL.is_file(), reason="models/psn.onnx (the trained demo model) is not in "
