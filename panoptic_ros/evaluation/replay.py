@@ -41,7 +41,7 @@ from panoptic_ros.data.rosbag_io import (
     read_images,
     stamp_to_ns,
 )
-from panoptic_ros.evaluation.pq import PQAccumulator, PQResult
+from panoptic_ros.evaluation.pq import PQResult
 from panoptic_ros.pipeline_io import Thresholds
 
 END_TO_END = "end_to_end"  # latency series name: output received - frame published
@@ -442,46 +442,20 @@ def evaluate(bag: Path, topics: BagTopics, recorder: Recorder, label_set: LabelS
              overlay_count: int) -> Evaluation:
     """PQ of the recorded id images against the ground-truth topic (eval-bag's matching: same header stamp), and
     side-by-side overlays of a few frames."""
-    from panoptic_ros.evaluation.bag_eval import (
-        INVALID_GROUND_TRUTH,
-        NO_GROUND_TRUTH,
-        SIZE_MISMATCH,
-        TopicGroundTruth,
-    )
+    from panoptic_ros.evaluation.bag_eval import FrameEvaluator, TopicGroundTruth
     from panoptic_ros.evaluation.report import side_by_side
 
     stamps = sorted(recorder.id_images)  # ground truth is read as a stream: ask in stamp order
     chosen = overlay_stamps(stamps, overlay_count)
-    skipped: dict[str, int] = {}
-    notes: list[str] = []
+    ground_truth = TopicGroundTruth(bag, topics.gt.name) if topics.gt is not None else None
+    evaluator = FrameEvaluator(ground_truth, label_set, label_divisor)
+    position = {stamp: i for i, stamp in enumerate(recorder.sent_at)}  # the frame's place among those sent
     gt_of_chosen: dict[int, np.ndarray] = {}
-    accumulator = None
-    if topics.gt is not None:
-        ground_truth = TopicGroundTruth(bag, topics.gt.name)
-        accumulator = PQAccumulator.from_label_set(label_set)
-        position = {stamp: i for i, stamp in enumerate(recorder.sent_at)}
+    if ground_truth is not None:
         for stamp in stamps:
-            prediction = recorder.id_image(stamp)
-            gt = ground_truth.lookup(stamp, position[stamp])
-            problem = None
-            if gt is None:
-                problem = NO_GROUND_TRUTH, "no ground truth"
-            elif gt.shape != prediction.shape:
-                problem = SIZE_MISMATCH, f"ground truth is {gt.shape[0]}x{gt.shape[1]}, the output " \
-                                         f"{prediction.shape[0]}x{prediction.shape[1]}"
-            else:
-                try:
-                    gt.add_to(accumulator, prediction, label_divisor, label_set)
-                except ValueError as error:
-                    problem = INVALID_GROUND_TRUTH, str(error)
-            if problem is not None:
-                reason, detail = problem
-                if reason not in skipped:
-                    notes.append(f"frame stamped {stamp}: {detail}")
-                skipped[reason] = skipped.get(reason, 0) + 1
-            elif stamp in chosen:
+            gt = evaluator.add(recorder.id_image(stamp), stamp, position[stamp])
+            if gt is not None and stamp in chosen:
                 gt_of_chosen[stamp] = gt.as_id_map(label_divisor, label_set)
-        notes += ground_truth.notes
 
     overlays = []
     for frame in read_images(bag, topics.image.name, skipped=[]):
@@ -490,8 +464,9 @@ def evaluate(bag: Path, topics: BagTopics, recorder: Recorder, label_set: LabelS
                                          recorder.id_image(frame.stamp_ns), label_set, label_divisor))
             if len(overlays) == len(chosen):
                 break
-    result = accumulator.result() if accumulator is not None and accumulator.num_frames else None
-    return Evaluation(result, skipped, notes, overlays)
+    result = evaluator.result()
+    return Evaluation(result if result is not None and result.num_frames else None, dict(evaluator.skipped),
+                      evaluator.notes, overlays)
 
 
 # ---------------------------------------------------------------------------------------------
