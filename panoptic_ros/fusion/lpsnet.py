@@ -68,7 +68,8 @@ class LPSNetFusion(Fusion):
                                       for b, stride in zip(heads["borderness"], self.strides, strict=True)])
         expected = predicted_grid.reshape(len(self.strides), -1)[boxes.level]
         claims = masks & keep[:, None]
-        mismatch = torch.where(claims, (computed - expected).abs(), torch.full_like(computed, float("inf")))
+        # A 0-d fill value: a full-size one would be folded into a K x HW constant in the ONNX file.
+        mismatch = torch.where(claims, (computed - expected).abs(), computed.new_tensor(float("inf")))
         owner = torch.argmin(mismatch, dim=0).reshape(h, w)
         claimed = (claims.to(torch.int32).amax(dim=0) > 0).reshape(h, w)
 

@@ -61,7 +61,8 @@ class PSNFusion(Fusion):
         cell_y, cell_x = cell_centres(h, w, s, (s - 1) / 2, center.device)
         target_y, target_x = cell_y + offset[0], cell_x + offset[1]
         distance = (target_y[None] - centre_y[:, None, None]) ** 2 + (target_x[None] - centre_x[:, None, None]) ** 2
-        distance = torch.where(valid[:, None, None], distance, torch.full_like(distance, float("inf")))
+        # A 0-d fill value: a full-size one would be folded into a K x h x w constant in the ONNX file.
+        distance = torch.where(valid[:, None, None], distance, distance.new_tensor(float("inf")))
         nearest = torch.argmin(distance, dim=0)
         has_centre = valid.to(torch.int32).amax() > 0
         thing_cell = self.is_thing[semantic_class] & has_centre
