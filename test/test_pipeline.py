@@ -103,7 +103,8 @@ def inputs(pipeline, frame, **changes):
     ({"score_threshold": torch.tensor(0.5, dtype=torch.float64)}, r"score_threshold must be a 0-d float32 tensor"),
     ({"mask_sigma": torch.tensor([0.5])}, r"mask_sigma must be a 0-d float32 tensor, got .*shape \(1,\)"),
     ({"label_divisor": torch.tensor(1000)}, r"label_divisor must be a 0-d int32 tensor"),
-    ({"label_divisor": torch.tensor(10, dtype=torch.int32)}, r"label_divisor must be greater than max_instances \(16\)"),
+    ({"label_divisor": torch.tensor(10, dtype=torch.int32)},
+     r"label_divisor must be greater than max_instances \(16\)"),
 ])
 def test_bad_input_gets_a_clear_error(pipelines, image, change, message):
     with pytest.raises(ValueError, match=message):
