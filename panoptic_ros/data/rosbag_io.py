@@ -294,30 +294,34 @@ def read_images(path: str | Path, topic: str, skipped: list[SkippedMessage] | No
     """
     from panoptic_ros.ros.image_conversion import compressed_to_rgb, image_to_rgb
 
-    for bag_time, msg in read_messages(path, topic, (IMAGE_TYPE, COMPRESSED_TYPE)):
-        try:
-            is_raw = hasattr(msg, "encoding")
-            rgb = image_to_rgb(msg, _MAX_PIXELS) if is_raw else compressed_to_rgb(msg, _MAX_PIXELS)
-        except ValueError as error:
-            if skipped is None:
-                raise ValueError(f"{topic} message at {bag_time} ns: {error}") from error
-            skipped.append(SkippedMessage(bag_time, str(error)))
-            continue
-        yield ImageFrame(stamp_to_ns(msg.header.stamp), bag_time, msg.header.frame_id, rgb)
+    def decode(msg) -> np.ndarray:
+        return image_to_rgb(msg, _MAX_PIXELS) if hasattr(msg, "encoding") else compressed_to_rgb(msg, _MAX_PIXELS)
+
+    yield from _decoded_frames(path, topic, (IMAGE_TYPE, COMPRESSED_TYPE), decode, skipped)
 
 
 def read_id_images(path: str | Path, topic: str, skipped: list[SkippedMessage] | None = None) -> Iterator[ImageFrame]:
     """int32 (H, W) id maps of a 32SC1 Image topic (ground truth or predictions, -1 void)."""
     from panoptic_ros.ros.image_conversion import image_msg_to_array
 
-    for bag_time, msg in read_messages(path, topic, (IMAGE_TYPE,)):
+    def decode(msg) -> np.ndarray:
+        if msg.encoding != "32SC1":
+            raise ValueError(f"expected a 32SC1 id image, got encoding {msg.encoding!r}")
+        return np.array(image_msg_to_array(msg), dtype=np.int32)
+
+    yield from _decoded_frames(path, topic, (IMAGE_TYPE,), decode, skipped)
+
+
+def _decoded_frames(path: str | Path, topic: str, msgtypes: tuple[str, ...], decode,
+                    skipped: list[SkippedMessage] | None) -> Iterator[ImageFrame]:
+    """Frames of `topic` decoded by `decode`; a message it refuses (ValueError) raises, or with a
+    `skipped` list is recorded there and passed over."""
+    for bag_time, msg in read_messages(path, topic, msgtypes):
         try:
-            if msg.encoding != "32SC1":
-                raise ValueError(f"expected a 32SC1 id image, got encoding {msg.encoding!r}")
-            ids = np.array(image_msg_to_array(msg), dtype=np.int32)
+            pixels = decode(msg)
         except ValueError as error:
             if skipped is None:
                 raise ValueError(f"{topic} message at {bag_time} ns: {error}") from error
             skipped.append(SkippedMessage(bag_time, str(error)))
             continue
-        yield ImageFrame(stamp_to_ns(msg.header.stamp), bag_time, msg.header.frame_id, ids)
+        yield ImageFrame(stamp_to_ns(msg.header.stamp), bag_time, msg.header.frame_id, pixels)

@@ -62,3 +62,16 @@ class Fusion(nn.Module):
     def forward(self, network: nn.Module, heads: Heads, thresholds: RuntimeThresholds,
                 label_divisor: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return self.assembler(self.segments(network, heads, thresholds), thresholds.min_stuff_area, label_divisor)
+
+
+class DenseBoxFusion(Fusion):
+    """Base of the fusions over FCOS-style dense boxes (RTPS, LPSNet): K candidates from the
+    network's pyramid levels at `strides`."""
+
+    def __init__(self, label_set: LabelSet, strides: tuple[int, ...], max_instances: int = 100) -> None:
+        super().__init__(label_set, num_candidates=max_instances, max_instances=max_instances)
+        self.strides = tuple(strides)
+
+    @classmethod
+    def for_network(cls, network: nn.Module, max_instances: int, nms_kernel: int) -> DenseBoxFusion:
+        return cls(network.label_set, network.strides, max_instances)

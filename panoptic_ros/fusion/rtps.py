@@ -14,23 +14,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from panoptic_ros.classes import LabelSet
-from panoptic_ros.fusion.base import Fusion, Heads, RuntimeThresholds
+from panoptic_ros.fusion.base import DenseBoxFusion, Heads, RuntimeThresholds
 from panoptic_ros.fusion.core import FUSION_STRIDE, Segments
 from panoptic_ros.fusion.detections import clip_boxes, flatten_locations, level_boxes, level_index, select_detections
 from panoptic_ros.fusion.static_ops import pairwise_box_iou, paste_by_confidence
 from panoptic_ros.networks.box_coding import dense_level_boxes
 
 
-class RTPSFusion(Fusion):
-    def __init__(self, label_set: LabelSet, strides: tuple[int, ...], max_instances: int = 100) -> None:
-        super().__init__(label_set, num_candidates=max_instances, max_instances=max_instances)
-        self.strides = tuple(strides)
-
-    @classmethod
-    def for_network(cls, network: nn.Module, max_instances: int, nms_kernel: int) -> RTPSFusion:
-        return cls(network.label_set, network.strides, max_instances)
-
+class RTPSFusion(DenseBoxFusion):
     def segments(self, network: nn.Module, heads: Heads, thresholds: RuntimeThresholds) -> Segments:
         semantic = heads["semantic"][0]
         h, w = semantic.shape[-2:]
