@@ -19,7 +19,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -142,9 +142,10 @@ def uint8_conversion_problems(model, tensorrt_major: int) -> list[str]:
 class BuildProgress:
     """The text of a one-line progress display: elapsed time and the open builder phases with their steps."""
 
-    def __init__(self, title: str) -> None:
+    def __init__(self, title: str, clock: Callable[[], int] = time.monotonic_ns) -> None:
         self.title = title
-        self.start = time.monotonic()
+        self.clock = clock  # integer nanoseconds: whole seconds of elapsed time never round down by float error
+        self.start_ns = clock()
         self.phases: dict[str, list[int]] = {}  # name -> [step, num_steps], in start order
         self._lock = threading.Lock()  # TensorRT reports from several threads
 
@@ -161,8 +162,8 @@ class BuildProgress:
         with self._lock:
             self.phases.pop(name, None)
 
-    def line(self, now: float | None = None) -> str:
-        elapsed = int((time.monotonic() if now is None else now) - self.start)
+    def line(self) -> str:
+        elapsed = (self.clock() - self.start_ns) // 1_000_000_000
         with self._lock:
             phases = " > ".join(f"{name} {step}/{total}" for name, (step, total) in self.phases.items())
         return f"{self.title} [{elapsed // 60:d}:{elapsed % 60:02d}]" + (f" {phases}" if phases else "")
