@@ -23,7 +23,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from panoptic_ros.classes import SYNTHETIC, VOID_CLASS, VOID_ID
 from panoptic_ros.ros import parameters as params
 from panoptic_ros.ros.client import PanopticClient, stamp_key, start_node, stop_node
-from panoptic_ros.ros.image_conversion import image_msg_to_array
+from panoptic_ros.ros.image_conversion import SUPPORTED_ENCODINGS, image_msg_to_array
 from panoptic_ros.ros.node_counters import NodeCounters
 
 pytestmark = pytest.mark.timeout(180)
@@ -285,10 +285,17 @@ def test_malformed_images_are_rejected_counted_and_the_node_keeps_serving(node):
     unknown.encoding = "hsv8"
     empty = Image(encoding="rgb8")
     enormous = image_msg(24, np.zeros((500, 500), np.uint8), "mono8")  # 250k pixels > max_pixels
-    for bad in (wrong_step, truncated, unknown, empty, enormous):
+    # One at a time: the node keeps only the newest frame (input depth 1), so a burst could merge into one.
+    reasons = []
+    for count, bad in enumerate((wrong_step, truncated, unknown, empty, enormous), start=1):
         node.publish("", bad)
-    status = node.camera_status("", lambda v: int(v["rejected"]) >= before + 5)
-    assert int(status["rejected"]) == before + 5
+        status = node.camera_status("", lambda v, n=count: int(v["rejected"]) >= before + n)
+        assert int(status["rejected"]) == before + count
+        reasons.append(status["last_problem"])
+    assert reasons[:4] == ["rejected: step 1533 is smaller than one row of 512 rgb8 pixels (1536 bytes)",
+                           "rejected: data has 392704 bytes, expected step x height = 1536 x 256 = 393216",
+                           "rejected: unsupported encoding 'hsv8'; expected one of " + ", ".join(SUPPORTED_ENCODINGS),
+                           "rejected: empty image: 0x0 pixels"]
     assert status["last_problem"] == "rejected: image of 500x500 = 250000 pixels exceeds max_pixels = 200000"
     out = request(node, image_msg(25))
     assert out["instances"].segments, "the node must keep serving good frames"
