@@ -164,14 +164,14 @@ class Tracker:
         if detections.size == 0 or not tracks:
             return {}
         row_of = {t: i for i, t in enumerate(self._seen)}
-        cost = np.full((len(tracks), detections.size), _FORBIDDEN)
-        for i, track in enumerate(tracks):
-            same_class = classes[detections] == track.class_id
-            box = box_iou(track.predicted_box(self._frame)[None], boxes[detections])[0]
-            mask = mask_iou[row_of[track], detections] if track in row_of else np.zeros(detections.size)
-            cost[i] = np.where(mask >= self.config.mask_iou, 1.0 - mask,
-                               np.where(box >= self.config.box_iou, 2.0 - box, _FORBIDDEN))
-            cost[i, ~same_class] = _FORBIDDEN
+        predicted = np.array([t.predicted_box(self._frame) for t in tracks])
+        box = box_iou(predicted, boxes[detections])
+        mask = np.zeros_like(box)
+        rows = np.array([row_of.get(t, -1) for t in tracks])
+        mask[rows >= 0] = mask_iou[rows[rows >= 0]][:, detections]
+        cost = np.where(mask >= self.config.mask_iou, 1.0 - mask,
+                        np.where(box >= self.config.box_iou, 2.0 - box, _FORBIDDEN))
+        cost[np.array([t.class_id for t in tracks])[:, None] != classes[detections][None, :]] = _FORBIDDEN
         track_rows, detection_cols = linear_sum_assignment(cost)
         return {int(detections[c]): tracks[r] for r, c in zip(track_rows, detection_cols, strict=True)
                 if cost[r, c] < _FORBIDDEN}
