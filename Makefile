@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-done
 SETUP_INPUTS := requirements.txt requirements-nodeps.txt setup.py CMakeLists.txt package.xml scripts/setup_venv.sh $(wildcard msg/*.msg)
 
-.PHONY: setup test lint clean demo
+.PHONY: setup test lint clean demo mutation
 
 setup: $(STAMP)
 
@@ -19,6 +19,11 @@ test: setup
 MODEL ?= psn
 demo: setup
 	$(PY) -m panoptic_ros.cli demo --model $(MODEL)
+
+# Small plausible bugs (scripts/mutations.yaml) put in a scratch copy one at a time: which do the tests
+# miss? Not part of `make test` (it reruns test files once per mutation: about half an hour).
+mutation: setup
+	$(PY) scripts/mutation_check.py
 
 lint: setup
 	$(VENV)/bin/ruff check panoptic_ros test launch scripts

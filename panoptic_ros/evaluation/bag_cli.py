@@ -71,7 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from panoptic_ros.evaluation.bag_eval import FolderGroundTruth, TopicGroundTruth, evaluate_bag, image_topic_count
+    from panoptic_ros.evaluation.bag_eval import evaluate_bag, image_topic_count
+    from panoptic_ros.evaluation.ground_truth import FolderGroundTruth, TopicGroundTruth
     from panoptic_ros.evaluation.report import latency_summary
     from panoptic_ros.ros import parameters as params
     from panoptic_ros.runtime.backends import create_backend
@@ -116,11 +117,9 @@ def run(args: argparse.Namespace) -> int:
 
 def node_parameters(args: argparse.Namespace) -> dict[str, Any]:
     """panoptic_node's parameter values: its defaults, then --params, then the command's options."""
-    from panoptic_ros.ros import parameters as params
+    from panoptic_ros.evaluation.node_params import node_defaults, read_params_file
 
-    # (a parameter without a default, such as cameras, has its type as `default`; none of them matters here)
-    values = {spec.name: spec.default for spec in params.PARAMETERS
-              if isinstance(spec.default, (bool, int, float, str))}
+    values = node_defaults()
     if args.params is not None:
         values.update(read_params_file(args.params))
     for name in (*THRESHOLD_OPTIONS, "label_divisor", "device", "threads", "precision"):
@@ -164,31 +163,3 @@ def parse_size(text: str) -> tuple[int, int]:
     if height <= 0 or width <= 0:
         raise ValueError(f"--input-size must be positive, got {text!r}")
     return height, width
-
-
-def read_params_file(path: Path) -> dict[str, Any]:
-    """The ros__parameters of a ROS 2 parameters YAML, all node sections merged in file order."""
-    import yaml
-
-    from panoptic_ros.ros import parameters as params
-
-    if not path.is_file():
-        raise FileNotFoundError(f"--params: no such file: {path}")
-    try:
-        document = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ValueError(f"--params {path} is not valid YAML: {error}") from None
-    sections = [node.get("ros__parameters") for node in (document or {}).values() if isinstance(node, dict)] \
-        if isinstance(document, dict) else []
-    sections = [s for s in sections if isinstance(s, dict)]
-    if not sections:
-        raise ValueError(f"--params {path}: no ros__parameters section (expected e.g. '/**: ros__parameters: ...', "
-                         "as in config/cpu.yaml)")
-    values: dict[str, Any] = {}
-    for section in sections:
-        values.update(section)
-    unknown = sorted(set(values) - set(params.PARAMETER_NAMES))
-    if unknown:
-        raise ValueError(f"--params {path}: unknown parameters {', '.join(unknown)}; panoptic_node's parameters: "
-                         f"{', '.join(params.PARAMETER_NAMES)}")
-    return values

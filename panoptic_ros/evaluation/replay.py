@@ -164,16 +164,17 @@ class Recorder:
     id_images: dict[int, tuple[tuple[int, int], bytes]] = field(default_factory=dict)  # stamp -> (shape, zlib int32)
     instance_counts: dict[int, int] = field(default_factory=dict)  # stamp ns -> segments in its instance array
     lock: threading.Lock = field(default_factory=threading.Lock)
+    clock: Callable[[], float] = time.monotonic  # seconds; injected by tests
 
     def mark_sent(self, stamp_ns: int) -> None:
         with self.lock:
-            self.sent_at[stamp_ns] = time.monotonic()
+            self.sent_at[stamp_ns] = self.clock()
 
     def on_output(self, camera: str, topic: str, msg) -> None:
         """PanopticClient callback (its spin thread)."""
         from panoptic_ros.ros.image_conversion import image_msg_to_array
 
-        now = time.monotonic()
+        now = self.clock()
         stamp = stamp_to_ns(msg.header.stamp)
         with self.lock:
             if stamp not in self.sent_at:
@@ -442,8 +443,9 @@ def evaluate(bag: Path, topics: BagTopics, recorder: Recorder, label_set: LabelS
              overlay_count: int) -> Evaluation:
     """PQ of the recorded id images against the ground-truth topic (eval-bag's matching: same header stamp), and
     side-by-side overlays of a few frames."""
-    from panoptic_ros.evaluation.bag_eval import FrameEvaluator, TopicGroundTruth
+    from panoptic_ros.evaluation.ground_truth import TopicGroundTruth
     from panoptic_ros.evaluation.report import side_by_side
+    from panoptic_ros.evaluation.scoring import FrameEvaluator
 
     stamps = sorted(recorder.id_images)  # ground truth is read as a stream: ask in stamp order
     chosen = overlay_stamps(stamps, overlay_count)
@@ -476,10 +478,10 @@ def evaluate(bag: Path, topics: BagTopics, recorder: Recorder, label_set: LabelS
 def params_file_thresholds(params_file: Path) -> Thresholds:
     """The fusion thresholds the node will start with: its defaults, then the params file (checked here, so a bad
     file fails before the node starts)."""
-    from panoptic_ros.evaluation.bag_cli import read_params_file
+    from panoptic_ros.evaluation.node_params import node_defaults, read_params_file
     from panoptic_ros.ros import parameters as params
 
-    values = {spec.name: spec.default for spec in params.PARAMETERS}
+    values = node_defaults()
     values.update(read_params_file(params_file))
     return params.thresholds(values)
 

@@ -17,11 +17,10 @@ from rclpy.parameter import Parameter
 
 from panoptic_ros.classes import DEFAULT_LABEL_DIVISOR
 from panoptic_ros.pipeline_io import Thresholds
+from panoptic_ros.runtime.choices import BACKENDS, MODEL_SUFFIXES, PRECISIONS
 
 INPUT_TYPES = ("raw", "compressed")
 QOS_PRESETS = ("SENSOR_DATA", "DEFAULT", "SYSTEM_DEFAULT")
-BACKENDS = ("onnxruntime", "torch", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
 OUTPUT_TOGGLES = ("publish_id_image", "publish_semantic", "publish_overlay", "publish_instances", "publish_latency")
 # A change of any of these loads a new backend (in the background) and swaps it in.
 MODEL_PARAMETERS = ("model", "backend", "engine_path", "device", "precision", "engine_cache_dir",
@@ -175,9 +174,6 @@ def _existing_file(path: Path, what: str) -> Path:
     return path
 
 
-MODEL_SUFFIXES = {"onnxruntime": ".onnx", "tensorrt": ".onnx", "torch": ".pt"}
-
-
 def default_models_dir() -> Path:
     """The shipped models: the checkout's models/ (source or editable install), else the installed share dir."""
     checkout = Path(__file__).resolve().parents[2] / "models"
@@ -200,10 +196,11 @@ def find_model(model: str, backend: str, models_dir: Path) -> Path:
         return as_path
     if as_path.suffix or len(as_path.parts) > 1:
         raise FileNotFoundError(f"model: no such file: {as_path}")
-    shipped = models_dir / f"{model}{MODEL_SUFFIXES[backend]}"
+    suffix = MODEL_SUFFIXES[backend][0]  # the form models/ ships
+    shipped = models_dir / f"{model}{suffix}"
     if shipped.is_file():
         return shipped
-    known = sorted(p.stem for p in models_dir.glob(f"*{MODEL_SUFFIXES[backend]}")) if models_dir.is_dir() else []
+    known = sorted(p.stem for p in models_dir.glob(f"*{suffix}")) if models_dir.is_dir() else []
     raise FileNotFoundError(f"model {model!r}: no file {shipped.name} in {models_dir}; shipped models for the "
                             f"{backend} backend: {', '.join(known) or 'none'}")
 
