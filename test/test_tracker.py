@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from panoptic_ros.pipeline_io import COL, INSTANCE_COLUMNS
-from panoptic_ros.tracking.tracker import GRID_PIXELS, Tracker, TrackerConfig, TrackIds, box_iou, track_id_map
+from panoptic_ros.tracking.config import TrackerConfig
+from panoptic_ros.tracking.tracker import GRID_PIXELS, Tracker, TrackIds, box_iou, track_id_map
 
 THING = (False, False, True, True)  # classes 0, 1 stuff; 2, 3 things
 DIVISOR = 1000
