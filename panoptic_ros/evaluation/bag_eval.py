@@ -10,6 +10,7 @@ to the model's input (bilinear), run, map the outputs back to the camera's size 
 the node's own `Resampler`. The prediction is then scored against the frame's ground truth at the
 camera's size (evaluation.ground_truth: a topic of id images or a panoptic folder; evaluation.scoring:
 the skip rules). `output_bag` also writes what the node would have published (evaluation.prediction_bag).
+`tracking` gives every frame's things track ids and scores them (STQ; tracking.evaluation).
 
 Every message of the image topic has a position (0-based, undecodable messages included): it is what
 `max_frames` counts and what index-matched ground truth goes by. A bag that turns out damaged part-way
@@ -37,11 +38,13 @@ from panoptic_ros.evaluation.report import side_by_side, write_report
 from panoptic_ros.evaluation.scoring import UNDECODABLE_IMAGE, FrameEvaluator
 from panoptic_ros.imaging import Resampler
 from panoptic_ros.pipeline_io import Thresholds
+from panoptic_ros.tracking.evaluation import SequenceTracking
+from panoptic_ros.tracking.stq import STQResult
 
 # Per-frame stages timed, in milliseconds (a stage a frame does not go through has no sample). decode: bag read,
 # deserialization and image decoding; resize: to the model and back; ground_truth: its lookup and reading;
-# evaluation: the PQ counts; total: all of the frame's stages.
-STAGES = ("decode", "resize", "inference", "ground_truth", "evaluation", "output_bag", "total")
+# evaluation: the PQ (and STQ) counts; tracking: the tracker; total: all of the frame's stages.
+STAGES = ("decode", "resize", "inference", "tracking", "ground_truth", "evaluation", "output_bag", "total")
 
 
 @dataclass
@@ -56,6 +59,8 @@ class BagEvaluation:
     bag_error: str | None = None  # the damage that ended reading early, if any
     notes: list[str] = field(default_factory=list)  # first example of each skip reason, source notes
     info: dict[str, object] = field(default_factory=dict)  # bag, topics, model, thresholds, ...
+    tracking: STQResult | None = None  # with tracking and ground truth
+    tracking_mode: str = ""  # where the track ids came from
 
     def write_report(self, directory: str | Path, label_set: LabelSet | None = None) -> dict[str, Path]:
         """metrics.json, report.md, charts and overlays (evaluation.report.write_report)."""
@@ -68,7 +73,8 @@ class BagEvaluation:
         if self.notes:
             info["notes"] = "; ".join(self.notes)
         return write_report(directory, result=self.result, latencies_ms=self.latencies_ms, overlays=self.overlays,
-                            skipped=self.skipped, info=info, label_set=label_set)
+                            skipped=self.skipped, info=info, label_set=label_set,
+                            tracking=(self.tracking, self.tracking_mode) if self.tracking is not None else None)
 
 
 def image_topic_count(bag: str | Path, topic: str) -> int:
@@ -105,7 +111,7 @@ def topic_messages(bag: str | Path, topic: str) -> Iterator[ImageFrame | Skipped
 def evaluate_bag(bag: str | Path, image_topic: str, backend, *, ground_truth: GroundTruthSource | None = None,
                  thresholds: Thresholds | None = None, label_divisor: int = DEFAULT_LABEL_DIVISOR,
                  max_frames: int | None = None, num_overlays: int = 4, output_bag: str | Path | None = None,
-                 progress: bool = False) -> BagEvaluation:
+                 tracking: SequenceTracking | None = None, progress: bool = False) -> BagEvaluation:
     """Run `backend` (runtime.backends.Backend) on every frame of `image_topic` in bag order and evaluate.
 
     Without `ground_truth`, only latencies and overlays are measured. `max_frames` limits the run to the
@@ -119,7 +125,7 @@ def evaluate_bag(bag: str | Path, image_topic: str, backend, *, ground_truth: Gr
         raise ValueError(f"num_overlays must be >= 0, got {num_overlays}")
     total = image_topic_count(bag, image_topic)
     total = min(total, max_frames) if max_frames is not None else total
-    run = _BagRun(backend, thresholds or Thresholds(), label_divisor, ground_truth,
+    run = _BagRun(backend, thresholds or Thresholds(), label_divisor, ground_truth, tracking,
                   overlay_at=np.linspace(0, total - 1, min(num_overlays, total)).round().astype(int).tolist())
     writer = (PredictionBagWriter(output_bag, prediction_namespace(image_topic), backend.label_set, label_divisor,
                                   backend.model_name) if output_bag is not None else None)
@@ -149,18 +155,23 @@ def evaluate_bag(bag: str | Path, image_topic: str, backend, *, ground_truth: Gr
             "thresholds": run.thresholds.as_dict(), "label divisor": label_divisor}
     if output_bag is not None:
         info["output bag"] = str(output_bag)
+    if tracking is not None:
+        info["tracking"] = tracking.mode
     return BagEvaluation(result=run.evaluator.result(),
                          latencies_ms={stage: run.latencies[stage] for stage in STAGES if stage in run.latencies},
                          skipped=dict(run.evaluator.skipped), frames=run.frames, overlays=run.overlays,
-                         bag_error=bag_error, notes=run.evaluator.notes, info=info)
+                         bag_error=bag_error, notes=run.evaluator.notes, info=info,
+                         tracking=tracking.result() if tracking is not None else None,
+                         tracking_mode=tracking.mode if tracking is not None else "")
 
 
 class _BagRun:
     """The per-frame work of evaluate_bag and what it accumulates."""
 
     def __init__(self, backend, thresholds: Thresholds, label_divisor: int, ground_truth: GroundTruthSource | None,
-                 overlay_at: list[int]) -> None:
+                 tracking: SequenceTracking | None, overlay_at: list[int]) -> None:
         self.backend, self.thresholds, self.label_divisor = backend, thresholds, label_divisor
+        self.tracking = tracking
         self.evaluator = FrameEvaluator(ground_truth, backend.label_set, label_divisor)
         self.latencies: dict[str, list[float]] = defaultdict(list)
         self.overlays: list[np.ndarray] = []
@@ -183,8 +194,16 @@ class _BagRun:
         panoptic = resampler.to_camera(result.panoptic)
         times = {"decode": decoded - start, "resize": (resized - decoded) + (time.perf_counter() - inferred),
                  "inference": inferred - resized}
+        if self.tracking is not None:  # every frame, scored or not: tracks run on
+            tick = time.perf_counter()
+            tracks = self.tracking.track(result)
+            times["tracking"] = time.perf_counter() - tick
         self.frames += 1
         gt = self.evaluator.add(panoptic, frame.stamp_ns, index, times)
+        if gt is not None and self.tracking is not None:
+            tick = time.perf_counter()
+            self.tracking.score(gt.as_id_map(self.label_divisor, self.backend.label_set), panoptic, tracks)
+            times["evaluation"] += time.perf_counter() - tick
         if writer is not None:
             tick = time.perf_counter()
             writer.write(frame, result, resampler, panoptic)
