@@ -153,3 +153,12 @@ def test_track_id_map():
     assert track_id_map(panoptic, tracks, DIVISOR).tolist() == [[-1, 0, 2007], [2000, 3000 + 235, 1000]]
     assert track_id_map(panoptic, {}, DIVISOR).tolist() == panoptic.tolist()
     assert track_id_map(panoptic, {2001: 999, 3001: 1000}, DIVISOR)[[0, 1], [2, 0]].tolist() == [2999, 2002]
+
+
+def test_tracker_bench_frames_and_clock():
+    from panoptic_ros.tracking.bench import moving_boxes, tracker_cost_ms
+
+    frames = moving_boxes(256, 512, instances=50, frames=3)
+    assert len(frames) == 3 and all(len(rows) == 50 for _, rows in frames)
+    ticks = iter(range(100))
+    assert tracker_cost_ms(256, 512, instances=50, frames=4, clock=lambda: next(ticks) / 1e3) == [1.0, 1.0, 1.0]

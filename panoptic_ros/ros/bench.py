@@ -11,7 +11,8 @@ this process while subscribing to its outputs, and reports:
 - the node's own per-frame overhead: everything except the backend run (convert, resize both ways,
   messages, publishing), from its per-frame latency topics, and the cost of receiving (deserializing)
   one frame, which happens in the executor thread before the node's callback runs; also the worker's CPU
-  time for the same work (robust on a shared machine, where wall-clock stages include waiting for a CPU).
+  time for the same work (robust on a shared machine, where wall-clock stages include waiting for a CPU);
+- the tracker's cost per frame at the frame size with 50 thing instances (tracking.bench), in this process.
 Exit status 0 when the freshness, drop and memory checks pass.
 """
 
@@ -28,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from panoptic_ros.tracking.bench import tracker_figures, tracker_report_line
 
 STAMP_BASE = 1_000_000  # frame i is stamped sec = STAMP_BASE + i
 DISTINCT_FRAMES = 4
@@ -237,6 +240,7 @@ def run(args: argparse.Namespace) -> int:
         client.close()
         code = stop_node(process)
     figures["node_exit_code"] = code
+    figures.update(tracker_figures(args.height, args.width))
     return _report(args, figures)
 
 
@@ -336,6 +340,7 @@ def _report(args, figures: dict) -> int:
         f"{100 * f['overhead_share_of_frame_time']:.1f}% of the median frame time",
         f"  node overhead per frame as worker CPU time (not inflated by waiting for a busy CPU): p50 "
         f"{f['overhead_cpu_ms_p50']:.2f} ms",
+        tracker_report_line(f),
         "  checks: " + ", ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in f["checks"].items()),
     ]
     print("\n".join(lines), flush=True)
