@@ -30,8 +30,6 @@ from pathlib import Path
 
 import numpy as np
 
-from panoptic_ros.tracking.bench import tracker_figures, tracker_report_line
-
 STAMP_BASE = 1_000_000  # frame i is stamped sec = STAMP_BASE + i
 DISTINCT_FRAMES = 4
 
@@ -240,6 +238,8 @@ def run(args: argparse.Namespace) -> int:
         client.close()
         code = stop_node(process)
     figures["node_exit_code"] = code
+    from panoptic_ros.tracking.bench import tracker_figures  # scipy: only when benchmarking
+
     figures.update(tracker_figures(args.height, args.width))
     return _report(args, figures)
 
@@ -314,6 +314,8 @@ def _figures(args, sent: int, publish_seconds: float, before: dict[str, int], af
 
 
 def _report(args, figures: dict) -> int:
+    from panoptic_ros.tracking.bench import tracker_report_line
+
     f = figures
     stages = ", ".join(f"{s} {f['latency_ms_p50'][s]:.2f}/{f['latency_ms_mean'][s]:.2f}"
                        for s in ("convert", "resize", "inference", "publish", "total"))
