@@ -162,3 +162,26 @@ def test_tracker_bench_frames_and_clock():
     assert len(frames) == 3 and all(len(rows) == 50 for _, rows in frames)
     ticks = iter(range(100))
     assert tracker_cost_ms(256, 512, instances=50, frames=4, clock=lambda: next(ticks) / 1e3) == [1.0, 1.0, 1.0]
+
+
+def test_camera_tracking_follows_the_node_parameters():
+    from panoptic_ros.classes import LabelSet
+    from panoptic_ros.pipeline_io import PanopticResult
+    from panoptic_ros.tracking.camera import CameraTracking
+
+    labels = LabelSet("four", ("a", "b", "c", "d"), THING, ((0, 0, 0),) * 4)
+    other = LabelSet("other", ("a", "b", "c", "d"), (False, True, True, True), ((0, 0, 0),) * 4)
+
+    def result(objects):
+        panoptic, rows = frame(objects)
+        return PanopticResult(panoptic, np.zeros(HW, np.uint8), rows, len(rows))
+
+    ids = TrackIds()
+    camera = CameraTracking(ids)
+    assert camera.update(result([car(10)]), labels, True, 0) == {2001: 1}
+    track_ids(Tracker(THING, ids=ids), [car(0)])  # another camera of the node takes id 2
+    assert camera.update(result([]), labels, True, 1) == {}  # max age 1 now: the track survives one frame
+    assert camera.update(result([car(11)]), labels, True, 1) == {2001: 1}
+    assert camera.update(result([car(11)]), labels, False, 1) is None  # off: tracks dropped
+    assert camera.update(result([car(11)]), labels, True, 1) == {2001: 3}  # on again: a new, unused id
+    assert camera.update(result([car(11)]), other, True, 1) == {2001: 4}  # another label set: afresh
