@@ -185,3 +185,23 @@ def test_camera_tracking_follows_the_node_parameters():
     assert camera.update(result([car(11)]), labels, False, 1) is None  # off: tracks dropped
     assert camera.update(result([car(11)]), labels, True, 1) == {2001: 3}  # on again: a new, unused id
     assert camera.update(result([car(11)]), other, True, 1) == {2001: 4}  # another label set: afresh
+
+
+def test_map_ids_table_and_search_agree():
+    from panoptic_ros.tracking.tracker import DENSE_IDS, map_ids
+
+    rng = np.random.default_rng(3)
+    for scale in (1, DENSE_IDS):  # small ids: a lookup table; large ones: a binary search
+        keys = rng.choice(50, 12, replace=False) * scale
+        ids = np.where(rng.random((7, 9)) < 0.1, -1, rng.choice(np.append(keys, [7 * scale + 1, 3]), (7, 9)))
+        values = rng.integers(1, 99, keys.size)
+        expected = {int(k): int(v) for k, v in zip(keys, values, strict=True)}
+        for default in (0, None):
+            got = map_ids(ids, keys, values, default)
+            want = [[expected.get(i, i if default is None else default) for i in row] for row in ids.tolist()]
+            assert got.tolist() == want
+    assert map_ids(np.array([[-1, 5]]), np.zeros(0, np.int64), np.zeros(0, np.int64), None).tolist() == [[-1, 5]]
+    assert map_ids(np.array([[-1, 5 * DENSE_IDS]]), np.zeros(0, np.int64), np.zeros(0, np.int64), 0).tolist() == \
+        [[0, 0]]
+    big = 10**6  # a label divisor of a million: ids class * 10**6 + n
+    assert track_id_map(np.array([[2 * big + 1, big]]), {2 * big + 1: 5}, big).tolist() == [[2 * big + 5, big]]
