@@ -19,7 +19,7 @@ MODEL = REPO / "models" / "psn.onnx"
 # without); an untrained network: ~0. The issue asks for PQ >= 50.
 PQ_FLOOR = 50.0
 
-pytestmark = [pytest.mark.timeout(120),
+pytestmark = [pytest.mark.timeout(240),  # two replays: with tracking and without
               pytest.mark.skipif(not MODEL.is_file(), reason="models/psn.onnx (the trained demo model) is not in "
                                                                "this checkout; `make demo` needs it too")]
 
