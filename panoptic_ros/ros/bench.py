@@ -364,5 +364,6 @@ def _markdown_table(f: dict) -> str:
              f"{f['overhead_with_receive_ms_p50']:.2f}"),
             ("overhead share of the frame time", f"{100 * f['overhead_share_of_frame_time']:.1f}%"),
             ("newer frames sent when the node started a frame, p50", f"{f['lag_frames_p50']:.0f}"),
-            ("node RSS, peak MB", f"{f['rss_mb_peak_vmhwm']:.0f}")]
+            ("node RSS, peak MB", f"{f['rss_mb_peak_vmhwm']:.0f}"),
+            (f"tracker per frame ({f['tracker_frame']}), CPU time p50 ms", f"{f['tracker_cpu_ms_p50']:.2f}")]
     return "\n".join(["| figure | value |", "|---|---:|", *(f"| {name} | {value} |" for name, value in rows)])

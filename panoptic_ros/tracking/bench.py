@@ -81,16 +81,29 @@ def tracker_report_line(figures: dict) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from panoptic_ros import bench_report
+
     parser.add_argument("--height", type=int, default=1024, help="id map height (default: 1024)")
     parser.add_argument("--width", type=int, default=2048, help="id map width (default: 2048)")
     parser.add_argument("--instances", type=int, default=50, help="thing instances per frame (default: 50)")
+    bench_report.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-    import platform
+    from panoptic_ros import bench_report
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
-          f"{os.getloadavg()[0]:.1f}")
-    print(tracker_report_line(tracker_figures(args.height, args.width, args.instances)).strip())
+    figures = tracker_figures(args.height, args.width, args.instances)
+    print(tracker_report_line(figures).strip())
+    machine = bench_report.describe_machine("1 (NumPy, SciPy)", ("numpy", "scipy"))
+    bench_report.publish(args, "tracker", machine, markdown_table(figures),
+                         "29 frames timed after a first one; CPU time is the thread's, which waiting for a busy CPU "
+                         "does not inflate.")
     return 0
+
+
+def markdown_table(figures: dict) -> str:
+    return "\n".join([f"| tracker per frame ({figures['tracker_frame']}) | ms |", "|---|---:|",
+                      f"| wall clock, p50 | {figures['tracker_ms_p50']:.2f} |",
+                      f"| wall clock, p90 | {figures['tracker_ms_p90']:.2f} |",
+                      f"| CPU time, p50 | {figures['tracker_cpu_ms_p50']:.2f} |",
+                      f"| target | <= {figures['tracker_target_ms']:g} |"])
