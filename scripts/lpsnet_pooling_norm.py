@@ -44,14 +44,16 @@ def measure(name: str, args: argparse.Namespace) -> dict:
     fpn.FixedStatsBatchNorm2d = CANDIDATES[name]  # the pooling branches' norm, read when the network is built
     with tempfile.TemporaryDirectory() as out:
         config = TrainConfig(model="lpsnet", output_dir=out, width_mult=0.25, backbone="resnet18", steps=args.steps,
-                             batch_size=args.batch, lr=2e-3, warmup_steps=50, checkpoint_every=args.steps, seed=0)
-        summary = train(config, SYNTHETIC, batches(args.batch, 0), show_progress=False,
+                             batch_size=args.batch, lr=2e-3, warmup_steps=50, checkpoint_every=args.steps,
+                             seed=args.seed)
+        summary = train(config, SYNTHETIC, batches(args.batch, args.seed), show_progress=False,
                         evaluate=lambda network: _pq(network, args.eval_frames))
         with open(f"{out}/train_log.jsonl") as log:
             losses = [json.loads(line)["loss"] for line in log]
     fpn.FixedStatsBatchNorm2d = FixedStatsBatchNorm2d
     tail = losses[-args.tail:]
-    return {"norm": name, "batch": args.batch, "steps": summary["steps"], "loss_last": round(float(np.mean(tail)), 4),
+    return {"norm": name, "batch": args.batch, "seed": args.seed, "steps": summary["steps"],
+            "loss_last": round(float(np.mean(tail)), 4),
             "loss_first": round(float(np.mean(losses[:args.tail])), 4), "pq": round(summary["final"]["all"]["pq"], 2),
             "miou": round(summary["final"]["miou"], 2)}
 
@@ -67,6 +69,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--tail", type=int, default=50, help="steps averaged for the loss")
     parser.add_argument("--eval-frames", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0, help="initialisation and data order")
     parser.add_argument("--norms", nargs="+", default=["fixed-statistics", "group-norm"], choices=tuple(CANDIDATES))
     args = parser.parse_args()
     torch.set_num_threads(1)

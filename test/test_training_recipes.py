@@ -64,6 +64,7 @@ def test_each_preset_resolves_to_its_papers_recipe(capsys, name):
     for field, value in PAPERS[name].items():
         assert config[field] == (list(value) if isinstance(value, tuple) else value), field
     assert set(shown["chosen"]) == OPEN[name]
+    assert config["clip_grad_norm"] == 0.0  # no paper clips gradients
     assert shown["dataset"] == "cityscapes" and shown["batch_per_process"] == PAPERS[name]["batch_size"]
     assert shown["paper"] and "--imagenet-weights" in shown["notes"][0]
 

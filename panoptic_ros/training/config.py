@@ -36,6 +36,7 @@ class TrainConfig:
     gamma: float = 0.1
     warmup_steps: int = 50
     warmup_factor: float = 0.001  # the warm-up ramps linearly from lr x warmup_factor to lr
+    clip_grad_norm: float = 10.0  # clip the gradient's norm to this; 0: no clipping
     freeze_backbone_bn: bool = False  # backbone batch norm: running statistics and affine fixed
     sync_bn: bool = False  # batch statistics over all processes under DDP (CUDA)
     amp: bool = True  # used on CUDA only
@@ -66,6 +67,8 @@ class TrainConfig:
         if self.warmup_steps < 0 or not 0 < self.warmup_factor <= 1:
             raise ValueError(f"warm-up needs steps >= 0 and a factor in (0, 1], got {self.warmup_steps}, "
                              f"{self.warmup_factor}")
+        if self.clip_grad_norm < 0:
+            raise ValueError(f"clip_grad_norm must be >= 0 (0: off), got {self.clip_grad_norm}")
         if self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise ValueError(f"weight_decay must be >= 0 and momentum in [0, 1), got {self.weight_decay}, "
                              f"{self.momentum}")

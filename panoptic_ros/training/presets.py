@@ -27,13 +27,14 @@ class Preset:
 
 
 _SGD = {"optimizer": "sgd", "momentum": 0.9}
+_PAPER = {"width_mult": 1.0, "clip_grad_norm": 0.0}  # full width; no paper clips gradients
 _DETECTRON2_WARMUP = "detectron2's default (1000 steps, linear from 0.001)"
 _FCOS_WARMUP = "FCOS / maskrcnn-benchmark's default (500 steps, linear from 1/3)"
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset(
         "psn-cityscapes", "psn", "cityscapes",
-        {"backbone": "resnet18", "width_mult": 1.0, "optimizer": "adam", "lr": 5e-5, "min_lr": 1e-7,
+        {"backbone": "resnet18", **_PAPER, "optimizer": "adam", "lr": 5e-5, "min_lr": 1e-7,
          "schedule": "poly", "poly_power": 0.9, "steps": 90_000, "batch_size": 8, "crop": (1024, 2048),
          "scale": (0.5, 2.0), "weight_decay": 1e-4, "warmup_steps": 0, "backbone_lr_mult": 1.0},
         "We train the models for 90000 iterations with ADAM optimizer on 1024 x 2048 crops with batch size 8. "
@@ -46,7 +47,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
          "backbone_lr_mult": "1.0 (one learning rate stated; the SwiftNet code uses 0.25)"}),
     Preset(
         "rtps-cityscapes", "rtps", "cityscapes",
-        {"backbone": "resnet50", "width_mult": 1.0, **_SGD, "lr": 0.013, "weight_decay": 1e-4,
+        {"backbone": "resnet50", **_PAPER, **_SGD, "lr": 0.013, "weight_decay": 1e-4,
          "schedule": "multistep", "milestones": (36_000, 44_000), "gamma": 0.1, "steps": 48_000, "batch_size": 8,
          "crop": (896, 1792), "scale": (0.7, 1.3), "freeze_backbone_bn": True, "warmup_steps": 500,
          "warmup_factor": 1 / 3, "backbone_lr_mult": 1.0},
@@ -62,7 +63,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
          "(0.4% fewer rows and columns)",)),
     Preset(
         "fpsnet-cityscapes", "fpsnet", "cityscapes",
-        {"backbone": "resnet50", "width_mult": 1.0, **_SGD, "lr": 0.01, "weight_decay": 1e-3, "schedule": "poly",
+        {"backbone": "resnet50", **_PAPER, **_SGD, "lr": 0.01, "weight_decay": 1e-3, "schedule": "poly",
          "poly_power": 0.9, "min_lr": 0.0, "steps": 200_000, "batch_size": 4, "crop": (512, 1024),
          "scale": (0.5, 1.5), "warmup_steps": 0, "backbone_lr_mult": 1.0},
         "We randomly scale the image with a factor between 0.5 and 1.5, and use a random crop of 512 x 1024 "
@@ -74,7 +75,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
          "backbone_lr_mult": "1.0 (none stated)"}),
     Preset(
         "spinet-cityscapes", "spinet", "cityscapes",
-        {"backbone": "resnet50", "width_mult": 1.0, **_SGD, "lr": 0.01, "weight_decay": 1e-4,
+        {"backbone": "resnet50", **_PAPER, **_SGD, "lr": 0.01, "weight_decay": 1e-4,
          "schedule": "multistep", "milestones": (80_000, 90_000), "gamma": 0.1, "steps": 95_000, "batch_size": 32,
          "crop": (512, 1024), "scale": (0.5, 2.0), "freeze_backbone_bn": True, "warmup_steps": 1000,
          "warmup_factor": 0.001, "backbone_lr_mult": 1.0},
@@ -94,7 +95,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
          "ones `--imagenet-weights` loads) have the 7x7 stem",)),
     Preset(
         "lpsnet-cityscapes", "lpsnet", "cityscapes",
-        {"backbone": "resnet50", "width_mult": 1.0, **_SGD, "lr": 0.01, "weight_decay": 1e-4,
+        {"backbone": "resnet50", **_PAPER, **_SGD, "lr": 0.01, "weight_decay": 1e-4,
          "schedule": "multistep", "milestones": (9_000,), "gamma": 0.1, "steps": 12_000, "batch_size": 16,
          "crop": (1024, 2048), "scale": (1.0, 1.0), "warmup_steps": 500, "warmup_factor": 1 / 3,
          "backbone_lr_mult": 1.0},

@@ -204,8 +204,10 @@ class Trainer:
             raise RuntimeError(f"loss is {float(total)} at step {step}: lower --lr or check the data")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
-        self.scaler.unscale_(self.optimizer)
-        nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], 10.0)
+        if self.config.clip_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
+                                     self.config.clip_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return total, terms

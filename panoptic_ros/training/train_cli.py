@@ -39,6 +39,7 @@ _RECIPE_OPTIONS: tuple[tuple[str, str, dict, str], ...] = (
     ("--gamma", "gamma", {"type": float}, "multistep: decay factor"),
     ("--warmup-steps", "warmup_steps", {"type": int}, "linear warm-up length (0: none)"),
     ("--warmup-factor", "warmup_factor", {"type": float}, "warm-up starts at lr x this"),
+    ("--clip-grad-norm", "clip_grad_norm", {"type": float}, "clip the gradient norm to this (0: off)"),
     ("--freeze-backbone-bn", "freeze_backbone_bn", {"action": argparse.BooleanOptionalAction},
      "fix the backbone's batch-norm statistics and affine (RTPS, SPINet)"),
     ("--sync-bn", "sync_bn", {"action": argparse.BooleanOptionalAction},
