@@ -61,10 +61,10 @@ class PyramidPooling(nn.Module):
     """PSPNet pyramid pooling on C5: pooled branches (1x1 conv-BN-ReLU), upsampled, concatenated with C5,
     fused by a 3x3 conv-BN-ReLU to `out_channels` (LPSNet adds this to FPN's P5 lateral).
 
-    The branches' batch norms keep fixed statistics (`FixedStatsBatchNorm2d`): the 1-bin branch has
-    one value per channel and image, so at one image per process (LPSNet's recipe, 2 per GPU, is a
-    step away) batch statistics do not exist; bins 2 and 4 would have 4 and 16. Their affine
-    parameters train. The fuse convolution sees the whole C5 map and keeps a plain batch norm.
+    The branches' batch norms keep fixed statistics (`FixedStatsBatchNorm2d`; their affine trains):
+    the 1-bin branch has one value per channel and image, so at one image per process batch
+    statistics do not exist (bins 2 and 4 would have 4 and 16). Measured against group norm in
+    models/README.md. The fuse convolution sees the whole C5 map and keeps a plain batch norm.
 
     Bins are (1, 2, 4) rather than PSPNet's (1, 2, 3, 6): adaptive pooling exports to a fixed ONNX
     AveragePool only when the bin count divides the map, and C5 of an input whose sides are

@@ -110,6 +110,9 @@ def describe(config: TrainConfig, dataset: str, world_size: int) -> dict:
     name = config.extra.get("preset")
     preset = get_preset(name) if name else None
     notes = [IMAGENET_NOTE] if preset and not config.imagenet_weights else []
+    if config.freeze_backbone_bn and not config.imagenet_weights:
+        notes.append("--freeze-backbone-bn without --imagenet-weights keeps the initial statistics (mean 0, "
+                     "variance 1) and affine (1, 0): the backbone then trains without normalisation")
     return {"preset": name, "dataset": dataset, "config": asdict(config),
             "processes": world_size, "batch_per_process": per_process_batch(config.batch_size, world_size),
             "paper": preset.source if preset else None, "chosen": preset.chosen if preset else {},
