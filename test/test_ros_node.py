@@ -221,7 +221,7 @@ def test_one_stamped_timing_message_per_frame_and_the_class_map(node):
     sent.header.stamp = now.to_msg()  # a live camera's stamp: end-to-end latency is measured against it
     timing = request(node, sent, topics=("instances", "timing"))["timing"]
     assert timing.header == sent.header
-    stages = (timing.convert_ms, timing.resize_ms, timing.inference_ms, timing.publish_ms)
+    stages = (timing.convert_ms, timing.resize_ms, timing.inference_ms, timing.tracking_ms, timing.publish_ms)
     assert min(stages) > 0 and timing.queue_ms >= 0
     assert timing.total_ms == pytest.approx(sum(stages), abs=1e-6)  # the stages split the node's time exactly
     # Stamped before it was sent, published after the node's work: at least the node's own time.
