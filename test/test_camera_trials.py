@@ -20,8 +20,9 @@ FRAMES = 3
 def node(tmp_path_factory):
     """The node with the Fast DDS profile, as the launch file starts it."""
     log = (tmp_path_factory.mktemp("trials") / "node.log").open("w")
-    process = camera_trial.start_node(NAMESPACE, ("sized", "stuck"), profile=True, stdout=log,
-                                      stderr=subprocess.STDOUT)
+    # expected_rate 5: the drivers' warning trials send at 5 Hz.
+    process = camera_trial.start_node(NAMESPACE, ("sized", "stuck", "lossy"), profile=True, expected_rate=5.0,
+                                      stdout=log, stderr=subprocess.STDOUT)
     try:
         yield process
     finally:
@@ -44,6 +45,16 @@ def test_a_matched_driver_that_sends_nothing_is_a_warning_with_the_fix(node):
                                          expect_warn=20.0, mute=True)
     assert result["sent"] == 0 and result["warn_after_match_s"] is not None, result
     assert result["warn_message"] == f"publishers on {NAMESPACE}/stuck/image but no frames: {LARGE_DATA_FIX}"
+
+
+def test_best_effort_2_mpx_without_the_profile_is_a_warning_with_the_fix(node):
+    # Without the profile in the driver, best-effort 6 MB frames are lost over DDS: all of them (silence) or
+    # most (a rate far below expected_rate). Either way the node warns, and says what to do.
+    result = camera_trial.driver_process(NAMESPACE, "lossy", camera_trial.SIZES[-1], "best_effort", profile=False,
+                                         expect_warn=30.0)
+    assert result["warn_after_match_s"] is not None, result
+    assert LARGE_DATA_FIX in result["warn_message"] and f"{NAMESPACE}/lossy/image" in result["warn_message"]
+    assert result["answered"] < result["sent"]
 
 
 def test_profile_variables_name_both_fast_dds_generations():

@@ -171,3 +171,16 @@ def test_launch_description_builds_where_launch_ros_exists():
     description = module.generate_launch_description()
     names = {entity.name for entity in description.entities if hasattr(entity, "name")}
     assert names >= REQUIRED_ARGUMENTS
+
+
+def test_readme_parameter_table_is_the_node_s_table():
+    from panoptic_ros.ros.parameter_table import BEGIN, END, markdown_table, with_table
+
+    readme = (REPO / "README.md").read_text()
+    assert readme == with_table(readme), "README's parameter table is stale: run " \
+                                         "`python -m panoptic_ros.ros.parameter_table --write README.md`"
+    table = readme[readme.index(BEGIN): readme.index(END)]
+    names = {line.split("`")[1] for line in table.splitlines() if line.startswith("| `")}
+    assert names == set(params.PARAMETER_NAMES)
+    assert {"diagnostics_period", "torch_input_height", "torch_input_width", "expected_rate"} <= names
+    assert markdown_table().count("\n") == len(params.PARAMETERS) + 1

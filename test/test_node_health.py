@@ -97,7 +97,8 @@ def test_rate_below_80_percent_of_expected_rate_warns(clock, rate_hz, level):
     assert health.level == level, health.message
     assert float(health.values["input_rate_hz"]) == pytest.approx(rate_hz, rel=1e-6)
     if level == WARN:
-        assert health.message == f"input rate 7.9 Hz on {TOPIC} is below expected_rate 10 Hz"
+        assert health.message == (f"input rate 7.9 Hz on {TOPIC} is below expected_rate 10 Hz (a slow camera, or "
+                                  f"frames lost: {LARGE_DATA_FIX})")
 
 
 def test_rate_is_not_judged_before_a_full_window(clock):

@@ -86,7 +86,7 @@ def run_driver(namespace: str, camera: str, width: int, height: int, qos: str, f
         for status in msg.status:
             level = status.level if isinstance(status.level, int) else ord(status.level)
             if status.name.endswith(f": {camera or 'image'}") and status.hardware_id == f"{namespace}/panoptic_node" \
-                    and level == 1 and "no frames" in status.message:
+                    and level == 1 and ("no frames" in status.message or "below expected_rate" in status.message):
                 with condition:
                     warnings.append((time.monotonic(), status.message))
                     condition.notify_all()
@@ -162,22 +162,27 @@ def driver_process(namespace: str, camera: str, size: tuple[int, int], qos: str,
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def node_command(namespace: str, cameras: tuple[str, ...], diagnostics_period: float = 0.5) -> list[str]:
+def node_command(namespace: str, cameras: tuple[str, ...], diagnostics_period: float = 0.5,
+                 expected_rate: float = 0.0) -> list[str]:
     """panoptic_node on the shipped psn model (CPU), input_qos auto, serving `cameras`."""
     return [sys.executable, "-m", "panoptic_ros.ros.node", "--ros-args", "-r", f"__ns:={namespace}",
             "-p", "model:=psn", "-p", "backend:=onnxruntime", "-p", "device:=cpu",
-            "-p", f"diagnostics_period:={diagnostics_period}", "-p", f"cameras:=[{', '.join(cameras)}]"]
+            "-p", f"diagnostics_period:={diagnostics_period}", "-p", f"cameras:=[{', '.join(cameras)}]",
+            "-p", f"expected_rate:={expected_rate}"]
 
 
-def start_node(namespace: str, cameras: tuple[str, ...], profile: bool, **popen: Any) -> subprocess.Popen:
+def start_node(namespace: str, cameras: tuple[str, ...], profile: bool, expected_rate: float = 0.0,
+               **popen: Any) -> subprocess.Popen:
     env = {**without_profile(dict(os.environ)), **profile_environment(PROFILE if profile else None)}
-    return subprocess.Popen(node_command(namespace, cameras), env=env, **popen)
+    return subprocess.Popen(node_command(namespace, cameras, expected_rate=expected_rate), env=env, **popen)
 
 
 def table(frames: int) -> list[dict[str, Any]]:
-    """The issue's table: each size with a reliable driver and no DDS set-up in the driver (the node has the
-    profile, as the launch file starts it), and with a best-effort driver with the profile in both processes;
-    then a best-effort 640x480 driver with no profile anywhere (answered, or the node's WARN)."""
+    """The issue's table. A node with the profile (as the launch file starts it): each size from a reliable
+    driver with no DDS set-up and from a best-effort driver with the profile, and 2048x1024 from a best-effort
+    driver without it. A node with no DDS set-up (a plain `ros2 run`): 2048x1024 from a reliable and from a
+    best-effort driver without the profile, and a best-effort 2048x1024 driver publishing at 5 Hz for up to 10 s
+    on a fresh camera topic, until the node's WARN (no frames, or a rate below expected_rate 5 Hz)."""
     from panoptic_ros.ros.client import stop_node
 
     namespace = f"/camera_trial_{os.getpid()}"
@@ -188,12 +193,19 @@ def table(frames: int) -> list[dict[str, Any]]:
             for qos, profile in (("reliable", False), ("best_effort", True)):
                 row = driver_process(namespace, "sized", size, qos, profile=profile, frames=frames)
                 rows.append({**row, "node_profile": True})
+        row = driver_process(namespace, "sized", SIZES[-1], "best_effort", profile=False, frames=frames)
+        rows.append({**row, "node_profile": True})
     finally:
         stop_node(node)
-    bare = f"{namespace}_bare"
-    node = start_node(bare, ("silent",), profile=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    bare = f"{namespace}_bare"  # no DDS set-up anywhere (a plain `ros2 run`)
+    # expected_rate 5: the trial driver sends at 5 Hz, so heavy loss warns as well as silence does.
+    node = start_node(bare, ("bare", "silent"), profile=False, expected_rate=5.0, stdout=subprocess.DEVNULL,
+                      stderr=subprocess.DEVNULL)
     try:
-        row = driver_process(bare, "silent", (640, 480), "best_effort", profile=False, expect_warn=10.0)
+        for qos in ("reliable", "best_effort"):
+            row = driver_process(bare, "bare", SIZES[-1], qos, profile=False, frames=frames)
+            rows.append({**row, "node_profile": False})
+        row = driver_process(bare, "silent", SIZES[-1], "best_effort", profile=False, expect_warn=10.0)
         rows.append({**row, "node_profile": False})
     finally:
         stop_node(node)

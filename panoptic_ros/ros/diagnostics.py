@@ -93,7 +93,8 @@ class InputMonitor:
                 streak = now - self._streak_start
                 if self.expected_rate > 0 and streak >= RATE_WINDOW_S and rate < RATE_TOLERANCE * self.expected_rate:
                     return InputHealth(WARN, f"input rate {rate:.1f} Hz on {self.topic} is below expected_rate "
-                                             f"{self.expected_rate:g} Hz", values)
+                                             f"{self.expected_rate:g} Hz (a slow camera, or frames lost: "
+                                             f"{LARGE_DATA_FIX})", values)
                 return InputHealth(OK, f"{rate:.2f} Hz", values)
             if since_last is not None:
                 return InputHealth(ERROR, f"frames stopped: none on {self.topic} for {since_last:.0f} s "
