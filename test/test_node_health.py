@@ -157,6 +157,17 @@ def test_problems_raise_an_ok_input_to_warn_and_keep_an_error(clock):
     assert diagnostic.message == f"frames stopped: none on {TOPIC} for 4 s (1 publishers); {failed}"
 
 
+def test_a_frame_that_failed_in_the_backend_warns_once(clock):
+    monitor = InputMonitor(TOPIC, clock=clock)
+    monitor.record_arrival()
+    stats = CameraStats(clock=clock)
+    stats.record_failed("backend: out of memory")
+    diagnostic = status(stats, monitor.assess(1))
+    assert level_of(diagnostic) == WARN
+    assert diagnostic.message == "1 bad frames since last report, last failed: backend: out of memory"
+    assert level_of(status(stats, monitor.assess(1))) == OK
+
+
 def test_a_failed_model_switch_warns_even_before_any_frame(clock):
     diagnostic = status(CameraStats(clock=clock), InputMonitor(TOPIC, clock=clock).assess(1),
                         model_state="failed: psn (onnxruntime, cuda:0): CUDA is not available")
