@@ -1,19 +1,31 @@
-"""`panoptic-ros bench eval`: evaluation time of one frame pair (default 1024x2048).
+"""`panoptic-ros bench eval`: evaluation time of one frame pair (default 1024x2048), and with `--peers`
+whole-process time of `panoptic-ros eval` beside other panoptic evaluators on the same folders.
 
 The pair is a synthetic street-like frame: stuff bands, rectangular thing instances, some void and a
 crowd region; the prediction is the ground truth shifted and painted over. Two paths are timed:
 `add` on COCO-layout annotations (prediction ids of COCO's RGB size) and `add_id_maps` on the
 pipeline's id maps (class * 1000 + instance), which is what bag evaluation uses.
-Run: `python -m panoptic_ros.evaluation.bench` or `panoptic-ros bench eval`.
+
+`--peers`: `--frames` such pairs (each of its own seed) are written as COCO panoptic folders, and each
+evaluator installed (hotcoco, cityscapesscripts) and `panoptic-ros eval` run on them in a fresh process,
+one after another, `--rounds` times; the median wall time of each (process start, imports and PNG reading
+included), the ratios to ours from the same run, and each one's PQ (they must agree) are reported.
+Run: `python -m panoptic_ros.evaluation.bench` or `panoptic-ros bench eval [--peers]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
+import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -24,6 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--instances", type=int, default=60, help="thing instances in the frame (default 60)")
     parser.add_argument("--repeats", type=int, default=20, help="timed runs (default 20)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--peers", action="store_true",
+                        help="compare whole-process time with hotcoco and cityscapesscripts (those installed)")
+    parser.add_argument("--frames", type=int, default=40, help="--peers: frame pairs in the folders (default 40)")
+    parser.add_argument("--rounds", type=int, default=3, help="--peers: runs of each evaluator (default 3)")
 
 
 def synthetic_pair(height: int, width: int, instances: int, rng: np.random.Generator):
@@ -72,7 +88,105 @@ def _time_ms(function, repeats: int) -> dict[str, float]:
     return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times)}
 
 
+# Each peer: a script run as `python -c SCRIPT GT_JSON GT_DIR PRED_JSON PRED_DIR OUT_DIR` printing {"pq": 0-100}.
+PEERS = {
+    "hotcoco": ("hotcoco", """
+import json, sys
+from hotcoco.panoptic import pq_compute
+gt_json, gt_dir, pred_json, pred_dir, out = sys.argv[1:]
+result = pq_compute(gt_json, pred_json, gt_dir, pred_dir)
+print(json.dumps({"pq": 100 * result["All"]["pq"]}))
+"""),
+    "cityscapesscripts": ("cityscapesscripts", """
+import contextlib, io, json, os, sys
+from cityscapesscripts.evaluation.evalPanopticSemanticLabeling import evaluatePanoptic
+gt_json, gt_dir, pred_json, pred_dir, out = sys.argv[1:]
+with contextlib.redirect_stdout(io.StringIO()):
+    result = evaluatePanoptic(gt_json, gt_dir, pred_json, pred_dir, os.path.join(out, "cityscapes.json"))
+print(json.dumps({"pq": 100 * result["All"]["pq"]}))
+"""),
+}
+
+
+def write_peer_folders(root: Path, frames: int, height: int, width: int, instances: int, seed: int) -> list[Path]:
+    """`frames` synthetic pairs as COCO panoptic folders: [gt json, gt dir, pred json, pred dir]."""
+    from panoptic_ros.classes import SYNTHETIC
+    from panoptic_ros.data.formats import PanopticAnnotation, label_set_categories, write_coco_panoptic
+
+    gts, preds = [], []
+    for k in range(frames):
+        gt, pred = synthetic_pair(height, width, instances, np.random.default_rng(seed + k))
+        name = f"frame_{k:04d}.png"
+        gts.append(PanopticAnnotation(gt.ids, gt.segments, name, image_id=k))
+        preds.append(PanopticAnnotation(pred.ids, pred.segments, name, image_id=k))
+    categories = label_set_categories(SYNTHETIC)
+    paths = [root / "gt.json", root / "gt", root / "pred.json", root / "pred"]
+    write_coco_panoptic(paths[0], paths[1], gts, categories)
+    write_coco_panoptic(paths[2], paths[3], preds, categories)
+    return paths
+
+
+def _timed_process(command: list[str], metrics: Path | None) -> tuple[float, float]:
+    """(wall seconds, PQ) of a command that prints {"pq": ...} last, or writes eval's `metrics` JSON."""
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:4])} failed: {done.stderr.strip()[-2000:]}")
+    if metrics is not None:
+        return seconds, float(json.loads(metrics.read_text())["all"]["pq"])
+    return seconds, float(json.loads(done.stdout.strip().splitlines()[-1])["pq"])
+
+
+def run_peers(args: argparse.Namespace) -> dict:
+    """Whole-process wall time of each evaluator on the same folders (see module doc)."""
+    if args.frames < 1 or args.rounds < 1:
+        raise ValueError("need --frames >= 1 and --rounds >= 1")
+    with tempfile.TemporaryDirectory(prefix="panoptic-bench-eval-") as work:
+        root = Path(work)
+        paths = [str(p) for p in write_peer_folders(root, args.frames, args.height, args.width, args.instances,
+                                                     args.seed)]
+        ours_metrics = root / "ours.json"
+        ours = [sys.executable, "-m", "panoptic_ros.cli", "eval", "--gt-json", paths[0], "--gt-dir", paths[1],
+                "--pred-json", paths[2], "--pred-dir", paths[3], "--output", str(ours_metrics)]
+        commands = {"panoptic-ros eval": (ours, ours_metrics)}
+        missing = []
+        for name, (module, script) in PEERS.items():
+            if importlib.util.find_spec(module) is None:
+                missing.append(name)
+            else:
+                commands[name] = ([sys.executable, "-c", script, *paths, work], None)
+        times: dict[str, list[float]] = {name: [] for name in commands}
+        pq: dict[str, float] = {}
+        for _ in range(args.rounds):  # interleaved, so that load changes touch every evaluator alike
+            for name, (command, metrics) in commands.items():
+                seconds, pq[name] = _timed_process(command, metrics)
+                times[name].append(seconds)
+    median = {name: statistics.median(values) for name, values in times.items()}
+    ours_s = median["panoptic-ros eval"]
+    return {"frames": args.frames, "frame": f"{args.height}x{args.width}", "rounds": args.rounds,
+            "machine": machine(), "not installed": missing,
+            "evaluators": {name: {"median_s": median[name], "per_frame_ms": 1000 * median[name] / args.frames,
+                                  "ours_vs_this": ours_s / median[name], "pq": pq[name], "runs_s": times[name]}
+                           for name in commands}}
+
+
+def machine() -> str:
+    """CPU model and cores, for the figures' context."""
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model}, {os.cpu_count()} cores"
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.peers:
+        print(json.dumps(run_peers(args), indent=1))
+        return 0
     from panoptic_ros.classes import SYNTHETIC
     from panoptic_ros.data.formats import to_id_map
     from panoptic_ros.evaluation.pq import PQAccumulator
