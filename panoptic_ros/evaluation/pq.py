@@ -391,8 +391,9 @@ def _joint_histogram(gt_ids: np.ndarray, gt_segment_ids: np.ndarray, pred_ids: n
     gt_rows = _row_of_pixel(gt_ids, gt_segment_ids, unlisted=num_gt + 1, name="ground truth")
     pred_rows = _row_of_pixel(pred_ids, pred_segment_ids, unlisted=num_pred + 1, name="prediction")
     width = num_pred + 2
-    counts = np.bincount((gt_rows.astype(np.intp) * width + pred_rows).ravel(), minlength=(num_gt + 2) * width)
-    counts = counts.reshape(num_gt + 2, width)
+    key_type = np.int32 if (num_gt + 2) * width < np.iinfo(np.int32).max else np.intp  # int32: half the traffic
+    key = gt_rows.astype(key_type) * key_type(width) + pred_rows
+    counts = np.bincount(key.ravel(), minlength=(num_gt + 2) * width).reshape(num_gt + 2, width)
     if counts[:, -1].any():
         unlisted = np.unique(pred_ids[pred_rows == num_pred + 1])
         raise ValueError(f"prediction id map has segment ids {unlisted[:10].tolist()} that its segments do not list")
