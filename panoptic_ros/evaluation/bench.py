@@ -10,7 +10,11 @@ pipeline's id maps (class * 1000 + instance), which is what bag evaluation uses.
 evaluator installed (hotcoco, cityscapesscripts) and `panoptic-ros eval` run on them in a fresh process,
 one after another, `--rounds` times; the median wall time of each (process start, imports and PNG reading
 included), the ratios to ours from the same run, and each one's PQ (they must agree) are reported.
-Run: `python -m panoptic_ros.evaluation.bench` or `panoptic-ros bench eval [--peers]`.
+`--bag-fps`: a bag of `--bag-frames` JPEG frames of `--height`x`--width` street scenes (8 scenes, cycled) with
+32SC1 ground truth is evaluated with a shipped model (`--model`, ONNX Runtime) with and without decoding,
+inference and scoring overlapped (eval-bag's default and its --no-overlap), alternately `--rounds` times;
+frames per second of each and their ratio are reported.
+Run: `python -m panoptic_ros.evaluation.bench` or `panoptic-ros bench eval [--peers | --bag-fps]`.
 """
 
 from __future__ import annotations
@@ -39,7 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--peers", action="store_true",
                         help="compare whole-process time with hotcoco and cityscapesscripts (those installed)")
     parser.add_argument("--frames", type=int, default=40, help="--peers: frame pairs in the folders (default 40)")
-    parser.add_argument("--rounds", type=int, default=3, help="--peers: runs of each evaluator (default 3)")
+    parser.add_argument("--rounds", type=int, default=3, help="--peers, --bag-fps: runs of each (default 3)")
+    parser.add_argument("--bag-fps", action="store_true",
+                        help="eval-bag frames per second on a bag, with and without overlapped stages")
+    parser.add_argument("--bag-frames", type=int, default=200, help="--bag-fps: frames in the bag (default 200)")
+    parser.add_argument("--model", default="psn", help="--bag-fps: shipped model or .onnx file (default psn)")
+    parser.add_argument("--device", default="auto", help="--bag-fps: device (default auto: CUDA when present)")
 
 
 def synthetic_pair(height: int, width: int, instances: int, rng: np.random.Generator):
@@ -183,7 +192,44 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores"
 
 
+def run_bag_fps(args: argparse.Namespace) -> dict:
+    """eval-bag frames per second with and without overlapped stages (see module doc)."""
+    from panoptic_ros.data.rosbag_io import BagFrame, write_frames
+    from panoptic_ros.data.synthetic import generate_scene
+    from panoptic_ros.evaluation.bag_eval import evaluate_bag
+    from panoptic_ros.evaluation.ground_truth import TopicGroundTruth
+    from panoptic_ros.ros.parameters import default_models_dir, find_model
+    from panoptic_ros.runtime.backends import create_backend
+
+    if args.bag_frames < 1 or args.rounds < 1:
+        raise ValueError("need --bag-frames >= 1 and --rounds >= 1")
+    backend = create_backend("onnxruntime", find_model(args.model, "onnxruntime", default_models_dir()),
+                             device=args.device)
+    scenes = [generate_scene(args.seed + k, args.height, args.width) for k in range(min(8, args.bag_frames))]
+    fps: dict[str, list[float]] = {"overlap": [], "no overlap": []}
+    with tempfile.TemporaryDirectory(prefix="panoptic-bench-bag-") as work:
+        bag = Path(work) / "drive.mcap"
+        write_frames(bag, (BagFrame(1_700_000_000 * 10**9 + k * 10**8, scenes[k % len(scenes)].image,
+                                    scenes[k % len(scenes)].panoptic(1000)) for k in range(args.bag_frames)),
+                     compressed=True)
+        for _ in range(args.rounds):  # alternated, so that load changes touch both alike
+            for name, overlap in (("no overlap", False), ("overlap", True)):
+                start = time.perf_counter()
+                evaluation = evaluate_bag(bag, "/camera/image_raw", backend, num_overlays=0, overlap=overlap,
+                                          ground_truth=TopicGroundTruth(bag, "/camera/panoptic_gt"))
+                fps[name].append(evaluation.frames / (time.perf_counter() - start))
+    median = {name: statistics.median(values) for name, values in fps.items()}
+    described = backend.describe()
+    return {"frames": args.bag_frames, "frame": f"{args.height}x{args.width}", "model": described["model_name"],
+            "input": "x".join(map(str, backend.input_hw)), "device": described["device"], "machine": machine(),
+            "rounds": args.rounds, "fps": median, "runs_fps": fps,
+            "overlap_vs_no_overlap": median["overlap"] / median["no overlap"], "pq": evaluation.result.all.pq}
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.bag_fps:
+        print(json.dumps(run_bag_fps(args), indent=1))
+        return 0
     if args.peers:
         print(json.dumps(run_peers(args), indent=1))
         return 0
