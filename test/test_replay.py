@@ -95,7 +95,7 @@ def test_replay_accounts_for_every_frame_and_evaluates_by_stamp(bag, tiny_model,
     assert metrics["info"]["model file"] == str(tiny_model)
     assert metrics["info"]["node exit code"] == 0
     assert metrics["metrics"]["num_frames"] == counts.outputs
-    assert set(metrics["latency_ms"]) == {"convert", "resize", "inference", "publish", "total", END_TO_END}
+    assert set(metrics["latency_ms"]) == {"queue", "convert", "resize", "inference", "publish", "total", END_TO_END}
     markdown = (report / "report.md").read_text()
     assert "| frames sent | 8 |" in markdown and f"| {END_TO_END} | {counts.outputs} |" in markdown
 

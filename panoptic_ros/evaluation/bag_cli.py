@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from panoptic_ros.tracking.config import TrackerConfig
+
 EPILOG = """\
 model: --model NAME|PATH (a shipped model, models/NAME.onnx, or a file), --onnx F, --engine F (TensorRT),
 --checkpoint F (torch; needs --input-size), or `model` in --params. Settings come from the defaults of
@@ -17,6 +19,10 @@ ground truth: --gt-topic T: 32SC1 id images (class * label_divisor + instance, -
 header stamps (within --gt-tolerance-ms). --gt-dir D: a COCO / Cityscapes panoptic PNG folder with its JSON
 (default D.json); --gt-match stamp: the last run of digits in a PNG's name is the frame's header stamp in
 nanoseconds; --gt-match index: the PNGs sorted by name are the topic's frames in order.
+
+tracking: --tracking gives the things of every frame track ids and scores them against ground truth whose
+instance ids are track ids (synth --sequence): STQ, AQ, SQ, AQ per class, identity switches per frame.
+--tracker off scores the per-frame instance ids instead (the baseline without tracking). One bag at a time.
 
 many bags: give several bags, or folders of bags (.mcap / .db3 files and rosbag2 directories inside, by
 name). The report is over all of them (PQ of every frame together) with a row per bag; --jobs N runs
@@ -75,6 +81,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="also write the predictions to this new rosbag2 (.db3: sqlite3, else mcap)")
     parser.add_argument("--max-frames", type=int, help="evaluate only the topic's first N frames")
     parser.add_argument("--overlays", type=int, default=4, help="side-by-side overlays in the report (default 4)")
+    parser.add_argument("--tracking", action="store_true", help="track things across frames and score the tracks "
+                                                                "(STQ, AQ, identity switches)")
+    parser.add_argument("--tracker", choices=("on", "off"), default="on",
+                        help="with --tracking: off scores per-frame instance ids, the no-tracking baseline")
+    parser.add_argument("--track-max-age", type=int, default=TrackerConfig.max_age,
+                        help=f"frames a track may go unseen and be continued (default {TrackerConfig.max_age})")
     parser.add_argument("--jobs", type=int, default=1, help="bags evaluated at once on local processes (default 1)")
     parser.add_argument("--ray", metavar="ADDRESS",
                         help="run the bags as Ray tasks: auto (the running cluster), ray://HOST:PORT or HOST:PORT, "
@@ -93,11 +105,15 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--output-bag {args.output_bag} exists already; give a new path")
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.tracker == "off" and not args.tracking:
+        raise ValueError("--tracker off goes with --tracking (it chooses what --tracking scores)")
     bags = find_bags(args.bags)
     if len(bags) == 1 and args.ray is None:
         return run_one(args, bags[0])
     if args.output_bag is not None:
         raise ValueError("--output-bag takes one bag; give a single bag to write its predictions")
+    if args.tracking:
+        raise ValueError("--tracking scores one sequence: give a single bag (without --ray)")
     if args.gt_dir is not None and args.gt_match == "index":
         raise ValueError("--gt-match index pairs files with one bag's frames; with several bags match by stamp")
     return run_many(args, bags)
@@ -117,6 +133,8 @@ def run_one(args: argparse.Namespace, bag: Path) -> int:
     from panoptic_ros.evaluation.ground_truth import FolderGroundTruth, TopicGroundTruth
     from panoptic_ros.ros import parameters as params
     from panoptic_ros.runtime.backends import create_backend
+    from panoptic_ros.tracking.evaluation import SequenceTracking
+    from panoptic_ros.tracking.report import summary_line
 
     _, thresholds, label_divisor, settings = _settings(args)
     tolerance_ns = round(args.gt_tolerance_ms * 1e6)
@@ -129,11 +147,18 @@ def run_one(args: argparse.Namespace, bag: Path) -> int:
         ground_truth = FolderGroundTruth(args.gt_dir, backend.label_set, args.gt_json, args.gt_format, args.gt_match,
                                          tolerance_ns)
 
+    tracking = (SequenceTracking(backend.label_set, label_divisor, args.tracker == "on",
+                                 TrackerConfig(max_age=args.track_max_age)) if args.tracking else None)
     evaluation = evaluate_bag(bag, args.image_topic, backend, ground_truth=ground_truth, thresholds=thresholds,
                               label_divisor=label_divisor, max_frames=args.max_frames, num_overlays=args.overlays,
-                              output_bag=args.output_bag, overlap=not args.no_overlap, progress=sys.stderr.isatty())
+                              output_bag=args.output_bag, tracking=tracking, overlap=not args.no_overlap,
+                              progress=sys.stderr.isatty())
     evaluation.write_report(args.report, backend.label_set)
-    _print_summary(evaluation.result, evaluation.latencies_ms, evaluation.skipped)
+    if evaluation.result is not None:
+        print(evaluation.result.format_table())
+    if evaluation.tracking is not None:
+        print(summary_line(evaluation.tracking, evaluation.tracking_mode, backend.label_set))
+    _print_summary(None, evaluation.latencies_ms, evaluation.skipped)
     print(f"{evaluation.frames} frames run; report written to {args.report}"
           + (f"; predictions written to {args.output_bag}" if args.output_bag is not None else ""))
     if evaluation.bag_error:

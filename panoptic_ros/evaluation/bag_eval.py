@@ -10,6 +10,7 @@ to the model's input (bilinear), run, map the outputs back to the camera's size 
 the node's own `Resampler`. The prediction is then scored against the frame's ground truth at the
 camera's size (evaluation.ground_truth: a topic of id images or a panoptic folder; evaluation.scoring:
 the skip rules). `output_bag` also writes what the node would have published (evaluation.prediction_bag).
+`tracking` gives every frame's things track ids and scores them (STQ; tracking.evaluation).
 
 Every message of the image topic has a position (0-based, undecodable messages included): it is what
 `max_frames` counts and what index-matched ground truth goes by. A bag that turns out damaged part-way
@@ -38,12 +39,14 @@ from panoptic_ros.evaluation.report import side_by_side, write_report
 from panoptic_ros.evaluation.scoring import UNDECODABLE_IMAGE, FrameEvaluator
 from panoptic_ros.imaging import Resampler
 from panoptic_ros.pipeline_io import PanopticResult, Thresholds
+from panoptic_ros.tracking.evaluation import SequenceTracking
+from panoptic_ros.tracking.stq import STQResult
 
 # Per-frame stages timed, in milliseconds (a stage a frame does not go through has no sample). decode: bag read,
-# deserialization and image decoding; resize: to the model and back; ground_truth: its lookup and reading;
-# evaluation: the PQ counts; total: the sum of the frame's stages (with overlap, stages of consecutive frames run
-# at the same time, so frames per second are more than 1000 / total).
-STAGES = ("decode", "resize", "inference", "ground_truth", "evaluation", "output_bag", "total")
+# deserialization and image decoding; resize: to the model and back; tracking: the tracker; ground_truth: its
+# lookup and reading; evaluation: the PQ (and STQ) counts; total: the sum of the frame's stages (with overlap,
+# stages of consecutive frames run at the same time, so frames per second are more than 1000 / total).
+STAGES = ("decode", "resize", "inference", "tracking", "ground_truth", "evaluation", "output_bag", "total")
 QUEUE_DEPTH = 4  # frames waiting between two stages: bounds memory (a few 1024x2048 frames) when one stage lags
 
 
@@ -60,6 +63,8 @@ class BagEvaluation:
     notes: list[str] = field(default_factory=list)  # first example of each skip reason, source notes
     info: dict[str, object] = field(default_factory=dict)  # bag, topics, model, thresholds, ...
     label_set: LabelSet | None = None  # the model's classes
+    tracking: STQResult | None = None  # with tracking and ground truth
+    tracking_mode: str = ""  # where the track ids came from
 
     @property
     def result(self) -> PQResult | None:
@@ -78,7 +83,8 @@ class BagEvaluation:
         if self.notes:
             info["notes"] = "; ".join(self.notes)
         return write_report(directory, result=self.result, latencies_ms=self.latencies_ms, overlays=self.overlays,
-                            skipped=self.skipped, info=info, label_set=label_set)
+                            skipped=self.skipped, info=info, label_set=label_set,
+                            tracking=(self.tracking, self.tracking_mode) if self.tracking is not None else None)
 
 
 def image_topic_count(bag: str | Path, topic: str) -> int:
@@ -115,7 +121,8 @@ def topic_messages(bag: str | Path, topic: str) -> Iterator[ImageFrame | Skipped
 def evaluate_bag(bag: str | Path, image_topic: str, backend, *, ground_truth: GroundTruthSource | None = None,
                  thresholds: Thresholds | None = None, label_divisor: int = DEFAULT_LABEL_DIVISOR,
                  max_frames: int | None = None, num_overlays: int = 4, output_bag: str | Path | None = None,
-                 overlap: bool = True, progress: bool = False, progress_position: int = 0,
+                 tracking: SequenceTracking | None = None, overlap: bool = True, progress: bool = False,
+                 progress_position: int = 0,
                  progress_label: str = "eval-bag") -> BagEvaluation:
     """Run `backend` (runtime.backends.Backend) on every frame of `image_topic` in bag order and evaluate.
 
@@ -132,7 +139,7 @@ def evaluate_bag(bag: str | Path, image_topic: str, backend, *, ground_truth: Gr
         raise ValueError(f"num_overlays must be >= 0, got {num_overlays}")
     total = image_topic_count(bag, image_topic)
     total = min(total, max_frames) if max_frames is not None else total
-    run = _BagRun(bag, backend, thresholds or Thresholds(), label_divisor, ground_truth,
+    run = _BagRun(bag, backend, thresholds or Thresholds(), label_divisor, ground_truth, tracking,
                   overlay_at=np.linspace(0, total - 1, min(num_overlays, total)).round().astype(int).tolist())
     writer = (PredictionBagWriter(output_bag, prediction_namespace(image_topic), backend.label_set, label_divisor,
                                   backend.model_name) if output_bag is not None else None)
@@ -156,10 +163,14 @@ def evaluate_bag(bag: str | Path, image_topic: str, backend, *, ground_truth: Gr
             "thresholds": run.thresholds.as_dict(), "label divisor": label_divisor}
     if output_bag is not None:
         info["output bag"] = str(output_bag)
+    if tracking is not None:
+        info["tracking"] = tracking.mode
     return BagEvaluation(accumulator=run.evaluator.accumulator if ground_truth is not None else None,
                          latencies_ms={stage: run.latencies[stage] for stage in STAGES if stage in run.latencies},
                          skipped=dict(run.evaluator.skipped), frames=run.frames, overlays=run.overlays,
-                         bag_error=run.bag_error, notes=run.evaluator.notes, info=info, label_set=backend.label_set)
+                         bag_error=run.bag_error, notes=run.evaluator.notes, info=info, label_set=backend.label_set,
+                         tracking=tracking.result() if tracking is not None else None,
+                         tracking_mode=tracking.mode if tracking is not None else "")
 
 
 class FrameError(RuntimeError):
@@ -181,6 +192,7 @@ class _Inferred:
     result: PanopticResult
     resampler: Resampler
     panoptic: np.ndarray  # at the camera's size
+    tracks: dict[int, int] | None  # track id of each thing segment, with tracking
 
 
 def _read(messages: Iterator[ImageFrame | SkippedMessage], total: int) -> Iterator[_Read]:
@@ -210,8 +222,10 @@ class _BagRun:
     """The per-frame work of evaluate_bag, in two stages (infer, then score), and what it accumulates."""
 
     def __init__(self, bag: str | Path, backend, thresholds: Thresholds, label_divisor: int,
-                 ground_truth: GroundTruthSource | None, overlay_at: list[int]) -> None:
+                 ground_truth: GroundTruthSource | None, tracking: SequenceTracking | None,
+                 overlay_at: list[int]) -> None:
         self.bag, self.backend, self.thresholds, self.label_divisor = bag, backend, thresholds, label_divisor
+        self.tracking = tracking
         self.evaluator = FrameEvaluator(ground_truth, backend.label_set, label_divisor)
         self.latencies: dict[str, list[float]] = defaultdict(list)
         self.overlays: list[np.ndarray] = []
@@ -234,11 +248,16 @@ class _BagRun:
             result = self.backend.run(model_rgb, self.thresholds, self.label_divisor)
             inferred = time.perf_counter()
             panoptic = resampler.to_camera(result.panoptic)
+            read.times["resize"] = (resized - tick) + (time.perf_counter() - inferred)
+            read.times["inference"] = inferred - resized
+            tracks = None
+            if self.tracking is not None:  # every frame, scored or not, in order: tracks run on
+                tick = time.perf_counter()
+                tracks = self.tracking.track(result)
+                read.times["tracking"] = time.perf_counter() - tick
         except Exception as error:
             raise self._frame_error(read, "inference", error) from error
-        read.times["resize"] = (resized - tick) + (time.perf_counter() - inferred)
-        read.times["inference"] = inferred - resized
-        return _Inferred(read, result, resampler, panoptic)
+        return _Inferred(read, result, resampler, panoptic, tracks)
 
     def score(self, item: _Read | _Inferred, writer: PredictionBagWriter | None) -> None:
         """Score (and write) one inferred frame; count an undecodable message; note the damage that ends the bag."""
@@ -255,6 +274,11 @@ class _BagRun:
         self.frames += 1
         try:
             gt = self.evaluator.add(item.panoptic, frame.stamp_ns, read.index, times)
+            if gt is not None and self.tracking is not None:
+                tick = time.perf_counter()
+                self.tracking.score(gt.as_id_map(self.label_divisor, self.backend.label_set), item.panoptic,
+                                    item.tracks)
+                times["evaluation"] += time.perf_counter() - tick
             if writer is not None:
                 tick = time.perf_counter()
                 writer.write(frame, item.result, item.resampler, item.panoptic)
