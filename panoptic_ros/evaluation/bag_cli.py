@@ -162,8 +162,8 @@ def run_one(args: argparse.Namespace, bag: Path) -> int:
     print(f"{evaluation.frames} frames run; report written to {args.report}"
           + (f"; predictions written to {args.output_bag}" if args.output_bag is not None else ""))
     if evaluation.bag_error:
-        print(f"panoptic-ros eval-bag: warning: reading stopped early, the report covers the {evaluation.frames} "
-              f"frames before it: {evaluation.bag_error}", file=sys.stderr)
+        print(f"panoptic-ros eval-bag: warning: stopped early at damaged or unreadable input, the report covers "
+              f"the {evaluation.frames} frames before it: {evaluation.bag_error}", file=sys.stderr)
         return 1
     return 0
 
