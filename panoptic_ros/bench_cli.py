@@ -10,6 +10,7 @@ import argparse
 import importlib
 
 BENCHMARKS = {
+    "inference": ("panoptic_ros.runtime.bench", "whole-graph inference time of the shipped models (as the node runs)"),
     "fusion": ("panoptic_ros.fusion.bench", "network vs fusion time per model (PyTorch, ONNX Runtime)"),
     "eval": ("panoptic_ros.evaluation.bench", "PQ evaluation time of one frame pair"),
     "node": ("panoptic_ros.ros.bench", "node overhead per frame and load test against a running node"),

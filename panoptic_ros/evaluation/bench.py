@@ -1,5 +1,4 @@
-"""`panoptic-ros bench eval`: evaluation time of one frame pair (default 1024x2048), and with `--peers`
-whole-process time of `panoptic-ros eval` beside other panoptic evaluators on the same folders.
+"""`panoptic-ros bench eval`: evaluation time of one frame pair (default 1024x2048).
 
 The pair is a synthetic street-like frame: stuff bands, rectangular thing instances, some void and a
 crowd region; the prediction is the ground truth shifted and painted over. Two paths are timed:
@@ -8,13 +7,13 @@ pipeline's id maps (class * 1000 + instance), which is what bag evaluation uses.
 
 `--peers`: `--frames` such pairs (each of its own seed) are written as COCO panoptic folders, and each
 evaluator installed (hotcoco, cityscapesscripts) and `panoptic-ros eval` run on them in a fresh process,
-one after another, `--rounds` times; the median wall time of each (process start, imports and PNG reading
+interleaved, `--rounds` times; the median wall time of each (process start, imports and PNG reading
 included), the ratios to ours from the same run, and each one's PQ (they must agree) are reported.
 `--bag-fps`: a bag of `--bag-frames` JPEG frames of `--height`x`--width` street scenes (8 scenes, cycled) with
 32SC1 ground truth is evaluated with a shipped model (`--model`, ONNX Runtime) with and without decoding,
 inference and scoring overlapped (eval-bag's default and its --no-overlap), alternately `--rounds` times;
 frames per second of each and their ratio are reported.
-Run: `python -m panoptic_ros.evaluation.bench` or `panoptic-ros bench eval [--peers | --bag-fps]`.
+Run: `panoptic-ros bench eval [--peers | --bag-fps] [--markdown | --update README.md]`.
 """
 
 from __future__ import annotations
@@ -22,8 +21,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -32,6 +29,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from panoptic_ros import bench_report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bag-frames", type=int, default=200, help="--bag-fps: frames in the bag (default 200)")
     parser.add_argument("--model", default="psn", help="--bag-fps: shipped model or .onnx file (default psn)")
     parser.add_argument("--device", default="auto", help="--bag-fps: device (default auto: CUDA when present)")
+    bench_report.add_arguments(parser)
 
 
 def synthetic_pair(height: int, width: int, instances: int, rng: np.random.Generator):
@@ -76,7 +76,7 @@ def synthetic_pair(height: int, width: int, instances: int, rng: np.random.Gener
     shift = max(1, height // 128)  # 8 pixels at 1024 rows
     pred_ids = np.roll(ids, (int(rng.integers(-shift, shift + 1)), int(rng.integers(-shift, shift + 1))), axis=(0, 1))
     for _ in range(10):
-        h, w = rng.integers(8, height // 8), rng.integers(8, width // 8)
+        h, w = rng.integers(8, max(9, height // 8)), rng.integers(8, max(9, width // 8))  # 8 px at 64x64
         y, x = rng.integers(0, height - h), rng.integers(0, width - w)
         pred_ids[y:y + h, x:x + w] = rng.choice(list(gt.segments))
     old = np.unique(pred_ids[pred_ids != 0])
@@ -87,14 +87,8 @@ def synthetic_pair(height: int, width: int, instances: int, rng: np.random.Gener
     return gt, PanopticAnnotation(lookup[pred_ids], pred_segments)
 
 
-def _time_ms(function, repeats: int) -> dict[str, float]:
-    function()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(1000 * (time.perf_counter() - start))
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times)}
+def _summary(ms: list[float]) -> dict[str, float]:
+    return {"median_ms": statistics.median(ms), "min_ms": min(ms), "max_ms": max(ms)}
 
 
 # Each peer: a script run as `python -c SCRIPT GT_JSON GT_DIR PRED_JSON PRED_DIR OUT_DIR` printing {"pq": 0-100}.
@@ -174,22 +168,10 @@ def run_peers(args: argparse.Namespace) -> dict:
     median = {name: statistics.median(values) for name, values in times.items()}
     ours_s = median["panoptic-ros eval"]
     return {"frames": args.frames, "frame": f"{args.height}x{args.width}", "rounds": args.rounds,
-            "machine": machine(), "not installed": missing,
+            "not installed": missing,
             "evaluators": {name: {"median_s": median[name], "per_frame_ms": 1000 * median[name] / args.frames,
                                   "ours_vs_this": ours_s / median[name], "pq": pq[name], "runs_s": times[name]}
                            for name in commands}}
-
-
-def machine() -> str:
-    """CPU model and cores, for the figures' context."""
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"{model}, {os.cpu_count()} cores"
 
 
 def run_bag_fps(args: argparse.Namespace) -> dict:
@@ -221,17 +203,49 @@ def run_bag_fps(args: argparse.Namespace) -> dict:
     median = {name: statistics.median(values) for name, values in fps.items()}
     described = backend.describe()
     return {"frames": args.bag_frames, "frame": f"{args.height}x{args.width}", "model": described["model_name"],
-            "input": "x".join(map(str, backend.input_hw)), "device": described["device"], "machine": machine(),
+            "input": "x".join(map(str, backend.input_hw)), "device": described["device"],
             "rounds": args.rounds, "fps": median, "runs_fps": fps,
             "overlap_vs_no_overlap": median["overlap"] / median["no overlap"], "pq": evaluation.result.all.pq}
 
 
+def publish_peers(args: argparse.Namespace, report: dict) -> None:
+    evaluators = report["evaluators"]
+    body = "\n".join([
+        f"| {report['frames']} frame pairs of {report['frame']}, COCO panoptic folders | whole process, median s | "
+        "ms per frame | `panoptic-ros eval` time / this | PQ |", "|---|---:|---:|---:|---:|",
+        *(f"| {name} | {e['median_s']:.2f} | {e['per_frame_ms']:.0f} | {e['ours_vs_this']:.2f} | {e['pq']:.6f} |"
+          for name, e in evaluators.items())])
+    note = (f"{report['rounds']} interleaved rounds; each run is a fresh process (start, imports, PNG reading "
+            "included); ratios are from this one run." + (f" Not installed: {', '.join(report['not installed'])}."
+                                                          if report["not installed"] else ""))
+    machine = bench_report.describe_machine("all cores (each evaluator's own choice)",
+                                            ("numpy", "opencv-python-headless", "hotcoco", "cityscapesscripts"))
+    bench_report.publish(args, "eval-peers", machine, body, note)
+
+
+def publish_bag_fps(args: argparse.Namespace, report: dict) -> None:
+    body = "\n".join([
+        f"| eval-bag, {report['frames']} frames of {report['frame']} (JPEG), {report['model']} at {report['input']} "
+        f"on {report['device']} | frames per second |", "|---|---:|",
+        f"| decode, inference and scoring one after another (`--no-overlap`) | {report['fps']['no overlap']:.2f} |",
+        f"| overlapped, bounded queues (default) | {report['fps']['overlap']:.2f} |",
+        f"| ratio | {report['overlap_vs_no_overlap']:.2f} |"])
+    machine = bench_report.describe_machine("ONNX Runtime default, decode and scoring threads",
+                                            ("numpy", "onnxruntime", "opencv-python-headless"))
+    bench_report.publish(args, "eval-bag-fps", machine, body,
+                         f"{report['rounds']} alternating rounds; the ratio is from this one run.")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.bag_fps:
-        print(json.dumps(run_bag_fps(args), indent=1))
+        report = run_bag_fps(args)
+        print(json.dumps(report, indent=1))
+        publish_bag_fps(args, report)
         return 0
     if args.peers:
-        print(json.dumps(run_peers(args), indent=1))
+        report = run_peers(args)
+        print(json.dumps(report, indent=1))
+        publish_peers(args, report)
         return 0
     from panoptic_ros.classes import SYNTHETIC
     from panoptic_ros.data.formats import to_id_map
@@ -242,17 +256,23 @@ def run(args: argparse.Namespace) -> int:
     gt, pred = synthetic_pair(args.height, args.width, args.instances, np.random.default_rng(args.seed))
     gt_map, pred_map = to_id_map(gt, 1000, SYNTHETIC), to_id_map(pred, 1000, SYNTHETIC)
     coco, pipeline = PQAccumulator.from_label_set(SYNTHETIC), PQAccumulator.from_label_set(SYNTHETIC)
+    # Interleaved rounds: a change of load hits both paths alike, so their ratio holds.
+    times = bench_report.time_rounds({"add": lambda: coco.add(gt, pred),
+                                      "add_id_maps": lambda: pipeline.add_id_maps(gt_map, pred_map, 1000)},
+                                     warmup=1, repeats=args.repeats)
     report = {"frame": f"{args.height}x{args.width}", "segments": [len(gt.segments), len(pred.segments)],
-              "repeats": args.repeats,
-              "add": _time_ms(lambda: coco.add(gt, pred), args.repeats),
-              "add_id_maps": _time_ms(lambda: pipeline.add_id_maps(gt_map, pred_map, 1000), args.repeats),
+              "repeats": args.repeats, "add": _summary(times["add"]), "add_id_maps": _summary(times["add_id_maps"]),
               # The frame's PQ from each path (the same frame added repeats + 1 times: the same PQ).
               "pq": {"add": coco.result().all.pq, "add_id_maps": pipeline.result().all.pq}}
+    report["add_over_add_id_maps"] = report["add"]["median_ms"] / report["add_id_maps"]["median_ms"]
     print(json.dumps(report, indent=1))
+    body = "\n".join([
+        f"| PQ of one {report['frame']} frame pair ({report['segments'][0]} segments) | median ms | min ms |"
+        " ratio to `add_id_maps` |", "|---|---:|---:|---:|",
+        *(f"| `{path}` ({what}) | {report[path]['median_ms']:.1f} | {report[path]['min_ms']:.1f} | "
+          f"{report[path]['median_ms'] / report['add_id_maps']['median_ms']:.2f} |"
+          for path, what in (("add", "COCO-layout annotations"), ("add_id_maps", "pipeline id maps, as eval-bag"))),
+    ])
+    machine = bench_report.describe_machine("1 (NumPy)", ("numpy",))
+    bench_report.publish(args, "eval", machine, body, f"{args.repeats} interleaved rounds after one warm-up round.")
     return 0
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    add_arguments(parser)
-    sys.exit(run(parser.parse_args()))

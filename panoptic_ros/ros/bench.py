@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from panoptic_ros import bench_report
 from panoptic_ros.ros.node_counters import NodeCounters
 
 STAMP_BASE = 1_000_000  # frame i is stamped sec = STAMP_BASE + i
@@ -52,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="allowed RSS growth from the second to the last quarter of the run (default: 50; the "
                              "first quarter is warm-up: buffers and DDS histories fill)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    bench_report.add_arguments(parser)
 
 
 def read_memory_kb(pid: int) -> dict[str, int]:
@@ -339,4 +341,21 @@ def _report(args, figures: dict) -> int:
     print("\n".join(lines), flush=True)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    machine = bench_report.describe_machine(f"the node's (model {f['model']} on {f['backend']}/{f['device']})",
+                                            ("onnxruntime", "rclpy"))
+    bench_report.publish(args, "node", machine, _markdown_table(f), f"{f['frame']} at {f['rate_hz']:g} Hz for "
+                         f"{f['duration_s']:g} s, input QoS {f['input_qos']}; checks: " +
+                         ", ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in f["checks"].items()))
     return 0 if all(f["checks"].values()) else 1
+
+
+def _markdown_table(f: dict) -> str:
+    """The headline figures: medians, and the overhead as a share of the frame time (a ratio from one run)."""
+    rows = [("frames sent / processed / dropped", f"{f['sent']} / {f['node_processed']} / {f['node_dropped']}"),
+            ("inference per frame, p50 ms", f"{f['latency_ms_p50']['inference']:.1f}"),
+            ("node overhead per frame (all but inference, with receiving), p50 ms",
+             f"{f['overhead_with_receive_ms_p50']:.2f}"),
+            ("overhead share of the frame time", f"{100 * f['overhead_share_of_frame_time']:.1f}%"),
+            ("newer frames sent when the node started a frame, p50", f"{f['lag_frames_p50']:.0f}"),
+            ("node RSS, peak MB", f"{f['rss_mb_peak_vmhwm']:.0f}")]
+    return "\n".join(["| figure | value |", "|---|---:|", *(f"| {name} | {value} |" for name, value in rows)])
