@@ -38,6 +38,7 @@ figures: setup
 	$(BENCH) eval --peers --update README.md
 	$(BENCH) eval --bag-fps --update README.md
 	$(BENCH) node --duration 30 --update README.md
+	$(BENCH) tracker --update README.md
 
 lint: setup
 	$(VENV)/bin/ruff check panoptic_ros test launch scripts
