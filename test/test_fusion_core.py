@@ -19,7 +19,7 @@ PERSON, CAR = 5, 6
 def assemble(labels, thing_class, thing_score, thing_valid, max_instances=4, min_stuff_area=0.0, divisor=1000):
     kc = len(thing_class)
     segments = Segments(torch.tensor(labels), torch.tensor(thing_class), torch.tensor(thing_score, dtype=torch.float32),
-                        torch.tensor(thing_valid))
+                        torch.tensor(thing_valid), torch.tensor(True), torch.tensor(0))
     out = PanopticAssembler(LS, kc, max_instances)(segments, torch.tensor(float(min_stuff_area)),
                                                    torch.tensor(divisor, dtype=torch.int32))
     return PanopticResult(*(t.numpy() for t in out[:3]), int(out[3]))

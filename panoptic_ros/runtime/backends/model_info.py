@@ -56,6 +56,8 @@ def contract_specs(height: int, width: int, table_rows: int) -> tuple[tuple[Tens
         TensorSpec("semantic", (height, width), "uint8"),
         TensorSpec("instances", (table_rows, len(INSTANCE_COLUMNS)), "float32"),
         TensorSpec("num_instances", (), "int32"),
+        TensorSpec("converged", (), "int32"),
+        TensorSpec("candidates_dropped", (), "int32"),
     )
     assert tuple(s.name for s in outputs) == OUTPUT_NAMES
     return inputs, outputs
