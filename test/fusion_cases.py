@@ -1,0 +1,63 @@
+"""Cases both the graph's and the references' fusion tests use: adversarial chains for the sequential
+rules (greedy NMS, pasting by confidence) and seeded structured scenes.
+
+Chains are where an unrolled sequential rule breaks: every decision depends on the one before, so a
+rule that runs a fixed number of sweeps keeps one too many once the chain is one longer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from test_fusion_scenes import Scene, random_scene
+
+CHAIN_STEP = 10.0  # x shift between consecutive chain boxes
+CHAIN_WIDTH = 4 * CHAIN_STEP  # IoU with the next box (40-10)/(40+10) = 0.6, with the one after 20/60 = 1/3
+
+
+def nms_chain(length: int) -> tuple[np.ndarray, np.ndarray]:
+    """`length` boxes of one class, best first, each overlapping the next with IoU 0.6 and the one after
+    with IoU 1/3. -> (boxes (n, 4) x1 y1 x2 y2, scores (n,) strictly decreasing).
+
+    With nms_iou 0.5 greedy NMS keeps the even boxes only: 0 drops 1, so 2 survives and drops 3, ...
+    """
+    x1 = CHAIN_STEP * np.arange(length)
+    boxes = np.stack([x1, np.zeros(length), x1 + CHAIN_WIDTH, np.full(length, 20.0)], axis=1)
+    scores = np.linspace(0.9, 0.5, length)
+    return boxes, scores
+
+
+def chain_keep(length: int) -> list[int]:
+    """What greedy NMS (nms_iou 0.5) keeps of nms_chain(length), and pasting (overlap 0.3) of paste_chain."""
+    return list(range(0, length, 2))
+
+
+def iou_matrix(boxes: np.ndarray) -> np.ndarray:
+    """Pairwise IoU (n, n) of (n, 4) boxes, for rules that take an overlap matrix."""
+    x1, y1, x2, y2 = (boxes[:, i] for i in range(4))
+    width = np.clip(np.minimum(x2[:, None], x2[None]) - np.maximum(x1[:, None], x1[None]), 0, None)
+    height = np.clip(np.minimum(y2[:, None], y2[None]) - np.maximum(y1[:, None], y1[None]), 0, None)
+    intersection = width * height
+    area = (x2 - x1) * (y2 - y1)
+    return intersection / (area[:, None] + area[None] - intersection)
+
+
+def paste_chain(length: int = 8, half: int = 4) -> list[np.ndarray]:
+    """`length` masks (best first) on a (2, half * (length + 1)) image, mask k covering columns
+    [k * half, (k + 2) * half): each half covered by its predecessor. Pasting with overlap 0.3 keeps
+    the even ones: 1 is half taken by 0 and dropped, so 2 is free, ..."""
+    masks = []
+    for k in range(length):
+        mask = np.zeros((2, half * (length + 1)), dtype=bool)
+        mask[:, k * half:(k + 2) * half] = True
+        masks.append(mask)
+    return masks
+
+
+def seeded_scenes(count: int, seed: int = 0, height: int = 128, width: int = 256, objects: int = 6) -> list[Scene]:
+    """`count` random structured scenes (stuff bands, occluding objects), scene n from seed + n."""
+    return [random_scene(np.random.default_rng(seed + n), height, width, objects) for n in range(count)]
+
+
+def ground_truth_ids(scene: Scene, label_divisor: int) -> np.ndarray:
+    """The scene's panoptic id map: class * divisor (+ object index + 1 for things)."""
+    return scene.semantic * label_divisor + np.where(scene.instance >= 0, scene.instance + 1, 0)
