@@ -96,7 +96,7 @@ class PanopticAssembler(nn.Module):
 
         # Per-segment pixel counts in every row and column of the label map (void is the last label).
         rows = label_counts_per_row(labels, num_segments + 1)[:num_segments]  # (segments, h)
-        cols = label_counts_per_row(labels.T, num_segments + 1)[:num_segments]  # (segments, w)
+        cols = label_counts_per_row(labels.T.contiguous(), num_segments + 1)[:num_segments]  # (segments, w)
         cells = rows.sum(dim=1)
         area = cells * float(s * s)
 

@@ -71,7 +71,7 @@ def select_detections(boxes: Tensor, class_prob: Tensor, rank_score: Tensor, lev
     keep, converged = greedy_nms(pairwise_box_iou(boxes, boxes) * same_class.to(boxes.dtype), valid, nms_iou)
     slots = min(k, pre_nms)
     best, _, kept = top_candidates(score, keep, slots)
-    dropped = (keep.to(torch.int64).sum() - slots).clamp(min=0)
+    dropped = torch.maximum(keep.to(torch.int64).sum() - slots, torch.zeros((), dtype=torch.int64))
     detections = Detections(boxes[best], thing[best], score[best], kept, level[index][best], converged, dropped)
     return _pad(detections, k) if best.shape[0] < k else detections
 

@@ -82,7 +82,7 @@ class SPINetFusion(Fusion):
                                          valid & (masks.to(torch.int32).amax(dim=1) > 0), thresholds.nms_iou)
         slots = min(k, samples)
         best, _, kept = top_candidates(score, keep, slots)
-        dropped = (keep.to(torch.int64).sum() - slots).clamp(min=0)
+        dropped = torch.maximum(keep.to(torch.int64).sum() - slots, torch.zeros((), dtype=torch.int64))
         masks, thing, score = masks[best], thing[best], score[best]
 
         # 4. Merge: instances by confidence, then stuff where no instance is.

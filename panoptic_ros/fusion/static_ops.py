@@ -89,7 +89,7 @@ def top_candidates(scores: Tensor, valid: Tensor, k: int) -> tuple[Tensor, Tenso
     kth = top_value[k - 1]
     above = top_value > kth
     tied = masked == kth
-    tie_key = torch.where(tied, -position.to(torch.float32), position.new_tensor(-n, dtype=torch.float32))
+    tie_key = torch.where(tied, -position.to(torch.float32), torch.full((), -float(n), device=scores.device))
     _, tie_index = torch.topk(index_op_input(tie_key), k)
     needed = k - above.to(torch.int64).sum()
     tie_taken = (position[:k] < needed) & tied[tie_index]
