@@ -7,6 +7,7 @@ interface, so it lives apart from all of them.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -126,3 +127,21 @@ class PanopticResult:
 META_MODEL = "panoptic_ros.model"  # network name, e.g. "psn"
 META_LABEL_SET = "panoptic_ros.label_set"  # JSON of LabelSet.to_dict()
 META_MAX_INSTANCES = "panoptic_ros.max_instances"  # K, the build-time number of thing rows
+# JSON {field: value} of the model's default Thresholds (its paper's, fusion/reference/defaults.py);
+# runtimes use them unless a parameter overrides them. Optional: older files have none.
+META_DEFAULT_THRESHOLDS = "panoptic_ros.default_thresholds"
+
+
+def thresholds_to_json(thresholds: Thresholds) -> str:
+    return json.dumps(thresholds.as_dict(), sort_keys=True)
+
+
+def thresholds_from_json(text: str) -> Thresholds:
+    """Thresholds from META_DEFAULT_THRESHOLDS text; ValueError when unreadable or out of range."""
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"default thresholds are not JSON: {error}") from None
+    if not isinstance(values, dict) or set(values) - set(THRESHOLD_INPUTS):
+        raise ValueError(f"default thresholds must be an object with keys among {THRESHOLD_INPUTS}, got {values!r}")
+    return Thresholds(**values)

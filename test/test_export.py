@@ -14,6 +14,7 @@ from test_pipeline import spread_weights
 from panoptic_ros.classes import SYNTHETIC, LabelSet
 from panoptic_ros.cli import main
 from panoptic_ros.fusion.pipeline import MODEL_NAMES, build_pipeline
+from panoptic_ros.fusion.reference.defaults import paper_defaults
 from panoptic_ros.networks import build_network
 from panoptic_ros.pipeline_io import (
     INPUT_NAMES,
@@ -23,6 +24,7 @@ from panoptic_ros.pipeline_io import (
     OUTPUT_NAMES,
     Thresholds,
 )
+from panoptic_ros.runtime.backends.model_info import read_onnx_info
 from panoptic_ros.runtime.export import export_onnx
 from panoptic_ros.runtime.onnx_audit import audit_file, audit_model, tensorrt_ops
 
@@ -50,11 +52,12 @@ def test_onnx_runtime_equals_eager_pytorch(exported, model, rng):
         image = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
         feeds = {name: t.numpy() for name, t in zip(INPUT_NAMES, pipeline.make_inputs(image, thresholds),
                                                     strict=True)}
-        panoptic, semantic, instances, num = session.run(list(OUTPUT_NAMES), feeds)
+        panoptic, semantic, instances, num, converged, dropped = session.run(list(OUTPUT_NAMES), feeds)
         expected = pipeline.run(image, thresholds)
         assert (panoptic == expected.panoptic).mean() >= 0.999
         assert (semantic == expected.semantic).mean() >= 0.999
         assert int(num) == expected.num_instances
+        assert (bool(converged), int(dropped)) == (expected.converged, expected.candidates_dropped)
         np.testing.assert_allclose(instances, expected.instances, rtol=1e-4, atol=1e-3)
 
 
@@ -138,3 +141,21 @@ def test_export_cli_writes_a_graph_that_runs(tmp_path, capsys):
 def test_export_cli_reports_bad_arguments(tmp_path, capsys, args, message):
     code = main(["export", *args, "--height", "128", "--width", "128", "--output", str(tmp_path / "x.onnx")])
     assert code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_index_ops_take_float_inputs_for_tensorrt_8_5(exported, model):
+    # TensorRT 8.5's parser rejects INT32 (and INT64, read as INT32) inputs to TopK and ArgMax/ArgMin.
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(exported[model][1])))
+    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.graph.value_info, *graph.graph.input)}
+    types.update({t.name: t.data_type for t in graph.graph.initializer})
+    index_ops = [node for node in graph.graph.node if node.op_type in ("TopK", "ArgMax", "ArgMin")]
+    assert index_ops
+    assert {node.name: types[node.input[0]] for node in index_ops} == {node.name: TensorProto.FLOAT
+                                                                       for node in index_ops}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_export_writes_the_papers_default_thresholds(exported, model):
+    info = read_onnx_info(exported[model][1])
+    assert info.default_thresholds == paper_defaults(model)

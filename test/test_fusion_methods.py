@@ -32,7 +32,7 @@ from panoptic_ros.fusion.detections import PRE_NMS_TOP
 from panoptic_ros.fusion.fpsnet import FPSNetFusion
 from panoptic_ros.fusion.ideal_heads import ideal_psn_heads
 from panoptic_ros.fusion.lpsnet import LPSNetFusion
-from panoptic_ros.fusion.psn import PSNFusion, find_instance_centres, group_pixels, vote_classes
+from panoptic_ros.fusion.psn import Grouping, PSNFusion, find_instance_centres, group_pixels, vote_classes
 from panoptic_ros.fusion.reference.fpsnet import fpsnet_reference
 from panoptic_ros.fusion.reference.lpsnet import lpsnet_reference
 from panoptic_ros.fusion.reference.psn import find_centres, psn_reference
@@ -291,7 +291,7 @@ def test_psn_pixels_join_the_centre_their_offset_points_closest_to(rng):
     centres, _ = find_instance_centres(torch.from_numpy(heads["center"][0, 0]), torch.tensor(0.1), 7, 24)
     valid = centres.valid.numpy()
     listed = [(0.0, int(y), int(x)) for y, x in zip(centres.y.numpy(), centres.x.numpy(), strict=True)]
-    owner = group_pixels(torch.from_numpy(heads["offset"][0]), centres).numpy()
+    owner = group_pixels(torch.from_numpy(heads["offset"][0]), centres).nearest.numpy()
     everywhere = np.ones(scene.shape, dtype=bool)
     expected = reference_group_pixels(everywhere, heads["offset"][0], [c for c, v in zip(listed, valid, strict=True)
                                                                         if v])
@@ -300,12 +300,15 @@ def test_psn_pixels_join_the_centre_their_offset_points_closest_to(rng):
 
 
 def test_psn_vote_is_the_majority_and_ties_go_to_the_lower_class():
-    semantic = torch.tensor([[PERSON, PERSON, CAR, BICYCLE, CAR]])
-    owner = torch.tensor([[0, 0, 0, 1, 1]])
-    thing_pixel = torch.ones_like(semantic, dtype=torch.bool)
-    classes = vote_classes(owner, semantic, thing_pixel, torch.tensor(LABEL_SET.thing_ids), 2)
-    assert classes.tolist() == reference_vote(semantic.numpy(), owner.numpy(), 2, LABEL_SET.num_classes)
-    assert classes.tolist() == [PERSON, CAR]
+    # Two 8 x 8 cells, one instance each: 40 person / 24 car pixels, and a 32 / 32 car-bicycle tie.
+    semantic = np.full((8, 16), CAR)
+    semantic[:5, :8] = PERSON
+    semantic[4:, 8:] = BICYCLE
+    owner = np.repeat([[0] * 8 + [1] * 8], 8, axis=0)
+    thing_index = torch.tensor([LABEL_SET.thing_ids.index(c) for c in semantic.reshape(-1)]).reshape(8, 16)
+    grouping = Grouping(torch.from_numpy(owner), torch.tensor([[[0, 1]]]), torch.zeros(8, 16, dtype=torch.int64))
+    classes = vote_classes(grouping, torch.tensor([0, 1]), thing_index, torch.tensor(LABEL_SET.thing_ids), 2)
+    assert classes.tolist() == reference_vote(semantic, owner, 2, LABEL_SET.num_classes) == [PERSON, CAR]
 
 
 def test_psn_overflow_counts_dropped_centres_and_voids_their_pixels():

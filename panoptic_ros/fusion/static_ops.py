@@ -135,7 +135,8 @@ def greedy_nms(overlap: Tensor, valid: Tensor, threshold: Tensor, sweeps: int = 
 
 def unchanged(new: Tensor, old: Tensor) -> Tensor:
     """0-d bool: the last sweep changed no decision."""
-    return (new != old).to(torch.int32).amax() == 0
+    # Xor, not Equal: TensorRT compares no bool tensors.
+    return (new ^ old).to(torch.int32).amax() == 0
 
 
 def first_true(mask: Tensor) -> Tensor:

@@ -9,7 +9,8 @@ graph then goes through onnxscript's optimizer, which folds the exporter's shape
 has a static shape that ONNX shape inference can see.
 
 The written graph has the pipeline_io input/output names, metadata_props META_MODEL,
-META_LABEL_SET and META_MAX_INSTANCES, and passes the TensorRT audit (runtime.onnx_audit).
+META_LABEL_SET, META_MAX_INSTANCES and META_DEFAULT_THRESHOLDS (the paper's thresholds of the
+model, fusion/reference/defaults.py), and passes the TensorRT audit (runtime.onnx_audit).
 """
 
 from __future__ import annotations
@@ -27,7 +28,16 @@ from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from panoptic_ros.fusion.pipeline import PanopticPipeline
-from panoptic_ros.pipeline_io import INPUT_NAMES, META_LABEL_SET, META_MAX_INSTANCES, META_MODEL, OUTPUT_NAMES
+from panoptic_ros.fusion.reference.defaults import paper_defaults
+from panoptic_ros.pipeline_io import (
+    INPUT_NAMES,
+    META_DEFAULT_THRESHOLDS,
+    META_LABEL_SET,
+    META_MAX_INSTANCES,
+    META_MODEL,
+    OUTPUT_NAMES,
+    thresholds_to_json,
+)
 from panoptic_ros.runtime.onnx_audit import audit_model
 
 OPSET = 17
@@ -71,6 +81,7 @@ def to_onnx_model(pipeline: PanopticPipeline, opset: int = OPSET) -> onnx.ModelP
         META_MODEL: pipeline.model,
         META_LABEL_SET: json.dumps(pipeline.label_set.to_dict()),
         META_MAX_INSTANCES: str(pipeline.max_instances),
+        META_DEFAULT_THRESHOLDS: thresholds_to_json(paper_defaults(pipeline.model)),
     })
     onnx.checker.check_model(model, full_check=True)
     return model
