@@ -192,7 +192,7 @@ def test_psn_reference_reproduces_ground_truth_from_ideal_heads(height, width, f
 # --- RTPS --------------------------------------------------------------------------------------------
 
 def test_rtps_mask_takes_pixels_strictly_above_sigma():
-    query = Detection(np.array([0.0, 0.0, 8.0, 8.0]), LABEL_SET.thing_ids.index(CAR), 0.9, 0, (0, 0))
+    query = Detection(np.array([0.0, 0.0, 8.0, 8.0]), LABEL_SET.thing_ids.index(CAR), 0.9, 0)
     boxes = np.broadcast_to(query.box, (2, 3, 4))  # every pixel's box is the query: IoU 1
     probability = np.zeros((LABEL_SET.num_classes, 2, 3))
     probability[CAR] = [[0.3, 0.31, 0.3], [0.9, 0.0, 0.29]]
@@ -227,14 +227,15 @@ def test_dense_box_overflow_voids_the_pixels_of_dropped_boxes(method):
 def test_lpsnet_overlapping_pixels_go_to_the_box_whose_borderness_matches_best():
     semantic = np.full((8, 16), CAR)
     heads = {"borderness": [np.full((1, 1, 1, 2), 20.0)]}  # predicted border-ness ~1: the most central box
-    first = Detection(np.array([0.0, 0.0, 10.0, 8.0]), 1, 0.9, 0, (0, 0))
-    second = Detection(np.array([6.0, 0.0, 16.0, 8.0]), 1, 0.8, 0, (0, 1))
+    first = Detection(np.array([0.0, 0.0, 10.0, 8.0]), 1, 0.9, 0)
+    second = Detection(np.array([6.0, 0.0, 16.0, 8.0]), 1, 0.8, 0)
     masks = [np.zeros_like(semantic, dtype=bool) for _ in range(2)]
     masks[0][:, :10], masks[1][:, 6:] = True, True  # 4 of the second's 10 columns are taken
-    owner = paste_with_borderness([first, second], masks, heads, (8,), 0.5)
+    owner = paste_with_borderness([first, second], masks, heads, (8,), 0.5, semantic.shape)
     # Columns 6, 7 are more central in the first box, 9 in the second, 8 equally (the first keeps it).
     assert owner[4].tolist() == [0] * 9 + [1] * 7
-    assert (paste_with_borderness([first, second], masks, heads, (8,), 0.3) == 0).sum() == 80  # 0.4 > 0.3
+    strict = paste_with_borderness([first, second], masks, heads, (8,), 0.3, semantic.shape)
+    assert (strict == 0).sum() == 80 and (strict == 1).sum() == 0  # 0.4 of the second is taken: > 0.3
 
 
 def test_lpsnet_reference_finds_the_objects_of_noise_free_scenes():
@@ -316,3 +317,21 @@ def test_paper_defaults_are_the_papers_values():
         for source in sources.values():
             assert source.kind in ("stated", "cited", "not stated")
             assert source.kind == "not stated" or (source.where and source.quote)
+
+
+def test_without_any_candidate_every_reference_gives_stuff_only():
+    scene = seeded_scenes(1, seed=6)[0]
+    rng = np.random.default_rng(0)
+    strict = Thresholds(score_threshold=1.0, center_threshold=1.0, min_stuff_area=64)
+    results = [
+        psn_reference(ideal_psn_heads(scene.semantic, scene.instance + 1, LABEL_SET), LABEL_SET, strict, DIVISOR, 4, 7),
+        rtps_reference(rtps_heads(scene, rng), LABEL_SET, FCOS_STRIDES, strict, DIVISOR, 4),
+        lpsnet_reference(lpsnet_heads(scene, rng), LABEL_SET, FCOS_STRIDES, strict, DIVISOR, 4),
+        fpsnet_reference(fpsnet_heads(scene, rng), AnalyticFPSNetHead(4), LABEL_SET, FCOS_STRIDES, ANCHOR_SIZES,
+                         ANCHOR_RATIOS, strict, DIVISOR, 4),
+        spinet_reference(spinet_heads(scene, rng), AnalyticSPINetHead(), LABEL_SET, strict, DIVISOR, 4),
+    ]
+    for out in results:
+        assert out.result.panoptic.shape == scene.shape and out.candidates_dropped == 0
+        ids = out.result.panoptic
+        assert not ((ids >= 0) & (ids % DIVISOR > 0)).any() and (ids >= 0).any()
