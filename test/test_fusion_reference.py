@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from fusion_cases import chain_keep, ground_truth_ids, iou_matrix, nms_chain, paste_chain, seeded_scenes
+from fusion_cases import (
+    chain_keep,
+    dense_chain_heads,
+    ground_truth_ids,
+    iou_matrix,
+    nms_chain,
+    paste_chain,
+    seeded_scenes,
+)
 from test_fusion_scenes import (
     ANCHOR_RATIOS,
     ANCHOR_SIZES,
@@ -33,9 +41,9 @@ from panoptic_ros.fusion.reference.common import greedy_nms, paste_by_confidence
 from panoptic_ros.fusion.reference.defaults import DEFAULT_SOURCES, paper_defaults, used_thresholds
 from panoptic_ros.fusion.reference.detections import Detection
 from panoptic_ros.fusion.reference.fpsnet import fpsnet_reference
-from panoptic_ros.fusion.reference.lpsnet import lpsnet_reference, paste_with_borderness
+from panoptic_ros.fusion.reference.lpsnet import lpsnet_boxes, lpsnet_reference, paste_with_borderness
 from panoptic_ros.fusion.reference.psn import find_centres, group_pixels, psn_reference, vote_classes
-from panoptic_ros.fusion.reference.rtps import instance_masks, rtps_reference
+from panoptic_ros.fusion.reference.rtps import instance_masks, query_boxes, rtps_reference
 from panoptic_ros.fusion.reference.spinet import sampling_locations, spinet_reference
 from panoptic_ros.pipeline_io import COL, Thresholds
 
@@ -335,3 +343,16 @@ def test_without_any_candidate_every_reference_gives_stuff_only():
         assert out.result.panoptic.shape == scene.shape and out.candidates_dropped == 0
         ids = out.result.panoptic
         assert not ((ids >= 0) & (ids % DIVISOR > 0)).any() and (ids >= 0).any()
+
+
+@pytest.mark.parametrize("length", [10, 16, 32])
+@pytest.mark.parametrize("method", ["rtps", "lpsnet"])
+def test_dense_chain_heads_detect_a_greedy_nms_chain(method, length):
+    heads = dense_chain_heads(length, {"rtps": "centerness", "lpsnet": "borderness"}[method])
+    height, width = 4 * heads["semantic"].shape[-2], 4 * heads["semantic"].shape[-1]
+    found = (query_boxes if method == "rtps" else lpsnet_boxes)(heads, FCOS_STRIDES, height, width,
+                                                                Thresholds(score_threshold=0.05, nms_iou=0.5))
+    assert [int(d.box[0]) // 8 for d in found] == chain_keep(length)
+    out = (rtps_reference if method == "rtps" else lpsnet_reference)(heads, LABEL_SET, FCOS_STRIDES, Thresholds(
+        score_threshold=0.05, nms_iou=0.5), DIVISOR, 100)
+    assert out.result.num_instances >= 2 and out.candidates_dropped == 0
