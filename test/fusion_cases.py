@@ -95,3 +95,32 @@ def dense_chain_heads(length: int, quality: str, strides: tuple[int, ...] = (8, 
         heads["levelness"] = (10.0 * np.stack([~chain, chain] + [np.zeros_like(chain)] * (len(strides) - 1)))[
             None].astype(np.float32)
     return heads
+
+
+def spinet_chain_heads(length: int, num_stuff: int = 5, strides: tuple[int, ...] = (8, 8, 16, 32)) -> dict:
+    """SPINet heads (for test_fusion_scenes.AnalyticSPINetHead(max_objects=length)) whose sampled masks
+    are a paste chain: location i of the first level's top row samples a filter selecting feature
+    channel i, which covers stride-4 columns [2i, 2i + 4) of the top 4 rows (half covered by the
+    previous mask), with a confidence falling along the chain; nothing else passes 0.05. Pasting with
+    overlap 0.3 keeps chain_keep(length); the rest of the image is the first stuff class."""
+    cells = 2 * (length + 1)
+    height, width = 128, 128 * -(-4 * cells // 128)
+    dim = length + num_stuff + 1
+    heads: dict = {"class_logits": [], "filters": []}
+    for level, stride in enumerate(strides):
+        h, w = height // stride, width // stride
+        logits = np.full((1, 3, h, w), -10.0, dtype=np.float32)
+        filters = np.zeros((1, dim, h, w), dtype=np.float32)
+        if level == 0:
+            logits[0, 1, 0, :length] = np.linspace(3.0, 1.0, length)
+            filters[0, np.arange(length), 0, np.arange(length)] = 8.0
+            filters[0, -1, 0, :length] = -4.0
+        heads["class_logits"].append(logits)
+        heads["filters"].append(filters)
+    feature = np.zeros((dim, height // 4, width // 4), dtype=np.float32)
+    for i in range(length):
+        feature[i, :4, 2 * i:2 * i + 4] = 1.0
+    feature[length] = feature[:length].max(axis=0) == 0  # first stuff class elsewhere
+    feature[-1] = 1.0
+    heads["panoptic_feature"] = feature[None]
+    return heads

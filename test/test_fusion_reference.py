@@ -16,6 +16,7 @@ from fusion_cases import (
     nms_chain,
     paste_chain,
     seeded_scenes,
+    spinet_chain_heads,
 )
 from test_fusion_scenes import (
     ANCHOR_RATIOS,
@@ -356,3 +357,12 @@ def test_dense_chain_heads_detect_a_greedy_nms_chain(method, length):
     out = (rtps_reference if method == "rtps" else lpsnet_reference)(heads, LABEL_SET, FCOS_STRIDES, Thresholds(
         score_threshold=0.05, nms_iou=0.5), DIVISOR, 100)
     assert out.result.num_instances >= 2 and out.candidates_dropped == 0
+
+
+@pytest.mark.parametrize("length", [8, 16, 32])
+def test_spinet_chain_heads_paste_every_other_mask(length):
+    heads = spinet_chain_heads(length)
+    out = spinet_reference(heads, AnalyticSPINetHead(max_objects=length), LABEL_SET,
+                           Thresholds(score_threshold=0.05, overlap_threshold=0.3), DIVISOR, 100).result
+    things = sorted(r[COL["x1"]] for r in out.valid_instances if r[COL["id"]] % DIVISOR > 0)
+    assert [int(x1) // 8 for x1 in things] == chain_keep(length)
