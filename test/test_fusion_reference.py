@@ -4,6 +4,8 @@ heads from synthetic ground truth."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -42,6 +44,7 @@ from panoptic_ros.fusion.reference.common import greedy_nms, paste_by_confidence
 from panoptic_ros.fusion.reference.defaults import DEFAULT_SOURCES, paper_defaults, used_thresholds
 from panoptic_ros.fusion.reference.detections import Detection
 from panoptic_ros.fusion.reference.fpsnet import fpsnet_reference
+from panoptic_ros.fusion.reference.heldout import main
 from panoptic_ros.fusion.reference.lpsnet import lpsnet_boxes, lpsnet_reference, paste_with_borderness
 from panoptic_ros.fusion.reference.psn import find_centres, group_pixels, psn_reference, vote_classes
 from panoptic_ros.fusion.reference.rtps import instance_masks, query_boxes, rtps_reference
@@ -366,3 +369,10 @@ def test_spinet_chain_heads_paste_every_other_mask(length):
                            Thresholds(score_threshold=0.05, overlap_threshold=0.3), DIVISOR, 100).result
     things = sorted(r[COL["x1"]] for r in out.valid_instances if r[COL["id"]] % DIVISOR > 0)
     assert [int(x1) // 8 for x1 in things] == chain_keep(length)
+
+
+def test_heldout_pq_runs_a_shipped_checkpoint_through_its_reference(capsys):
+    main(["models/psn.pt", "--frames", "1", "--height", "128", "--width", "256", "--paper-defaults"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["model"] == "psn" and report["frames"] == 1 and report["candidates_dropped"] == 0
+    assert report["thresholds"] == paper_defaults("psn").as_dict() and 20.0 < report["pq"] <= 100.0
