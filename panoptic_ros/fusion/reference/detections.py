@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from panoptic_ros.fusion.reference.common import as_threshold, best_first, greedy_nms
+from panoptic_ros.fusion.reference.common import as_threshold, best_first, greedy_nms, sigmoid
 from panoptic_ros.networks.box_coding import decode_deltas, level_points, ltrb_to_boxes, retinanet_anchors
 
 
@@ -88,3 +88,13 @@ def detect(boxes: Sequence[np.ndarray], class_prob: Sequence[np.ndarray], qualit
     kept = greedy_nms(np.array([c.box for c in candidates]), [c.score for c in candidates],
                       [c.thing for c in candidates], nms_iou)
     return [candidates[i] for i in kept]
+
+
+def fcos_detections(heads: dict, quality: str, strides: Sequence[int], height: int, width: int,
+                    score_threshold: float, nms_iou: float, pre_nms_top: int | None = None) -> list[Detection]:
+    """Detections of FCOS-style heads ("box_cls", "box_reg" distances, and the `quality` head, whose
+    sigmoid multiplies the class probability)."""
+    boxes = [b.reshape(-1, 4) for b in fcos_boxes(heads["box_reg"], strides, height, width)]
+    class_prob = [sigmoid(per_location(c)) for c in heads["box_cls"]]
+    factor = [sigmoid(per_location(q))[:, 0] for q in heads[quality]]
+    return detect(boxes, class_prob, factor, score_threshold, nms_iou, pre_nms_top)
