@@ -6,9 +6,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 venv=$root/.venv
+distro=${1:-jazzy}  # which ROS 2 wheels: requirements-ros-<distro>.txt
+[ -f "requirements-ros-$distro.txt" ] || { echo "no requirements-ros-$distro.txt (jazzy or kilted)" >&2; exit 1; }
 
+# A venv holds one distro's wheels: switching rebuilds it (both sets would share .venv/lib). A venv
+# without the marker predates the choice and holds Kilted's.
+if [ -d "$venv" ] && [ "$(cat "$venv/ros-distro" 2>/dev/null || echo kilted)" != "$distro" ]; then
+    rm -rf "$venv" "$root/build/msgs"
+fi
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements.txt
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements.txt \
+    -r "requirements-ros-$distro.txt"
+echo "$distro" >"$venv/ros-distro"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 
 # Messages: rosidl generators from the ROS wheels + Debian's cmake and a C compiler. The

@@ -14,7 +14,7 @@ from panoptic_ros.classes import SYNTHETIC
 from panoptic_ros.fusion.pipeline import MODEL_NAMES, build_pipeline
 from panoptic_ros.networks.checkpoint import save_checkpoint
 from panoptic_ros.pipeline_io import COL, META_MODEL, Thresholds, check_label_divisor
-from panoptic_ros.runtime.backends import BACKEND_NAMES, create_backend, read_onnx_info
+from panoptic_ros.runtime.backends import BACKENDS, create_backend, read_onnx_info
 from panoptic_ros.runtime.backends.base import resolve_device
 from panoptic_ros.runtime.backends.torch_backend import TorchBackend
 from panoptic_ros.runtime.export import export_onnx
@@ -124,7 +124,7 @@ def test_label_divisor_is_checked():
 def test_unknown_backend_lists_the_valid_ones(models):
     with pytest.raises(ValueError, match="onnxruntime, torch, tensorrt"):
         create_backend("openvino", models["psn"][0])
-    assert BACKEND_NAMES == ("onnxruntime", "torch", "tensorrt")
+    assert BACKENDS == ("onnxruntime", "torch", "tensorrt")
 
 
 def test_missing_and_wrong_files_are_named(models, tmp_path):

@@ -38,18 +38,11 @@ from panoptic_ros.data.rosbag_io import (
     write_frames,
 )
 from panoptic_ros.data.synthetic import generate_scene
-from panoptic_ros.evaluation.bag_cli import read_params_file
-from panoptic_ros.evaluation.bag_eval import (
-    INVALID_GROUND_TRUTH,
-    NO_GROUND_TRUTH,
-    SIZE_MISMATCH,
-    UNDECODABLE_IMAGE,
-    FolderGroundTruth,
-    TopicGroundTruth,
-    evaluate_bag,
-    stamp_from_file_name,
-)
+from panoptic_ros.evaluation.bag_eval import evaluate_bag
+from panoptic_ros.evaluation.ground_truth import FolderGroundTruth, TopicGroundTruth, stamp_from_file_name
+from panoptic_ros.evaluation.node_params import read_params_file
 from panoptic_ros.evaluation.pq import PQAccumulator
+from panoptic_ros.evaluation.scoring import INVALID_GROUND_TRUTH, NO_GROUND_TRUTH, SIZE_MISMATCH, UNDECODABLE_IMAGE
 from panoptic_ros.pipeline_io import Thresholds
 
 REPO = Path(__file__).resolve().parents[1]
@@ -375,7 +368,8 @@ def test_each_ground_truth_serves_one_frame(tmp_path, backend):
     frames = scene_frames(backend, 2)
     write_folder(tmp_path, frames, lambda i, f: f"frame_{f.stamp_ns}.png")
     folder = FolderGroundTruth(tmp_path / "panoptic", SYNTHETIC, tolerance_ns=2_000_000)
-    assert folder.lookup(frames[0].stamp_ns + 1_000_000, 0) is not None
+    first = folder.lookup(frames[0].stamp_ns + 1_000_000, 0)
+    assert np.array_equal(first.as_id_map(DIVISOR, SYNTHETIC), frames[0].ground_truth)
     assert folder.lookup(frames[0].stamp_ns + 1_500_000, 1) is None  # its file is taken
     assert folder.lookup(frames[1].stamp_ns - 3_000_000, 2) is None  # beyond the tolerance
     found = folder.lookup(frames[1].stamp_ns, 3)
@@ -388,3 +382,68 @@ def test_each_ground_truth_serves_one_frame(tmp_path, backend):
     assert topic.lookup(frames[0].stamp_ns, 1) is None  # taken
     assert np.array_equal(topic.lookup(frames[1].stamp_ns, 2).id_map, frames[1].ground_truth)
     assert topic.lookup(frames[1].stamp_ns + PERIOD_NS, 3) is None and topic.notes == []
+
+
+def write_bag_with_undecodable(path: Path, frames: list[BagFrame], undecodable: int) -> None:
+    """The frames' images and ground truth, the image message at position `undecodable` cut to 10 bytes of data."""
+    with BagWriter(path) as writer:
+        for i, frame in enumerate(frames):
+            if i == undecodable:
+                broken = image_msg(frame.stamp_ns, frame.image, "rgb8")
+                broken.data = broken.data[:10]
+                writer.write(IMAGE_TOPIC, IMAGE_TYPE, frame.stamp_ns, broken)
+            else:
+                writer.write_image(IMAGE_TOPIC, frame.stamp_ns, frame.image)
+            writer.write_image(GT_TOPIC, frame.stamp_ns, frame.ground_truth, "32SC1")
+
+
+def test_undecodable_messages_count_toward_max_frames(tmp_path, backend):
+    bag = tmp_path / "bag.mcap"
+    frames = scene_frames(backend, 4)
+    write_bag_with_undecodable(bag, frames, undecodable=1)
+    evaluation = evaluate_bag(bag, IMAGE_TOPIC, backend, ground_truth=TopicGroundTruth(bag, GT_TOPIC),
+                              label_divisor=DIVISOR, max_frames=3)
+    # The first 3 messages: frames 0 and 2 run, message 1 skipped; frame 3 is beyond max_frames.
+    assert (evaluation.frames, evaluation.skipped) == (2, {UNDECODABLE_IMAGE: 1})
+    assert evaluation.result.to_dict() == direct_metrics(backend, [(frames[i].image, frames[i].ground_truth)
+                                                                   for i in (0, 2)])
+
+
+def test_index_matched_folder_counts_undecodable_messages(tmp_path, backend):
+    """The 3rd message, after an undecodable 2nd, is scored against the 3rd file, not the 2nd."""
+    bag = tmp_path / "bag.mcap"
+    frames = scene_frames(backend, 3)
+    write_bag_with_undecodable(bag, frames, undecodable=1)
+    write_folder(tmp_path, frames, lambda i, frame: f"{i:04d}.png")
+    folder = FolderGroundTruth(tmp_path / "panoptic", SYNTHETIC, match="index")
+    evaluation = evaluate_bag(bag, IMAGE_TOPIC, backend, ground_truth=folder, label_divisor=DIVISOR)
+    assert (evaluation.frames, evaluation.skipped) == (2, {UNDECODABLE_IMAGE: 1})
+    expected = direct_metrics(backend, [(frames[i].image, frames[i].ground_truth) for i in (0, 2)])
+    assert evaluation.result.to_dict() == expected
+    wrong = direct_metrics(backend, [(frames[0].image, frames[0].ground_truth),
+                                     (frames[2].image, frames[1].ground_truth)])
+    assert wrong != expected  # the check above tells the two apart
+
+
+@pytest.mark.parametrize("source", ["topic", "folder"])
+def test_a_stamp_exactly_at_the_tolerance_matches_and_one_past_does_not(tmp_path, backend, source):
+    frames = scene_frames(backend, 1)
+    gt_stamp, tolerance = frames[0].stamp_ns, 2_000_000
+    bag = tmp_path / "bag.mcap"
+    write_frames(bag, frames)
+    write_folder(tmp_path, frames, lambda i, frame: f"frame_{frame.stamp_ns}.png")
+
+    def fresh():
+        if source == "topic":
+            return TopicGroundTruth(bag, GT_TOPIC, tolerance_ns=tolerance)
+        return FolderGroundTruth(tmp_path / "panoptic", SYNTHETIC, tolerance_ns=tolerance)
+
+    for stamp in (gt_stamp - tolerance, gt_stamp + tolerance):
+        found = fresh().lookup(stamp, 0)
+        assert np.array_equal(found.as_id_map(DIVISOR, SYNTHETIC), frames[0].ground_truth), stamp
+    for stamp in (gt_stamp - tolerance - 1, gt_stamp + tolerance + 1):
+        assert fresh().lookup(stamp, 0) is None, stamp
+    # One past, then exactly at the tolerance, from the same source: the first miss must not use the file up.
+    ground_truth = fresh()
+    assert ground_truth.lookup(gt_stamp - tolerance - 1, 0) is None
+    assert ground_truth.lookup(gt_stamp - tolerance, 1) is not None

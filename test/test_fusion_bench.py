@@ -1,11 +1,29 @@
-"""`panoptic-ros bench fusion` on a tiny configuration: every runtime row is produced and consistent."""
+"""`panoptic-ros bench fusion` on a tiny configuration: every runtime row is produced and consistent.
+
+Times come from an injected clock (no test depends on the machine's speed): a fake clock that moves
+only when the timed function runs says which calls were timed and how the medians are taken.
+"""
 
 import argparse
+import functools
 import json
 
 import pytest
 
-from panoptic_ros.fusion import bench
+from panoptic_ros.fusion import bench, timing
+
+
+class FakeClock:
+    """Seconds that advance only by `advance`."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, ms: float) -> None:
+        self.now += ms / 1000.0
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -14,18 +32,38 @@ def parse(*argv: str) -> argparse.Namespace:
     return parser.parse_args(list(argv))
 
 
-def test_bench_times_network_fusion_and_fpsnet_head(tmp_path, capsys):
+def test_median_ms_times_each_iteration_after_the_warmup():
+    clock, durations = FakeClock(), iter([50.0, 5.0, 1.0, 3.0])  # the first call is the warm-up
+    calls = []
+
+    def work():
+        calls.append(1)
+        clock.advance(next(durations))
+
+    assert timing.median_ms(work, warmup=1, iterations=3, clock=clock) == pytest.approx(3.0)
+    assert len(calls) == 4
+
+
+def test_bench_times_network_fusion_and_fpsnet_head(tmp_path, capsys, monkeypatch):
+    ticks = []  # clock readings
+
+    def clock() -> float:
+        ticks.append(1)
+        return 0.001 * len(ticks)  # one ms per reading: each timed run is exactly 1 ms long
+
+    monkeypatch.setattr(timing, "time_pipeline", functools.partial(timing.time_pipeline, clock=clock))
     out = tmp_path / "bench.json"
     args = parse("--models", "fpsnet", "--sizes", "128x128", "--width-mult", "0.125", "--max-instances", "8",
-                 "--iterations", "1", "--warmup", "0", "--runtimes", "torch", "onnxruntime", "--json", str(out))
+                 "--iterations", "2", "--warmup", "0", "--runtimes", "torch", "onnxruntime", "--json", str(out))
     assert bench.run(args) == 0
     rows = json.loads(out.read_text())["results"]
     assert [(r["model"], r["size"], r["runtime"]) for r in rows] == [("fpsnet", "128x128", "torch"),
                                                                       ("fpsnet", "128x128", "onnxruntime")]
-    for row in rows:
-        assert row["network_ms"] > 0 and row["fusion_ms"] > row["head_ms"] > 0
-        assert row["ratio"] == pytest.approx((row["fusion_ms"] - row["head_ms"]) / (row["network_ms"] + row["head_ms"]))
-    assert "| fpsnet | 128x128 | onnxruntime |" in capsys.readouterr().out
+    for row in rows:  # network, fusion and FPSNet's head each timed (1 ms a run), post = fusion - head
+        assert (row["network_ms"], row["fusion_ms"], row["head_ms"]) == pytest.approx((1.0, 1.0, 1.0))
+        assert row["ratio"] == pytest.approx(0.0, abs=1e-9)
+    assert len(ticks) == 2 * 2 * 3 * 2  # runtimes x iterations x parts x (start, end)
+    assert "| fpsnet | 128x128 | onnxruntime | 1.0 | 1.0 | 1.0 | 0.0% |" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(("argv", "message"), [

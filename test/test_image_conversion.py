@@ -10,6 +10,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from panoptic_ros.ros.image_conversion import (
+    ENCODING_ALIASES,
     SUPPORTED_ENCODINGS,
     ImageBuffer,
     ImageRejected,
@@ -110,7 +111,7 @@ def test_bayer_patterns_demosaic_to_the_scene_color(pattern, depth):
 
 @pytest.mark.parametrize(("change", "expected"), [
     ({"encoding": "32FC1"}, "unsupported encoding '32FC1'"),
-    ({"encoding": "nv12"}, "unsupported encoding 'nv12'"),
+    ({"encoding": "nv12"}, "data has 180 bytes, expected step x height x 1.5 = 30 x 6 x 1.5 = 270"),
     ({"width": 0}, "empty image: 0x6"),
     ({"height": 0, "data": array.array("B")}, "empty image"),
     ({"step": 29}, "step 29 is smaller than one row of 10 rgb8 pixels (30 bytes)"),
@@ -134,6 +135,55 @@ def test_enormous_images_are_rejected_before_reading_data():
         check_image(msg, MAX_PIXELS)
 
 
+def test_max_pixels_allows_exactly_the_limit_and_refuses_one_more(rgb):
+    msg = make_msg(rgb, "rgb8")  # 10 x 6 = 60 pixels
+    np.testing.assert_array_equal(image_to_rgb(msg, 60), rgb)
+    with pytest.raises(ImageRejected, match="image of 10x6 = 60 pixels exceeds max_pixels = 59"):
+        check_image(msg, 59)
+
+
+def nv12_msg(rgb: np.ndarray, encoding: str = "nv12", padding: int = 0) -> Image:
+    """The semi-planar message OpenCV's own RGB->YUV420 conversion makes of `rgb` (Y plane, then interleaved UV)."""
+    height, width = rgb.shape[:2]
+    planar = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420).reshape(-1)  # Y, then U plane, then V plane
+    area = height * width
+    y, u, v = planar[:area], planar[area: area * 5 // 4], planar[area * 5 // 4:]
+    uv = np.stack([u, v] if encoding == "nv12" else [v, u], axis=1).reshape(height // 2, width)
+    return make_msg(np.concatenate([y.reshape(height, width), uv]), encoding, padding)
+
+
+@pytest.mark.parametrize("encoding", ["nv12", "nv21"])
+@pytest.mark.parametrize("padding", [0, 4])
+def test_nv12_and_nv21_convert_to_the_scene_colors(encoding, padding):
+    # 4x4 blocks of flat color: 4:2:0 chroma subsampling keeps them, and a U/V swap would not pass.
+    colors = np.array([[[230, 20, 20], [20, 230, 20]], [[20, 20, 230], [230, 230, 20]]], dtype=np.uint8)
+    rgb = np.repeat(np.repeat(colors, 4, axis=0), 4, axis=1)
+    msg = nv12_msg(rgb, encoding, padding)
+    msg.height = 8  # make_msg counted the UV rows as image rows
+    out = image_to_rgb(msg, MAX_PIXELS)
+    assert out.shape == (8, 8, 3)
+    np.testing.assert_allclose(out.astype(int), rgb.astype(int), atol=6)
+
+
+def test_nv12_needs_even_sizes():
+    msg = Image(height=3, width=4, encoding="nv12", step=4, data=array.array("B", bytes(18)))
+    with pytest.raises(ImageRejected, match="nv12 subsamples color 2x2, so width and height must be even, got 4x3"):
+        image_to_rgb(msg, MAX_PIXELS)
+
+
+def test_opencv_type_names_read_as_cv_bridge_does(rgb):
+    np.testing.assert_array_equal(image_to_rgb(make_msg(np.ascontiguousarray(rgb[..., ::-1]), "8UC3"), MAX_PIXELS),
+                                  rgb)
+    gray = rgb[..., 0].copy()
+    np.testing.assert_array_equal(image_to_rgb(make_msg(gray, "8UC1"), MAX_PIXELS), np.dstack([gray] * 3))
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (1, 9), (9, 1)])
+def test_tiny_images_convert(rng, hw):
+    pixels = rng.integers(0, 256, (*hw, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(image_to_rgb(make_msg(pixels, "rgb8"), MAX_PIXELS), pixels)
+
+
 def test_odd_width_packed_yuv_is_rejected():
     msg = make_msg(np.zeros((2, 3, 2), np.uint8), "uyvy")
     with pytest.raises(ImageRejected, match="width must be even"):
@@ -144,10 +194,14 @@ def test_every_supported_encoding_converts(rng):
     from rosbags.image.image import ENCODINGMAP
 
     for encoding in SUPPORTED_ENCODINGS:
-        _, _, dtype, channels = ENCODINGMAP[encoding]
-        shape = (4, 6, channels) if channels > 1 else (4, 6)
-        pixels = rng.integers(0, 200, shape).astype(dtype)
-        out = image_to_rgb(make_msg(pixels, encoding), MAX_PIXELS)
+        if encoding in ("nv12", "nv21"):
+            msg = nv12_msg(rng.integers(0, 256, (4, 6, 3), dtype=np.uint8), encoding)
+            msg.height = 4
+        else:
+            _, _, dtype, channels = ENCODINGMAP[ENCODING_ALIASES.get(encoding, encoding)]
+            shape = (4, 6, channels) if channels > 1 else (4, 6)
+            msg = make_msg(rng.integers(0, 200, shape).astype(dtype), encoding)
+        out = image_to_rgb(msg, MAX_PIXELS)
         assert out.shape == (4, 6, 3) and out.dtype == np.uint8, encoding
 
 

@@ -1,14 +1,13 @@
 """The node's parts without a running node: newest-frame slots, output mapping and messages, parameters."""
 
 import threading
-import time
 
 import numpy as np
 import pytest
 from std_msgs.msg import Header
 
 from panoptic_ros.classes import SYNTHETIC, VOID_CLASS, VOID_ID
-from panoptic_ros.imaging import Resampler, overlay_image, segment_colors
+from panoptic_ros.imaging import Resampler, class_colors, overlay_image, segment_colors
 from panoptic_ros.pipeline_io import COL, INSTANCE_COLUMNS, Thresholds
 from panoptic_ros.ros import parameters as params
 from panoptic_ros.ros.frame_slot import NewestFrameSlots
@@ -46,30 +45,38 @@ def test_close_wakes_a_waiting_worker():
     results = []
     worker = threading.Thread(target=lambda: results.append(slots.take()))
     worker.start()
-    time.sleep(0.05)
-    slots.close()
+    slots.close()  # before or while the worker waits: either way take() returns None
     worker.join(timeout=2)
     assert not worker.is_alive() and results == [None]
 
 
-def test_fast_producer_slow_consumer_counters_add_up():
+def test_a_busy_worker_gets_only_the_newest_frame_and_the_counters_add_up():
     slots = NewestFrameSlots(["cam"])
     taken = []
+    busy, resume, got_last = threading.Event(), threading.Event(), threading.Event()
 
     def consume():
-        while (item := slots.take(timeout=0.2)) is not None:
+        while (item := slots.take()) is not None:
             taken.append(item[1])
-            time.sleep(0.002)
+            if len(taken) == 1:  # "inference" of the first frame lasts until the producer is done
+                busy.set()
+                resume.wait()
+            if item[1] == 1999:
+                got_last.set()
 
     consumer = threading.Thread(target=consume)
     consumer.start()
-    for i in range(2000):
+    slots.put(0, 0)
+    assert busy.wait(timeout=10)
+    for i in range(1, 2000):
         slots.put(0, i)
+    resume.set()
+    assert got_last.wait(timeout=10)
+    slots.close()
     consumer.join(timeout=10)
     counters = slots.counters(0)
-    assert counters.received == 2000 and counters.taken == len(taken)
-    assert counters.dropped == counters.received - counters.taken - slots.pending() > 0
-    assert taken == sorted(taken) and taken[-1] == 1999  # always the newest, never an old one after a new one
+    assert taken == [0, 1999]  # never an old frame once a newer one has come
+    assert (counters.received, counters.taken, counters.dropped, slots.pending()) == (2000, 2, 1998, 0)
 
 
 def test_slots_need_a_camera():
@@ -264,3 +271,80 @@ def test_model_settings_pick_file_and_options(tmp_path):
     with pytest.raises(FileNotFoundError, match="engine_path: no such file"):
         params.model_settings({**values, "backend": "tensorrt", "engine_path": str(tmp_path / "x.engine")}
                               ).model_file(tmp_path)
+
+
+@pytest.mark.parametrize("device", ["cuda:0x", "cpux", "xcpu", "cuda:", "gpu0", "auto "])
+def test_device_must_match_in_full(device):
+    assert params.check_value("device", device) == f"device must be auto, cpu, cuda or cuda:N, got {device!r}"
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:12"])
+def test_valid_devices(device):
+    assert params.check_value("device", device) is None
+
+
+def test_input_qos_choices_are_auto_and_the_presets():
+    assert params.SPECS["input_qos"].default == "auto"
+    assert params.SPECS["input_qos"].choices == ("auto", "SENSOR_DATA", "DEFAULT", "SYSTEM_DEFAULT")
+    assert params.check_value("output_qos", "auto") == ("output_qos must be one of SENSOR_DATA, DEFAULT, "
+                                                         "SYSTEM_DEFAULT, got 'auto'")
+
+
+# ---- letterbox and colors -------------------------------------------------------------------
+
+
+def test_letterbox_keeps_the_aspect_ratio_and_pads_with_black():
+    resampler = Resampler((480, 640), (256, 512), "letterbox")  # 4:3 into 2:1: full height, bars left and right
+    assert resampler.content == (0, 85, 256, 341)
+    image = np.full((480, 640, 3), 200, np.uint8)
+    model = resampler.to_model(image)
+    assert model.shape == (256, 512, 3)
+    assert (model[:, :85] == 0).all() and (model[:, 85 + 341:] == 0).all() and (model[:, 85:426] == 200).all()
+    wide = Resampler((100, 800), (256, 512), "letterbox")  # 8:1: full width, bars above and below
+    assert wide.content == (96, 0, 64, 512)
+
+
+def test_letterbox_outputs_come_from_the_image_part_at_camera_size():
+    resampler = Resampler((6, 8), (6, 16), "letterbox")  # content: columns 4..11 of the model input
+    assert resampler.content == (0, 4, 6, 8)
+    model_ids = np.full((6, 16), 9, np.int32)  # the padding says 9
+    model_ids[:, 4:12] = np.arange(8)  # the image's part: one id per column
+    np.testing.assert_array_equal(resampler.to_camera(model_ids), np.tile(np.arange(8, dtype=np.int32), (6, 1)))
+
+
+def test_letterbox_segments_are_measured_on_the_image_part_only():
+    resampler = Resampler((12, 16), (6, 16), "letterbox")  # content: 6x8 at columns 4..11, scale 2
+    panoptic = np.full((6, 16), 4000, np.int32)  # sky everywhere, padding included
+    panoptic[2:5, 6:9] = 6001  # a car inside the image part
+    panoptic[0:2, 0:3] = 6002  # a "car" only in the padding: not in the camera image
+    rows = []
+    for segment in (6001, 6002, 4000):
+        ys, xs = np.nonzero(panoptic == segment)
+        row = np.zeros(len(INSTANCE_COLUMNS))
+        row[[COL["valid"], COL["id"], COL["class_id"], COL["score"]]] = (1, segment, segment // DIVISOR, 1.0)
+        row[[COL["x1"], COL["y1"], COL["x2"], COL["y2"]]] = xs.min(), ys.min(), xs.max(), ys.max()
+        row[[COL["area"], COL["centroid_x"], COL["centroid_y"]]] = len(xs), xs.mean(), ys.mean()
+        rows.append(row)
+    mapped = resampler.segments_to_camera(np.stack(rows), panoptic)
+    truth = measured_segments(resampler.to_camera(panoptic))
+    assert sorted(int(r[COL["id"]]) for r in mapped) == sorted(truth) == [4000, 6001]
+    for row in mapped:
+        x1, y1, x2, y2, area, cx, cy = truth[int(row[COL["id"]])]
+        assert (row[COL["x1"]], row[COL["y1"]], row[COL["x2"]], row[COL["y2"]]) == (x1, y1, x2, y2)
+        assert row[COL["area"]] == area  # the padding's sky pixels are not counted
+        assert row[COL["centroid_x"]] == pytest.approx(cx) and row[COL["centroid_y"]] == pytest.approx(cy)
+
+
+def test_stretch_is_the_default_and_unknown_modes_are_refused():
+    assert Resampler((480, 640), (256, 512)).content == (0, 0, 256, 512)
+    with pytest.raises(ValueError, match="resize mode must be one of stretch, letterbox, got 'crop'"):
+        Resampler((480, 640), (256, 512), "crop")
+
+
+def test_class_colors_paint_each_class_and_void_black():
+    _, semantic, _ = make_scene()
+    colors = class_colors(semantic, SYNTHETIC)
+    assert colors.shape == (8, 12, 3) and colors.dtype == np.uint8
+    np.testing.assert_array_equal(colors[7, 0], SYNTHETIC.colors[ROAD])
+    np.testing.assert_array_equal(colors[3, 1], SYNTHETIC.colors[CAR])  # no instance shades: classes only
+    np.testing.assert_array_equal(colors[0, 0], (0, 0, 0))

@@ -13,8 +13,10 @@ and the image is a few vectorised look-ups of that map plus texture, lighting an
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -63,7 +65,7 @@ class SyntheticScene:
 
     image: np.ndarray  # uint8 (H, W, 3) RGB
     semantic: np.ndarray  # uint8 (H, W), SYNTHETIC train ids; no void
-    instance: np.ndarray  # int32 (H, W), 0 for stuff, 1..N for the visible thing instances
+    instance: np.ndarray  # int32 (H, W), 0 for stuff, 1..N for the visible thing instances (a sequence: track ids)
 
     def panoptic(self, label_divisor: int = DEFAULT_LABEL_DIVISOR) -> np.ndarray:
         """Pipeline-style id map int32: class * label_divisor + instance (instance 0 for stuff)."""
@@ -74,20 +76,124 @@ class SyntheticScene:
 
 def generate_scene(seed: int, height: int, width: int) -> SyntheticScene:
     """The street scene of `seed` at height x width pixels (same seed and size: identical arrays)."""
-    if height < 16 or width < 16:
-        raise ValueError(f"scene size must be at least 16x16 pixels, got {height}x{width}")
-    if seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed}")
+    _check_scene(seed, height, width)
     rng = np.random.default_rng(seed)
     camera = _Camera.sample(rng, height, width)
     canvas = _Canvas(height, width)
     street = _Street.sample(rng)
     street.draw_background(canvas, camera, rng)
     objects = street.sample_objects(rng, camera)
-    # Painter's order, far to near; the sort is stable, so equal depths keep sampling order.
-    for _, draw in sorted(objects, key=lambda item: -item[0]):
-        draw(canvas, camera)
+    _draw_far_to_near(canvas, camera, [o.shape for o in objects])
     return canvas.render(rng, camera, street.shadow)
+
+
+def _check_scene(seed: int, height: int, width: int) -> None:
+    if height < 16 or width < 16:
+        raise ValueError(f"scene size must be at least 16x16 pixels, got {height}x{width}")
+    if seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed}")
+
+
+def _draw_far_to_near(canvas: _Canvas, camera: _Camera, shapes: list) -> None:
+    # Painter's order, far to near; the sort is stable, so equal depths keep sampling order.
+    for shape in sorted(shapes, key=lambda shape: -shape.depth):
+        shape.draw(canvas, camera)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sequences: one street, the camera driving along it, things moving
+
+
+EGO_SPEED = (4.0, 9.0)  # m/s, the camera's car
+_MOTION_STREAM = 1  # motion draws come from their own random stream, so frame 0 is the street of generate_scene
+_END_CLEARANCE = MAX_THING_DISTANCE + 10.0  # the camera stops this far before a building closing the street
+
+
+def generate_sequence(seed: int, frames: int, height: int, width: int, fps: float = 10.0) -> Iterator[SyntheticScene]:
+    """`frames` frames, `fps` per second, of the street of `seed`: the camera drives forward along it, cars
+    drive, people walk along the sidewalks or cross, cyclists ride across; things enter (from far ahead, from
+    the sides), leave (behind the camera, off the street) and occlude each other. Each frame's `instance` holds
+    track ids: the same object has the same id in every frame it is visible in (ids 1..M over the sequence).
+    Same arguments, same frames; frame i does not depend on the frames before it."""
+    _check_scene(seed, height, width)
+    if frames <= 0:
+        raise ValueError(f"a sequence needs at least one frame, got {frames}")
+    if not fps > 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    for index in range(frames):
+        yield _sequence_frame(seed, index, frames, height, width, fps)
+
+
+def _sequence_frame(seed: int, index: int, frames: int, height: int, width: int, fps: float) -> SyntheticScene:
+    # The street is re-drawn from its seed for every frame (the world never changes), seen from where the
+    # camera is now, with every moving thing where it is now.
+    rng = np.random.default_rng(seed)
+    motion = np.random.default_rng([seed, _MOTION_STREAM])
+    camera = _Camera.sample(rng, height, width)
+    street = _Street.sample(rng)
+    speed = motion.uniform(*EGO_SPEED)
+    stop = max(street.far - _END_CLEARANCE, 0.0)
+    t = index / fps
+    moved_camera = dataclasses.replace(camera, z=min(speed * t, stop))
+    canvas = _Canvas(height, width)
+    street.draw_background(canvas, moved_camera, rng)
+    objects = street.sample_objects(rng, camera)
+    objects += _objects_ahead(street, camera, motion, travel=min(speed * (frames - 1) / fps, stop),
+                              first_group=len({o.group for o in objects}))
+    near, _ = street.thing_range(camera)
+    lo, hi = sorted((street.facade_x(0), street.facade_x(1)))
+    shapes, track = [], 0
+    velocity: dict[int, tuple[float, float]] = {}
+    for obj in objects:
+        if obj.group not in velocity:
+            velocity[obj.group] = _group_velocity(obj, [o.shape for o in objects if o.group == obj.group], speed,
+                                                  motion.random(2))
+        shape = obj.shape
+        if not isinstance(shape, _TreeShape):
+            track += 1
+            shape = dataclasses.replace(shape, track=track)
+        vx, vz = velocity[obj.group]
+        if vx or vz:
+            shape = shape.moved(vx * t, vz * t)
+            if not lo < shape.x < hi:  # walked or rode off the street
+                continue
+        if shape.depth - moved_camera.z >= 0.8 * near:  # nearer than scenes place things: it has left the view
+            shapes.append(shape)
+    _draw_far_to_near(canvas, moved_camera, shapes)
+    return canvas.render(rng, moved_camera, street.shadow, renumber=False)
+
+
+def _objects_ahead(street: _Street, camera: _Camera, motion: np.random.Generator, travel: float,
+                   first_group: int) -> list[_Object]:
+    """Things beyond the first scene's range, for as far as the camera will drive: blocks of the same street's
+    objects placed one after the other (no trees: the first scene has them as far as they go)."""
+    near, far = street.thing_range(camera)
+    length = far - near
+    objects: list[_Object] = []
+    for block in range(1, math.ceil(travel / length) + 1):
+        sampled = street.sample_objects(motion, camera)
+        objects += [_Object(o.shape.moved(0.0, block * length), o.role, first_group + o.group) for o in sampled
+                    if not isinstance(o.shape, _TreeShape) and o.shape.depth + block * length < street.end - 8.0]
+        first_group += len(sampled)  # at least as many as its groups: group numbers stay distinct
+    return objects
+
+
+def _group_velocity(obj: _Object, shapes: list, ego_speed: float, u: np.ndarray) -> tuple[float, float]:
+    """(vx, vz) in m/s of a group, from two uniform draws `u` (always two: the stream stays aligned)."""
+    sign = 1.0 if u[1] < 0.5 else -1.0
+    if obj.role == WALKING:
+        return 0.0, sign * (0.8 + 0.8 * u[0])
+    if obj.role == CROSSING:
+        return sign * (0.9 + 0.7 * u[0]), 0.0
+    if obj.role == RIDING:
+        facing = next(s.facing for s in shapes if isinstance(s, _BicycleShape))
+        return facing * (2.5 + 2.5 * u[0]), 0.0
+    if obj.role == DRIVING:
+        car = obj.shape
+        if car.x_left < 1.1 and car.x_left + car.width > -1.1:  # in the camera's lane: drives ahead of it
+            return 0.0, ego_speed + 0.5 + 2.0 * u[0]
+        return 0.0, -(6.0 + 6.0 * u[0]) if car.oncoming else 3.0 + 9.0 * u[0]
+    return 0.0, 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,7 +202,8 @@ def generate_scene(seed: int, height: int, width: int) -> SyntheticScene:
 
 @dataclass(frozen=True)
 class _Camera:
-    """Pinhole camera at height CAMERA_HEIGHT looking along +Z, with a small roll."""
+    """Pinhole camera at height CAMERA_HEIGHT looking along +Z, with a small roll, at Z = z (it drives along
+    the street in a sequence; a single scene has it at 0)."""
 
     height: int
     width: int
@@ -105,6 +212,7 @@ class _Camera:
     cy: float
     cos: float
     sin: float
+    z: float = 0.0
 
     @classmethod
     def sample(cls, rng: np.random.Generator, height: int, width: int) -> _Camera:
@@ -115,14 +223,14 @@ class _Camera:
     def project(self, points: np.ndarray) -> np.ndarray:
         """Pixel (x, y) of world points (..., 3): X right, Y up from the road, Z forward (metres)."""
         points = np.asarray(points, dtype=np.float64)
-        z = np.maximum(points[..., 2], 0.05)
+        z = np.maximum(points[..., 2] - self.z, 0.05)
         u = self.focal * points[..., 0] / z
         v = self.focal * (CAMERA_HEIGHT - points[..., 1]) / z
         return np.stack([self.cx + self.cos * u - self.sin * v, self.cy + self.sin * u + self.cos * v], axis=-1)
 
     def scale(self, z: float) -> float:
-        """Pixels per metre at depth z."""
-        return self.focal / z
+        """Pixels per metre at world Z = z."""
+        return self.focal / (z - self.z)
 
     @property
     def nearest_ground(self) -> float:
@@ -152,7 +260,10 @@ class _Canvas:
         self.is_ground.append(class_id in (ROAD, SIDEWALK))
         return len(self.colours) - 1
 
-    def new_instance(self) -> int:
+    def new_instance(self, track: int = 0) -> int:
+        """A new instance number; a sequence's things bring their track id instead."""
+        if track:
+            return track
         self.num_instances += 1
         return self.num_instances
 
@@ -181,19 +292,22 @@ class _Canvas:
         cv2.circle(self.parts, c, int(round(radius * (1 << _SHIFT))), part, thickness=thickness,
                    lineType=cv2.LINE_8, shift=_SHIFT)
 
-    def render(self, rng: np.random.Generator, camera: _Camera, shadow: _Shadow | None) -> SyntheticScene:
+    def render(self, rng: np.random.Generator, camera: _Camera, shadow: _Shadow | None,
+               renumber: bool = True) -> SyntheticScene:
+        """The image and ground truth; instances renumbered 1..N over the visible ones, or (sequences) kept."""
         height, width = self.parts.shape
         parts = self.parts
         colours = np.asarray(self.colours, dtype=np.float32)
         textures = _TEXTURE_TABLE[np.asarray(self.textures)]
-        # Instances renumbered 1..N in drawing order over the visible ones; hidden ones vanish.
         instances = np.asarray(self.instances, dtype=np.int32)
-        visible = np.zeros(instances.max(initial=0) + 1, dtype=bool)
-        visible[instances[np.bincount(parts.ravel(), minlength=len(instances)) > 0]] = True
-        visible[0] = False
-        renumber = np.zeros(visible.size, dtype=np.int32)
-        renumber[visible] = np.arange(1, visible.sum() + 1, dtype=np.int32)
-        instance = np.take(renumber[instances], parts)
+        if renumber:  # 1..N in drawing order over the visible ones; hidden ones vanish
+            visible = np.zeros(instances.max(initial=0) + 1, dtype=bool)
+            visible[instances[np.bincount(parts.ravel(), minlength=len(instances)) > 0]] = True
+            visible[0] = False
+            numbers = np.zeros(visible.size, dtype=np.int32)
+            numbers[visible] = np.arange(1, visible.sum() + 1, dtype=np.int32)
+            instances = numbers[instances]
+        instance = np.take(instances, parts)
         semantic = np.take(np.asarray(self.classes, dtype=np.uint8), parts)
 
         fine, medium, coarse = _noise_fields(rng, height, width)
@@ -374,8 +488,9 @@ class _Street:
         floors = np.arange(rng.uniform(3.0, 4.0), height - win_h - 0.3, floor_height)
         if along.size == 0 or floors.size == 0:
             return
-        if not across:  # windows narrower than ~1 px at their distance would only alias
-            along = along[camera.scale(1.0) * win_w / along > 1.0]
+        if not across:  # windows narrower than ~1 px at their distance would only alias; the distance is taken
+            # from Z = 0, so that random draws, and with them the world, are the same wherever the camera is
+            along = along[camera.focal * win_w / along > 1.0]
         a, f = (g.ravel() for g in np.meshgrid(along, floors))
         if a.size == 0:
             return
@@ -429,8 +544,8 @@ class _Street:
     def _draw_paving_joints(self, canvas: _Canvas, camera: _Camera, rng: np.random.Generator, sidewalk: int) -> None:
         """Joints between paving slabs, only where they are at least 3 px apart (no aliasing)."""
         tile = rng.uniform(0.6, 1.5)
-        z_max = min(math.sqrt(camera.focal * CAMERA_HEIGHT * tile / 3.0), self.far)
-        z = np.arange(math.ceil(camera.nearest_ground * 0.8 / tile) * tile, z_max, tile)
+        z_max = min(camera.z + math.sqrt(camera.focal * CAMERA_HEIGHT * tile / 3.0), self.far)
+        z = np.arange(math.ceil((camera.z + camera.nearest_ground * 0.8) / tile) * tile, z_max, tile)
         if z.size == 0:
             return
         joint = canvas.part(tuple(c * 0.8 for c in canvas.colours[sidewalk]), "paving", SIDEWALK)
@@ -464,42 +579,44 @@ class _Street:
 
     # --- objects ----------------------------------------------------------------------------
 
-    def sample_objects(self, rng: np.random.Generator, camera: _Camera) -> list:
-        """(depth, draw(canvas, camera)) of every tree, car, person and bicycle of the scene."""
-        near = max(camera.nearest_ground * 0.7, 2.0)
-        far = min(MAX_THING_DISTANCE, self.end - 8.0)
-        objects: list = []
+    def sample_objects(self, rng: np.random.Generator, camera: _Camera) -> list[_Object]:
+        """Every tree, car, person and bicycle of the scene, in groups that move together in a sequence."""
+        near, far = self.thing_range(camera)
+        groups: list[tuple[str, list]] = []
         for side in (0, 1):
             if rng.random() < 0.5:
-                objects += self._trees(rng, side, near)
+                groups.append((STATIC, self._trees(rng, side, near)))
             if self.parked[side]:
-                objects += self._parked_row(rng, side, near, far)
+                groups.append((STATIC, self._parked_row(rng, side, near, far)))
             for _ in range(int(rng.integers(0, 5))):
-                objects += self._people_group(rng, side, near, far)
+                groups.append((WALKING, self._people_group(rng, side, near, far)))
             if rng.random() < 0.35 and self.sidewalks[side] > 2.2:
-                objects += self._bicycle_rack(rng, side, near, far)
-        objects += self._traffic(rng, near, far)
+                groups.append((STATIC, self._bicycle_rack(rng, side, near, far)))
+        groups += [(DRIVING, [car]) for car in self._traffic(rng, near, far)]
         for _ in range(int(rng.integers(0, 3)) if rng.random() < 0.4 else 0):  # pedestrians crossing
             x = rng.uniform(self.curb_x(0) + 0.5, self.curb_x(1) - 0.5)
-            objects.append(self._person(rng, x, _log_uniform(rng, near, min(far, 30.0))))
+            groups.append((CROSSING, [self._person(rng, x, _log_uniform(rng, near, min(far, 30.0)))]))
         if rng.random() < 0.35:
-            objects += self._cyclist(rng, near, far)
-        return objects
+            groups.append((RIDING, self._cyclist(rng, near, far)))
+        return [_Object(shape, role, group) for group, (role, shapes) in enumerate(groups) for shape in shapes]
 
-    def _trees(self, rng: np.random.Generator, side: int, near: float) -> list:
+    def thing_range(self, camera: _Camera) -> tuple[float, float]:
+        """Nearest and farthest depth (from the camera) at which things are placed."""
+        return max(camera.nearest_ground * 0.7, 2.0), min(MAX_THING_DISTANCE, self.end - 8.0)
+
+    def _trees(self, rng: np.random.Generator, side: int, near: float) -> list[_TreeShape]:
         x = self.curb_x(side) + (-1 if side == 0 else 1) * min(0.7, self.sidewalks[side] / 2)
         spacing = rng.uniform(8.0, 15.0)
         bark = _jitter(rng, (90, 70, 50), 15)
         leaves = _jitter(rng, (60, 105, 40), 20)
-        objects = []
+        trees = []
         for z in np.arange(rng.uniform(near, near + spacing), min(self.far, 120.0), spacing):
             crown = (rng.uniform(1.4, 2.8), rng.uniform(1.6, 3.2), rng.uniform(3.5, 6.0))
-            objects.append((z, functools.partial(_draw_tree, x=x, z=z, crown=crown, bark=bark, leaves=leaves,
-                                                 blobs=rng.uniform(-1, 1, size=(3, 3)))))
-        return objects
+            trees.append(_TreeShape(float(x), float(z), crown, bark, leaves, rng.uniform(-1, 1, size=(3, 3))))
+        return trees
 
     def _car(self, rng: np.random.Generator, z: float, oncoming: bool, x_left: float | None = None,
-             parked_side: int | None = None) -> tuple:
+             parked_side: int | None = None) -> _CarShape:
         """A car at depth z: at x_left, or parked along the curb of `parked_side`."""
         length, width = rng.uniform(3.8, 4.9), rng.uniform(1.7, 1.95)
         if parked_side is not None:
@@ -508,9 +625,9 @@ class _Street:
         tall = rng.random() < 0.2  # vans and SUVs
         height = rng.uniform(1.75, 2.0) if tall else rng.uniform(1.38, 1.6)
         colour = np.array(_jitter(rng, _pick(rng, _CAR_COLOURS), 12)) * self.shade(x_left + width / 2, z)
-        return z, _CarShape(x_left, z, length, width, height, tall, tuple(colour), oncoming).draw
+        return _CarShape(x_left, z, length, width, height, tall, tuple(colour), oncoming)
 
-    def _parked_row(self, rng: np.random.Generator, side: int, near: float, far: float) -> list:
+    def _parked_row(self, rng: np.random.Generator, side: int, near: float, far: float) -> list[_CarShape]:
         objects = []
         z = _log_uniform(rng, near, 15.0)
         while z < far and len(objects) < 7:
@@ -519,7 +636,7 @@ class _Street:
             z += 4.9 + gap
         return objects
 
-    def _traffic(self, rng: np.random.Generator, near: float, far: float) -> list:
+    def _traffic(self, rng: np.random.Generator, near: float, far: float) -> list[_CarShape]:
         objects, taken = [], []
         lo = self.curb_x(0) + (2.3 if self.parked[0] else 0.3)
         hi = self.curb_x(1) - (2.3 if self.parked[1] else 0.3)
@@ -534,7 +651,7 @@ class _Street:
             objects.append(self._car(rng, z, oncoming=x + 0.9 < self.centre, x_left=x))
         return objects
 
-    def _people_group(self, rng: np.random.Generator, side: int, near: float, far: float) -> list:
+    def _people_group(self, rng: np.random.Generator, side: int, near: float, far: float) -> list[_PersonShape]:
         x0 = self.sidewalk_x(side, rng)
         z0 = _log_uniform(rng, near, far)
         lo, hi = sorted((self.curb_x(side), self.facade_x(side)))
@@ -549,7 +666,7 @@ class _Street:
         return _PersonLook(height, tuple(np.array(_pick(rng, _SKIN_COLOURS)) * shade), cloth(), cloth(),
                            tuple(np.array(_jitter(rng, (40, 30, 25), 20)) * shade))
 
-    def _person(self, rng: np.random.Generator, x: float, z: float) -> tuple:
+    def _person(self, rng: np.random.Generator, x: float, z: float) -> _PersonShape:
         height = rng.uniform(1.05, 1.35) if rng.random() < 0.12 else rng.uniform(1.55, 1.95)
         look = self._person_look(rng, x, z, height)
         stride = rng.uniform(0.0, 0.28) * height
@@ -557,20 +674,19 @@ class _Street:
         pose = _Pose(x=x, z=z, hip=(x, 0.52 * height), shoulder=(x, 0.81 * height),
                      feet=((x - 0.05 * height - stride / 2, 0.0), (x + 0.05 * height + stride / 2, 0.0)),
                      hands=((x - 0.17 * height - swing, 0.45 * height), (x + 0.17 * height + swing, 0.45 * height)))
-        return z, functools.partial(_draw_person, look=look, pose=pose)
+        return _PersonShape(look, pose)
 
     def _bicycle(self, rng: np.random.Generator, x: float, z: float, facing: int) -> _BicycleShape:
         colour = tuple(np.array(rng.uniform(20, 230, size=3)) * self.shade(x, z))
         return _BicycleShape(x, z, facing, rng.uniform(0.31, 0.36), colour)
 
-    def _bicycle_rack(self, rng: np.random.Generator, side: int, near: float, far: float) -> list:
+    def _bicycle_rack(self, rng: np.random.Generator, side: int, near: float, far: float) -> list[_BicycleShape]:
         x = self.sidewalk_x(side, rng, margin=1.0)
         z = _log_uniform(rng, near, min(far, 30.0))
         facing = 1 if rng.random() < 0.5 else -1
         spacing = rng.uniform(0.45, 0.9)
-        bikes = [self._bicycle(rng, x + rng.uniform(-0.15, 0.15), z + i * spacing, facing)
-                 for i in range(int(rng.integers(2, 6)))]
-        return [(bike.z, bike.draw) for bike in bikes]
+        return [self._bicycle(rng, x + rng.uniform(-0.15, 0.15), z + i * spacing, facing)
+                for i in range(int(rng.integers(2, 6)))]
 
     def _cyclist(self, rng: np.random.Generator, near: float, far: float) -> list:
         x = rng.uniform(self.curb_x(0) + 1.0, self.curb_x(1) - 1.0)
@@ -585,11 +701,39 @@ class _Street:
         pose = _Pose(x=x, z=z - 0.05, hip=(seat[0], seat[1] + 0.05),
                      shoulder=(seat[0] + facing * 0.22 * height / 1.75, seat[1] + 0.55 * height / 1.75),
                      feet=feet, hands=(bar, bar))
-        return [(z, bike.draw), (z - 0.05, functools.partial(_draw_person, look=look, pose=pose))]
+        return [bike, _PersonShape(look, pose)]
 
 
 # ---------------------------------------------------------------------------------------------
 # Objects
+
+
+# How a group of objects moves in a sequence.
+STATIC, WALKING, DRIVING, CROSSING, RIDING = "static", "walking", "driving", "crossing", "riding"
+
+
+@dataclass(frozen=True)
+class _Object:
+    shape: _TreeShape | _CarShape | _PersonShape | _BicycleShape
+    role: str  # STATIC, WALKING (along the sidewalk), DRIVING, CROSSING (the road), RIDING (a bicycle across)
+    group: int  # objects of one group (a family walking, a cyclist and the bicycle) move together
+
+
+@dataclass(frozen=True)
+class _TreeShape:
+    x: float
+    z: float
+    crown: tuple
+    bark: tuple
+    leaves: tuple
+    blobs: np.ndarray
+
+    @property
+    def depth(self) -> float:
+        return self.z
+
+    def draw(self, canvas: _Canvas, camera: _Camera) -> None:
+        _draw_tree(canvas, camera, self.x, self.z, self.crown, self.bark, self.leaves, self.blobs)
 
 
 def _draw_tree(canvas: _Canvas, camera: _Camera, x: float, z: float, crown: tuple, bark, leaves,
@@ -634,10 +778,22 @@ class _CarShape:
     tall: bool
     colour: tuple
     oncoming: bool
+    track: int = 0  # a sequence's track id
+
+    @property
+    def depth(self) -> float:
+        return self.z
+
+    @property
+    def x(self) -> float:
+        return self.x_left + self.width / 2
+
+    def moved(self, dx: float, dz: float) -> _CarShape:
+        return dataclasses.replace(self, x_left=self.x_left + dx, z=self.z + dz)
 
     def draw(self, canvas: _Canvas, camera: _Camera) -> None:
         """Body box, cabin (tapered box of glass with a painted roof), wheels, lights and plate."""
-        instance = canvas.new_instance()
+        instance = canvas.new_instance(self.track)
         x0, x1, z0, z1 = self.x_left, self.x_left + self.width, self.z, self.z + self.length
         paint = np.array(self.colour)
 
@@ -701,6 +857,33 @@ class _Pose:
     feet: tuple
     hands: tuple
 
+    def moved(self, dx: float, dz: float) -> _Pose:
+        def shift(point: tuple) -> tuple:
+            return point[0] + dx, point[1]
+        return _Pose(self.x + dx, self.z + dz, shift(self.hip), shift(self.shoulder),
+                     tuple(shift(p) for p in self.feet), tuple(shift(p) for p in self.hands))
+
+
+@dataclass(frozen=True)
+class _PersonShape:
+    look: _PersonLook
+    pose: _Pose
+    track: int = 0
+
+    @property
+    def depth(self) -> float:
+        return self.pose.z
+
+    @property
+    def x(self) -> float:
+        return self.pose.x
+
+    def moved(self, dx: float, dz: float) -> _PersonShape:
+        return dataclasses.replace(self, pose=self.pose.moved(dx, dz))
+
+    def draw(self, canvas: _Canvas, camera: _Camera) -> None:
+        _draw_person(canvas, camera, self.look, self.pose, self.track)
+
 
 def _limb(a: tuple, b: tuple, width_a: float, width_b: float, z: float) -> list:
     """World quad of a limb from point a to point b (X, Y) with the given widths at each end."""
@@ -716,9 +899,9 @@ def _ellipse(cx: float, cy: float, rx: float, ry: float, z: float, points: int =
     return np.stack([cx + rx * np.cos(angles), cy + ry * np.sin(angles), np.full_like(angles, z)], 1)
 
 
-def _draw_person(canvas: _Canvas, camera: _Camera, look: _PersonLook, pose: _Pose) -> None:
+def _draw_person(canvas: _Canvas, camera: _Camera, look: _PersonLook, pose: _Pose, track: int = 0) -> None:
     """Legs, shoes, torso, arms, neck and head in the plane Z = pose.z (class person)."""
-    instance = canvas.new_instance()
+    instance = canvas.new_instance(track)
     h, z = look.height, pose.z
 
     def part(colour, texture: str) -> int:
@@ -754,6 +937,14 @@ class _BicycleShape:
     facing: int  # +1: front wheel to the right
     wheel: float  # wheel radius, metres
     colour: tuple
+    track: int = 0
+
+    @property
+    def depth(self) -> float:
+        return self.z
+
+    def moved(self, dx: float, dz: float) -> _BicycleShape:
+        return dataclasses.replace(self, x=self.x + dx, z=self.z + dz)
 
     def point(self, forward: float, up: float) -> tuple[float, float]:
         return self.x + self.facing * forward, up
@@ -780,7 +971,7 @@ class _BicycleShape:
 
     def draw(self, canvas: _Canvas, camera: _Camera) -> None:
         """Side view in the plane Z = z: wheels (tyre, spokes, hub), frame, saddle, handlebar."""
-        instance = canvas.new_instance()
+        instance = canvas.new_instance(self.track)
         z = self.z
         scale = camera.scale(z)
 

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from panoptic_ros.tracking.config import TrackerConfig
+
 EPILOG = """\
 model: --model NAME|PATH (a shipped model, models/NAME.onnx, or a file), --onnx F, --engine F (TensorRT),
 --checkpoint F (torch; needs --input-size), or `model` in --params. Settings come from the defaults of
@@ -17,6 +19,10 @@ ground truth: --gt-topic T: 32SC1 id images (class * label_divisor + instance, -
 header stamps (within --gt-tolerance-ms). --gt-dir D: a COCO / Cityscapes panoptic PNG folder with its JSON
 (default D.json); --gt-match stamp: the last run of digits in a PNG's name is the frame's header stamp in
 nanoseconds; --gt-match index: the PNGs sorted by name are the topic's frames in order.
+
+tracking: --tracking gives the things of every frame track ids and scores them against ground truth whose
+instance ids are track ids (synth --sequence): STQ, AQ, SQ, AQ per class, identity switches per frame.
+--tracker off scores the per-frame instance ids instead (the baseline without tracking).
 
 exit status: 0 done; 1 the bag is damaged part-way: the report covers the frames before the damage;
 2 bad input (missing bag or topic, unreadable bag, bad option).
@@ -67,19 +73,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="also write the predictions to this new rosbag2 (.db3: sqlite3, else mcap)")
     parser.add_argument("--max-frames", type=int, help="evaluate only the topic's first N frames")
     parser.add_argument("--overlays", type=int, default=4, help="side-by-side overlays in the report (default 4)")
+    parser.add_argument("--tracking", action="store_true", help="track things across frames and score the tracks "
+                                                                "(STQ, AQ, identity switches)")
+    parser.add_argument("--tracker", choices=("on", "off"), default="on",
+                        help="with --tracking: off scores per-frame instance ids, the no-tracking baseline")
+    parser.add_argument("--track-max-age", type=int, default=TrackerConfig.max_age,
+                        help=f"frames a track may go unseen and be continued (default {TrackerConfig.max_age})")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from panoptic_ros.evaluation.bag_eval import FolderGroundTruth, TopicGroundTruth, evaluate_bag, image_topic_count
+    from panoptic_ros.evaluation.bag_eval import evaluate_bag, image_topic_count
+    from panoptic_ros.evaluation.ground_truth import FolderGroundTruth, TopicGroundTruth
     from panoptic_ros.evaluation.report import latency_summary
     from panoptic_ros.ros import parameters as params
     from panoptic_ros.runtime.backends import create_backend
+    from panoptic_ros.tracking.evaluation import SequenceTracking
+    from panoptic_ros.tracking.report import summary_line
 
     if args.gt_json is not None and args.gt_dir is None:
         raise ValueError("--gt-json goes with --gt-dir (the PNG folder it describes)")
     if args.output_bag is not None and args.output_bag.exists():
         raise ValueError(f"--output-bag {args.output_bag} exists already; give a new path")
+    if args.tracker == "off" and not args.tracking:
+        raise ValueError("--tracker off goes with --tracking (it chooses what --tracking scores)")
+    tracker_config = TrackerConfig(max_age=args.track_max_age)
     values = node_parameters(args)
     thresholds = params.thresholds(values)
     label_divisor = int(values["label_divisor"])
@@ -94,13 +112,17 @@ def run(args: argparse.Namespace) -> int:
         ground_truth = FolderGroundTruth(args.gt_dir, backend.label_set, args.gt_json, args.gt_format, args.gt_match,
                                          tolerance_ns)
 
+    tracking = (SequenceTracking(backend.label_set, label_divisor, args.tracker == "on", tracker_config)
+                if args.tracking else None)
     evaluation = evaluate_bag(args.bag, args.image_topic, backend, ground_truth=ground_truth, thresholds=thresholds,
                               label_divisor=label_divisor, max_frames=args.max_frames, num_overlays=args.overlays,
-                              output_bag=args.output_bag, progress=sys.stderr.isatty())
+                              output_bag=args.output_bag, tracking=tracking, progress=sys.stderr.isatty())
     evaluation.write_report(args.report, backend.label_set)
 
     if evaluation.result is not None:
         print(evaluation.result.format_table())
+    if evaluation.tracking is not None:
+        print(summary_line(evaluation.tracking, evaluation.tracking_mode, backend.label_set))
     for stage, s in latency_summary(evaluation.latencies_ms).items():
         print(f"{stage:>12s}: p50 {s['p50']:7.2f}  p90 {s['p90']:7.2f}  p99 {s['p99']:7.2f} ms  ({s['count']} frames)")
     if evaluation.skipped:
@@ -116,11 +138,9 @@ def run(args: argparse.Namespace) -> int:
 
 def node_parameters(args: argparse.Namespace) -> dict[str, Any]:
     """panoptic_node's parameter values: its defaults, then --params, then the command's options."""
-    from panoptic_ros.ros import parameters as params
+    from panoptic_ros.evaluation.node_params import node_defaults, read_params_file
 
-    # (a parameter without a default, such as cameras, has its type as `default`; none of them matters here)
-    values = {spec.name: spec.default for spec in params.PARAMETERS
-              if isinstance(spec.default, (bool, int, float, str))}
+    values = node_defaults()
     if args.params is not None:
         values.update(read_params_file(args.params))
     for name in (*THRESHOLD_OPTIONS, "label_divisor", "device", "threads", "precision"):
@@ -164,31 +184,3 @@ def parse_size(text: str) -> tuple[int, int]:
     if height <= 0 or width <= 0:
         raise ValueError(f"--input-size must be positive, got {text!r}")
     return height, width
-
-
-def read_params_file(path: Path) -> dict[str, Any]:
-    """The ros__parameters of a ROS 2 parameters YAML, all node sections merged in file order."""
-    import yaml
-
-    from panoptic_ros.ros import parameters as params
-
-    if not path.is_file():
-        raise FileNotFoundError(f"--params: no such file: {path}")
-    try:
-        document = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ValueError(f"--params {path} is not valid YAML: {error}") from None
-    sections = [node.get("ros__parameters") for node in (document or {}).values() if isinstance(node, dict)] \
-        if isinstance(document, dict) else []
-    sections = [s for s in sections if isinstance(s, dict)]
-    if not sections:
-        raise ValueError(f"--params {path}: no ros__parameters section (expected e.g. '/**: ros__parameters: ...', "
-                         "as in config/cpu.yaml)")
-    values: dict[str, Any] = {}
-    for section in sections:
-        values.update(section)
-    unknown = sorted(set(values) - set(params.PARAMETER_NAMES))
-    if unknown:
-        raise ValueError(f"--params {path}: unknown parameters {', '.join(unknown)}; panoptic_node's parameters: "
-                         f"{', '.join(params.PARAMETER_NAMES)}")
-    return values

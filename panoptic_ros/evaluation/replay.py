@@ -11,7 +11,7 @@
 4. plays every image message of the topic as raw CDR (header stamps untouched) from a real rclpy publisher
    when its bag time comes, scaled by `rate`, like `ros2 bag play`;
 5. records what the node publishes for those frames: id images (compressed in memory), instance arrays,
-   the per-stage latency topics and its /diagnostics;
+   the node's per-frame timing messages and its /diagnostics;
 6. stops the node (SIGINT) once it is idle, evaluates the id images against the ground-truth topic by header
    stamp, and writes the report of `eval-bag` plus end-to-end latency (output received - frame published) and
    drops (frames sent - frames processed, broken down with the node's own counters).
@@ -43,9 +43,9 @@ from panoptic_ros.data.rosbag_io import (
 )
 from panoptic_ros.evaluation.pq import PQResult
 from panoptic_ros.pipeline_io import Thresholds
+from panoptic_ros.ros.node_counters import NodeCounters
 
 END_TO_END = "end_to_end"  # latency series name: output received - frame published
-COUNTERS = ("received", "processed", "dropped", "rejected", "failed")  # the node's per-camera /diagnostics counters
 DIAGNOSTICS_PERIOD_S = 0.25  # the node reports this often during a replay, so the end is seen quickly
 WARMUP_ATTEMPT_S = 3.0  # a warm-up frame not answered within this is sent again (best-effort input may lose it)
 QUIET_S = 2.0  # an idle node whose received count has not moved for this long has seen all it will see
@@ -164,16 +164,17 @@ class Recorder:
     id_images: dict[int, tuple[tuple[int, int], bytes]] = field(default_factory=dict)  # stamp -> (shape, zlib int32)
     instance_counts: dict[int, int] = field(default_factory=dict)  # stamp ns -> segments in its instance array
     lock: threading.Lock = field(default_factory=threading.Lock)
+    clock: Callable[[], float] = time.monotonic  # seconds; injected by tests
 
     def mark_sent(self, stamp_ns: int) -> None:
         with self.lock:
-            self.sent_at[stamp_ns] = time.monotonic()
+            self.sent_at[stamp_ns] = self.clock()
 
     def on_output(self, camera: str, topic: str, msg) -> None:
         """PanopticClient callback (its spin thread)."""
         from panoptic_ros.ros.image_conversion import image_msg_to_array
 
-        now = time.monotonic()
+        now = self.clock()
         stamp = stamp_to_ns(msg.header.stamp)
         with self.lock:
             if stamp not in self.sent_at:
@@ -252,17 +253,11 @@ def node_status(client, hardware_id: str, predicate: Callable[[dict[str, str]], 
     return client.wait_for(find, timeout, f"a /diagnostics status of {hardware_id}")
 
 
-def _counters(values: dict[str, str]) -> dict[str, int]:
-    return {name: int(values[name]) for name in COUNTERS}
-
-
 def _idle(values: dict[str, str]) -> bool:
-    """Every frame the node received was processed, dropped, rejected or failed."""
-    counts = _counters(values)
-    return counts["received"] == sum(counts[name] for name in COUNTERS[1:])
+    return NodeCounters.from_status(values).settled
 
 
-def wait_until_settled(client, hardware_id: str, watch: NodeWatch, baseline: dict[str, int], sent: int,
+def wait_until_settled(client, hardware_id: str, watch: NodeWatch, baseline: NodeCounters, sent: int,
                        timeout: float) -> dict[str, str]:
     """The node's status once it is idle and has received all `sent` frames since `baseline`, or (frames lost on
     a best-effort link) once its received count has stood still for QUIET_S."""
@@ -274,7 +269,7 @@ def wait_until_settled(client, hardware_id: str, watch: NodeWatch, baseline: dic
             values = node_status(client, hardware_id, _idle, timeout=max(0.1, deadline - time.monotonic()))
         except TimeoutError:
             raise watch.fail(f"panoptic_node did not finish the frames within {timeout:.0f} s") from None
-        received = int(values["received"]) - baseline["received"]
+        received = int(values["received"]) - baseline.received
         if received >= sent:
             return values
         if received != last_received:
@@ -382,19 +377,19 @@ def run_live(bag: Path, topics: BagTopics, params_file: Path, model_path: Path |
         watch = NodeWatch(process, log_path)
         client = None
         try:
-            client = PanopticClient(namespace, outputs=("id_image", "instances"), latency=True,
+            client = PanopticClient(namespace, outputs=("id_image", "instances"), timing=True,
                                     on_output=recorder.on_output)
             # The bag's topic name inside the private namespace, where the node's input is remapped to.
             publisher = client.node.create_publisher(msg_type, topics.image.name.lstrip("/"), QoSProfile(depth=10))
             warmups = wait_until_ready(client, publisher, hardware_id, watch, warmup, ready_timeout)
-            zero = dict.fromkeys(COUNTERS, 0)
-            baseline = _counters(wait_until_settled(client, hardware_id, watch, zero, warmups, ready_timeout))
+            baseline = NodeCounters.from_status(wait_until_settled(client, hardware_id, watch, NodeCounters(), warmups,
+                                                                   ready_timeout))
             client.reset_latencies()
             start = time.monotonic()
             sent, repeated = play(bag, topics.image.name, topics.image.count, publisher, recorder, rate, progress)
             playback_s = time.monotonic() - start
             status = wait_until_settled(client, hardware_id, watch, baseline, sent, ready_timeout)
-            done = {name: value - baseline[name] for name, value in _counters(status).items()}
+            done = (NodeCounters.from_status(status) - baseline).as_dict()
             # Outputs, then the latency values (published last), of the final frames may still be on their way.
             deadline = time.monotonic() + OUTPUT_WAIT_S
             while (min(len(recorder.id_images), len(client.latencies[("", TOTAL)])) < done["processed"]
@@ -442,8 +437,9 @@ def evaluate(bag: Path, topics: BagTopics, recorder: Recorder, label_set: LabelS
              overlay_count: int) -> Evaluation:
     """PQ of the recorded id images against the ground-truth topic (eval-bag's matching: same header stamp), and
     side-by-side overlays of a few frames."""
-    from panoptic_ros.evaluation.bag_eval import FrameEvaluator, TopicGroundTruth
+    from panoptic_ros.evaluation.ground_truth import TopicGroundTruth
     from panoptic_ros.evaluation.report import side_by_side
+    from panoptic_ros.evaluation.scoring import FrameEvaluator
 
     stamps = sorted(recorder.id_images)  # ground truth is read as a stream: ask in stamp order
     chosen = overlay_stamps(stamps, overlay_count)
@@ -476,10 +472,10 @@ def evaluate(bag: Path, topics: BagTopics, recorder: Recorder, label_set: LabelS
 def params_file_thresholds(params_file: Path) -> Thresholds:
     """The fusion thresholds the node will start with: its defaults, then the params file (checked here, so a bad
     file fails before the node starts)."""
-    from panoptic_ros.evaluation.bag_cli import read_params_file
+    from panoptic_ros.evaluation.node_params import node_defaults, read_params_file
     from panoptic_ros.ros import parameters as params
 
-    values = {spec.name: spec.default for spec in params.PARAMETERS}
+    values = node_defaults()
     values.update(read_params_file(params_file))
     return params.thresholds(values)
 

@@ -7,6 +7,7 @@ side-by-side overlay images, skipped-frame counts, free-form run info) and write
     report.md               run info, averages, per-class table, latency percentiles, links
     latency_histogram.png   per-stage latency histograms
     pq_per_class.png        PQ / SQ / RQ per class (only with ground truth)
+    id_switches_per_frame.png   identity switches per frame (only with tracking scored: STQ, AQ per class)
     overlays/NNN.jpg        image | ground truth | prediction
 
 Charts use matplotlib's object API (Figure + Agg canvas), so no global backend is touched.
@@ -22,6 +23,7 @@ import numpy as np
 
 from panoptic_ros.classes import LabelSet
 from panoptic_ros.evaluation.pq import PQResult
+from panoptic_ros.tracking.stq import STQResult
 
 PERCENTILES = (50, 90, 99)
 PANEL_TITLES = ("image", "ground truth", "prediction")
@@ -125,13 +127,16 @@ def plot_pq_per_class(result: PQResult, path: Path, label_set: LabelSet | None =
 
 def write_report(directory: str | Path, *, result: PQResult | None, latencies_ms: Mapping[str, Sequence[float]],
                  overlays: Sequence[np.ndarray] = (), skipped: Mapping[str, int] | None = None,
-                 info: Mapping[str, object] | None = None, label_set: LabelSet | None = None) -> dict[str, Path]:
+                 info: Mapping[str, object] | None = None, label_set: LabelSet | None = None,
+                 tracking: tuple[STQResult, str] | None = None) -> dict[str, Path]:
     """Write the report folder; returns the paths written by name (metrics, markdown, charts, overlays).
 
     `skipped` counts frames left out by reason (e.g. {"no ground truth": 3}); `info` is shown as is
-    (bag, model, backend, thresholds, ...) and must be JSON-serialisable.
+    (bag, model, backend, thresholds, ...) and must be JSON-serialisable. `tracking`: the STQ result and
+    where its track ids came from (tracking.evaluation.SequenceTracking.mode).
     """
     from panoptic_ros.data.formats import write_rgb
+    from panoptic_ros.tracking.report import write_tracking_section
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -144,24 +149,29 @@ def write_report(directory: str | Path, *, result: PQResult | None, latencies_ms
     if result is not None:
         paths["pq_per_class"] = directory / "pq_per_class.png"
         plot_pq_per_class(result, paths["pq_per_class"], label_set)
+    section = write_tracking_section(directory, *tracking, label_set) if tracking is not None else None
+    if section is not None:
+        paths.update(section.paths)
     overlay_paths = []
     for k, overlay in enumerate(overlays):
         overlay_paths.append(directory / "overlays" / f"{k:03d}.jpg")
         write_rgb(overlay_paths[-1], overlay)
 
     metrics = {"info": info, "metrics": result.to_dict() if result is not None else None,
+               "tracking": section.metrics if section is not None else None,
                "latency_ms": latency, "skipped_frames": {"total": sum(skipped.values()), **skipped},
                "files": {name: path.name for name, path in paths.items()}
                | {"overlays": [str(p.relative_to(directory)) for p in overlay_paths]}}
     paths["metrics"].write_text(json.dumps(metrics, indent=1))
-    paths["markdown"].write_text(_markdown(result, latency, skipped, info, paths, overlay_paths, directory))
+    paths["markdown"].write_text(_markdown(result, latency, skipped, info, paths, overlay_paths, directory,
+                                           section.markdown if section is not None else []))
     for k, path in enumerate(overlay_paths):
         paths[f"overlay_{k:03d}"] = path
     return paths
 
 
 def _markdown(result: PQResult | None, latency: dict, skipped: dict[str, int], info: dict, paths: dict[str, Path],
-              overlay_paths: list[Path], directory: Path) -> str:
+              overlay_paths: list[Path], directory: Path, tracking: list[str]) -> str:
     def number(value: float | None) -> str:
         return f"{value:.1f}" if value is not None else "-"
 
@@ -185,6 +195,7 @@ def _markdown(result: PQResult | None, latency: dict, skipped: dict[str, int], i
             lines.append(f"| {c.category.name} | {'thing' if c.category.isthing else 'stuff'} | {number(c.pq)} "
                          f"| {number(c.sq)} | {number(c.rq)} | {number(c.iou)} | {c.tp} | {c.fp} | {c.fn} |")
         lines += ["", f"![PQ per class]({paths['pq_per_class'].name})", ""]
+    lines += tracking
     lines += ["## Latency (ms per frame)", "", "| stage | frames | mean | p50 | p90 | p99 | max |",
               "|---|---:|---:|---:|---:|---:|---:|"]
     for stage, s in latency.items():

@@ -21,14 +21,16 @@ from panoptic_ros.fusion.base import Heads, RuntimeThresholds
 from panoptic_ros.fusion.pipeline import PanopticPipeline
 
 HeadsLayout = list[tuple[str, "int | None"]]  # (head name, list length or None for a single tensor)
+Clock = Callable[[], float]  # seconds; injected by tests
 
 
-def time_pipeline(pipeline: PanopticPipeline, runtime: str, warmup: int, iterations: int) -> dict[str, float]:
+def time_pipeline(pipeline: PanopticPipeline, runtime: str, warmup: int, iterations: int,
+                  clock: Clock = time.perf_counter) -> dict[str, float]:
     """Median network_ms, fusion_ms and head_ms (learned layers inside the fusion, 0 for most models)
-    of `pipeline` on a black frame; runtime: torch, cuda or onnxruntime."""
+    of `pipeline` on a black frame; runtime: torch, cuda or onnxruntime; `clock` in seconds."""
     inputs = pipeline.example_inputs()
     if runtime == "onnxruntime":
-        return _time_onnxruntime(pipeline, inputs, warmup, iterations)
+        return _time_onnxruntime(pipeline, inputs, warmup, iterations, clock)
     device = torch.device("cuda" if runtime == "cuda" else "cpu")
     pipeline = pipeline.to(device)
     image, *scalars = (t.to(device) for t in inputs)
@@ -37,14 +39,16 @@ def time_pipeline(pipeline: PanopticPipeline, runtime: str, warmup: int, iterati
     with torch.inference_mode():
         heads = pipeline.network(pipeline.normalize(image))
         times = {
-            "network_ms": median_ms(lambda: pipeline.network(pipeline.normalize(image)), warmup, iterations, sync),
+            "network_ms": median_ms(lambda: pipeline.network(pipeline.normalize(image)), warmup, iterations, sync,
+                                    clock),
             "fusion_ms": median_ms(lambda: pipeline.fusion(pipeline.network, heads, thresholds, divisor), warmup,
-                                   iterations, sync),
+                                   iterations, sync, clock),
             "head_ms": 0.0,
         }
         head = _panoptic_head_args(pipeline, heads)
         if head is not None:
-            times["head_ms"] = median_ms(lambda: pipeline.network.panoptic_head(*head), warmup, iterations, sync)
+            times["head_ms"] = median_ms(lambda: pipeline.network.panoptic_head(*head), warmup, iterations, sync,
+                                         clock)
     pipeline.to("cpu")
     return times
 
@@ -58,18 +62,19 @@ def _panoptic_head_args(pipeline: PanopticPipeline, heads: Heads) -> tuple[Tenso
     return features, masks
 
 
-def median_ms(fn: Callable[[], object], warmup: int, iterations: int, sync: Callable[[], None] | None = None) -> float:
-    """Median wall time of fn() in milliseconds after `warmup` untimed calls."""
+def median_ms(fn: Callable[[], object], warmup: int, iterations: int, sync: Callable[[], None] | None = None,
+              clock: Clock = time.perf_counter) -> float:
+    """Median wall time of fn() in milliseconds after `warmup` untimed calls (`clock` in seconds)."""
     sync = sync or _no_sync
     for _ in range(warmup):
         fn()
     sync()
     times = []
     for _ in range(iterations):
-        start = time.perf_counter()
+        start = clock()
         fn()
         sync()
-        times.append((time.perf_counter() - start) * 1000.0)
+        times.append((clock() - start) * 1000.0)
     return statistics.median(times)
 
 
@@ -78,7 +83,7 @@ def _no_sync() -> None:
 
 
 def _time_onnxruntime(pipeline: PanopticPipeline, inputs: tuple[Tensor, ...], warmup: int,
-                      iterations: int) -> dict[str, float]:
+                      iterations: int, clock: Clock) -> dict[str, float]:
     """Each half exported as its own graph (fusion takes the heads as inputs) and timed in ONNX Runtime."""
     with torch.no_grad():
         heads = pipeline.network(pipeline.normalize(inputs[0]))
@@ -94,7 +99,7 @@ def _time_onnxruntime(pipeline: PanopticPipeline, inputs: tuple[Tensor, ...], wa
         # Inputs a graph does not use (a method's unused thresholds) are not graph inputs.
         used = {i.name for i in session.get_inputs()}
         feeds = {name: t.numpy() for name, t in zip(_input_names(len(args)), args, strict=True) if name in used}
-        times[key] = median_ms(lambda s=session, f=feeds: s.run(None, f), warmup, iterations)
+        times[key] = median_ms(lambda s=session, f=feeds: s.run(None, f), warmup, iterations, clock=clock)
     return times
 
 

@@ -9,7 +9,7 @@ this process while subscribing to its outputs, and reports:
 - drops: the node's drop counter equals frames received minus frames processed (with the default reliable
   input every sent frame is received; --input-qos SENSOR_DATA shows what a best-effort link loses too);
 - the node's own per-frame overhead: everything except the backend run (convert, resize both ways,
-  messages, publishing), from its per-frame latency topics, and the cost of receiving (deserializing)
+  messages, publishing), from its per-frame timing messages (panoptic/timing), and the cost of receiving (deserializing)
   one frame, which happens in the executor thread before the node's callback runs; also the worker's CPU
   time for the same work (robust on a shared machine, where wall-clock stages include waiting for a CPU).
 Exit status 0 when the freshness, drop and memory checks pass.
@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from panoptic_ros.ros.node_counters import NodeCounters
+
 STAMP_BASE = 1_000_000  # frame i is stamped sec = STAMP_BASE + i
 DISTINCT_FRAMES = 4
 
@@ -43,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=30.0, help="frames per second to publish (default: 30)")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds to publish (default: 60)")
     parser.add_argument("--overlay", action="store_true", help="also subscribe to panoptic/overlay (RViz watching)")
-    parser.add_argument("--input-qos", default="DEFAULT", choices=("DEFAULT", "SENSOR_DATA"),
+    parser.add_argument("--input-qos", default="DEFAULT", choices=("auto", "DEFAULT", "SENSOR_DATA"),
                         help="the node's input QoS: DEFAULT (reliable: every sent frame reaches the node, so the "
                              "drop check covers all of them) or SENSOR_DATA (best effort, as a camera driver)")
     parser.add_argument("--max-rss-growth-mb", type=float, default=50.0,
@@ -131,22 +133,18 @@ def receive_cost_ms(frame) -> float:
     return (time.perf_counter() - start) / 10 * 1e3
 
 
-def counters(client, camera: str = "") -> dict[str, int]:
-    status = client.camera_status(camera)
-    return {k: int(status[k]) for k in ("received", "processed", "dropped", "rejected", "failed")}
+def counters(client, camera: str = "") -> NodeCounters:
+    return NodeCounters.from_status(client.camera_status(camera))
 
 
-def wait_until_settled(client, timeout: float, quiet: float = 1.5) -> dict[str, int]:
+def wait_until_settled(client, timeout: float, quiet: float = 1.5) -> NodeCounters:
     """The node's counters once every received frame was processed or dropped and no frame arrived for
     `quiet` seconds (late deliveries of a reliable link included)."""
-    def idle(values: dict[str, str]) -> bool:
-        done = sum(int(values[k]) for k in ("processed", "dropped", "rejected", "failed"))
-        return int(values["received"]) == done
-
     deadline = time.monotonic() + timeout
     previous = None
     while time.monotonic() < deadline:
-        client.camera_status("", idle, timeout=max(0.1, deadline - time.monotonic()))
+        client.camera_status("", lambda v: NodeCounters.from_status(v).settled,
+                             timeout=max(0.1, deadline - time.monotonic()))
         current = counters(client)
         if current == previous:
             return current
@@ -194,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
     transports = {"FASTDDS_BUILTIN_TRANSPORTS": os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")}
     process = start_node(ros_args, env=transports, stdout=subprocess.DEVNULL)
     with _environment(transports):
-        client = PanopticClient(namespace, outputs=outputs, latency=True, on_output=arrivals.on_output)
+        client = PanopticClient(namespace, outputs=outputs, timing=True, on_output=arrivals.on_output)
     sampler = MemorySampler(process.pid)
     period = 1.0 / args.rate
     frames = make_frames(args.height, args.width, DISTINCT_FRAMES)
@@ -240,9 +238,9 @@ def run(args: argparse.Namespace) -> int:
     return _report(args, figures)
 
 
-def _figures(args, sent: int, publish_seconds: float, before: dict[str, int], after: dict[str, int],
+def _figures(args, sent: int, publish_seconds: float, before: NodeCounters, after: NodeCounters,
              arrivals: Arrivals, client, sampler: MemorySampler, receive_ms: float, overhead_cpu_ms: float) -> dict:
-    delta = {k: after[k] - before[k] for k in after}
+    delta = (after - before).as_dict()
     latencies = {stage: list(values) for (_, stage), values in client.latencies.items()}
     frames = min(len(v) for v in latencies.values())
     total = np.asarray(latencies["total"][:frames])

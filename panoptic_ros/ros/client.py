@@ -18,21 +18,23 @@ from typing import Any
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
 from rcl_interfaces.msg import SetParametersResult
 from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter, parameter_value_to_python
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import Float64
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from panoptic_ros.msg import PanopticClassMap, PanopticInstanceArray
-from panoptic_ros.ros.diagnostics import STAGES, TOTAL, status_values
+from panoptic_ros.msg import PanopticClassMap, PanopticInstanceArray, PanopticTiming
+from panoptic_ros.ros.diagnostics import status_values
+from panoptic_ros.ros.frame_output import timing_ms
 
 NODE_NAME = "panoptic_node"
-IMAGE_OUTPUTS = ("id_image", "semantic", "overlay")
-OUTPUT_TYPES = {"id_image": Image, "semantic": Image, "overlay": Image, "instances": PanopticInstanceArray}
+OUTPUT_TYPES = {"id_image": Image, "semantic": Image, "semantic_color": Image, "overlay": Image,
+                "instances": PanopticInstanceArray, "camera_info": CameraInfo, "timing": PanopticTiming}
 KEEP_PER_TOPIC = 64  # outputs kept per topic for lookup by stamp (bounded: long runs keep no history)
 
 StampKey = tuple[int, int]
@@ -65,8 +67,9 @@ class PanopticClient:
 
     def __init__(self, namespace: str = "", cameras: tuple[str, ...] = ("",), input_type: str = "raw",
                  outputs: tuple[str, ...] = ("id_image", "semantic", "overlay", "instances"),
-                 latency: bool = False, on_output: Callable[[str, str, Any], None] | None = None) -> None:
-        """`on_output(camera, topic, msg)`, if given, is called for every output as it arrives (spin thread)."""
+                 timing: bool = False, on_output: Callable[[str, str, Any], None] | None = None) -> None:
+        """`on_output(camera, topic, msg)`, if given, is called for every output as it arrives (spin thread).
+        With `timing`, every frame's PanopticTiming goes into `latencies[(camera, stage)]` (ms)."""
         self.context = Context()
         rclpy.init(context=self.context)
         self.node = rclpy.create_node("panoptic_client", namespace=namespace or "/", context=self.context)
@@ -94,14 +97,16 @@ class PanopticClient:
                 PanopticClassMap, _name(camera, "panoptic/class_map"), lambda msg, c=camera: self._class_map(c, msg),
                 QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                            reliability=ReliabilityPolicy.RELIABLE)))
-            for stage in (*STAGES, TOTAL) if latency else ():
-                self.latencies[(camera, stage)] = []
-                self.node.create_subscription(Float64, _name(camera, f"panoptic/latency/{stage}"),
-                                              lambda msg, c=camera, s=stage: self._latency(c, s, msg), reliable)
+            if timing:
+                self.latencies.update({(camera, stage): [] for stage in timing_ms(PanopticTiming())})
+                self.node.create_subscription(PanopticTiming, _name(camera, "panoptic/timing"),
+                                              lambda msg, c=camera: self._timing(c, msg), reliable)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._diagnostics, 10)
         service = f"{namespace.rstrip('/')}/{NODE_NAME}"
         self._set_client = self.node.create_client(SetParameters, f"{service}/set_parameters")
         self._get_client = self.node.create_client(GetParameters, f"{service}/get_parameters")
+        self._change_state_client = self.node.create_client(ChangeState, f"{service}/change_state")
+        self._get_state_client = self.node.create_client(GetState, f"{service}/get_state")
         self._executor = SingleThreadedExecutor(context=self.context)
         self._executor.add_node(self.node)
         self._spinner = threading.Thread(target=self._spin, name="panoptic_client_spin", daemon=True)
@@ -133,9 +138,11 @@ class PanopticClient:
             self.class_maps[camera].append(msg)
             self._lock.notify_all()
 
-    def _latency(self, camera: str, stage: str, msg: Float64) -> None:
+    def _timing(self, camera: str, msg: PanopticTiming) -> None:
         with self._lock:
-            self.latencies[(camera, stage)].append(msg.data)
+            for stage, ms in timing_ms(msg).items():
+                self.latencies[(camera, stage)].append(ms)
+            self._lock.notify_all()
 
     def reset_latencies(self) -> None:
         """Forget the latency values received so far (start of a measured run)."""
@@ -166,11 +173,6 @@ class PanopticClient:
             found = {t: self._outputs[(camera, t)].get(stamp) for t in topics}
             return found if all(m is not None for m in found.values()) else None
         return self.wait_for(ready, timeout, f"{', '.join(topics)} of frame {stamp} on camera {camera or 'image'}")
-
-    def latest(self, camera: str, topic: str) -> Any | None:
-        with self._lock:
-            kept = self._outputs[(camera, topic)]
-            return next(reversed(kept.values())) if kept else None
 
     def camera_status(self, camera: str, predicate: Callable[[dict[str, str]], bool] = lambda v: True,
                       timeout: float = 20.0) -> dict[str, Any]:
@@ -218,6 +220,25 @@ class PanopticClient:
     def get_parameters(self, names: list[str], timeout: float = 10.0) -> dict[str, Any]:
         response = self._call(self._get_client, GetParameters.Request(names=names), timeout)
         return {name: parameter_value_to_python(value) for name, value in zip(names, response.values, strict=True)}
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    def lifecycle_state(self, timeout: float = 10.0) -> str:
+        """The node's lifecycle state label: unconfigured, inactive, active or finalized."""
+        self._wait_for_service(self._get_state_client, timeout)
+        return self._call(self._get_state_client, GetState.Request(), timeout).current_state.label
+
+    def change_state(self, transition: str, timeout: float = 60.0) -> bool:
+        """Ask for a lifecycle transition by label (configure, activate, deactivate, cleanup, shutdown); whether it
+        succeeded. Configure and activate load the model, so they can take a while."""
+        self._wait_for_service(self._change_state_client, timeout)
+        request = ChangeState.Request(transition=Transition(label=transition))
+        return self._call(self._change_state_client, request, timeout).success
+
+    @staticmethod
+    def _wait_for_service(client, timeout: float) -> None:
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise TimeoutError(f"service {client.service_name} did not appear within {timeout:.0f} s")
 
     def _call(self, client, request, timeout: float):
         future = client.call_async(request)

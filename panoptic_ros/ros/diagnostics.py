@@ -1,8 +1,11 @@
 """Per-camera statistics of the node and their /diagnostics form.
 
-The worker records each frame's stage latencies; callbacks record rejected frames; a timer turns
-a snapshot into one DiagnosticStatus per camera (rate, latency per stage, frame counters, and
-which backend, model and engine are running).
+The worker records each frame's stage latencies; callbacks record arrivals and rejected frames; a
+timer turns a snapshot into one DiagnosticStatus per camera (input health, rate, latency per stage,
+frame counters, and which backend, model and engine are running).
+
+Silence is an alarm: `InputMonitor` judges a camera's input from arrival times and the number of
+matched publishers. Its clock is injected, so every level can be tested without waiting.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
@@ -21,11 +26,90 @@ from panoptic_ros.ros.frame_slot import SlotCounters
 STAGES = ("convert", "resize", "inference", "publish")
 TOTAL = "total"
 
+# DiagnosticStatus levels as ints (the message's constants are bytes, which do not compare).
+OK, WARN, ERROR = (ord(level) for level in (DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR))
+SILENCE_S = 3.0  # no frame for this long: WARN (publishers matched, never a frame) or ERROR (frames stopped)
+RATE_WINDOW_S = 5.0  # input rate over the arrivals of this many seconds
+RATE_TOLERANCE = 0.8  # WARN below this fraction of expected_rate
+LARGE_DATA_FIX = "large images over best-effort DDS need config/fastdds_large_data.xml, see README"
+
+Clock = Callable[[], float]  # monotonic seconds
+
+
+@dataclass(frozen=True)
+class InputHealth:
+    level: int  # DiagnosticStatus OK, WARN or ERROR (as int)
+    message: str
+    values: dict[str, str]
+
+
+class InputMonitor:
+    """One camera topic's arrivals and matched publishers, judged against silence and `expected_rate`
+    (Hz; 0: no rate check)."""
+
+    def __init__(self, topic: str, expected_rate: float = 0.0, clock: Clock = time.monotonic) -> None:
+        self.topic, self.expected_rate, self._clock = topic, float(expected_rate), clock
+        self._lock = threading.Lock()
+        self._arrivals: deque[float] = deque()
+        self._streak_start: float | None = None  # first arrival since frames last stopped
+        self._last: float | None = None
+        self._matched_since: float | None = None  # when publishers were first seen (reset when they all leave)
+
+    def record_arrival(self) -> None:
+        """A frame arrived (called from the subscription callback, before any check of the frame)."""
+        with self._lock:
+            now = self._clock()
+            if self._last is None or now - self._last > SILENCE_S:
+                self._streak_start = now
+            self._last = now
+            self._arrivals.append(now)
+            self._forget_before(now - RATE_WINDOW_S)
+
+    def _forget_before(self, oldest: float) -> None:
+        while self._arrivals and self._arrivals[0] < oldest:
+            self._arrivals.popleft()
+
+    def rate_hz(self, now: float) -> float:
+        self._forget_before(now - RATE_WINDOW_S)
+        times = self._arrivals
+        if len(times) < 2 or times[-1] == times[0]:
+            return 0.0
+        return (len(times) - 1) / (times[-1] - times[0])
+
+    def assess(self, publishers: int) -> InputHealth:
+        """The input's level and message now, given how many publishers are matched."""
+        with self._lock:
+            now = self._clock()
+            if publishers == 0:
+                self._matched_since = None
+            elif self._matched_since is None:
+                self._matched_since = now
+            rate = self.rate_hz(now)
+            since_last = None if self._last is None else now - self._last
+            values = {"topic": self.topic, "publishers": str(publishers),
+                      "seconds_since_last_frame": "never" if since_last is None else f"{since_last:.1f}",
+                      "input_rate_hz": f"{rate:.2f}", "expected_rate_hz": f"{self.expected_rate:g}"}
+            if since_last is not None and since_last <= SILENCE_S:
+                streak = now - self._streak_start
+                if self.expected_rate > 0 and streak >= RATE_WINDOW_S and rate < RATE_TOLERANCE * self.expected_rate:
+                    return InputHealth(WARN, f"input rate {rate:.1f} Hz on {self.topic} is below expected_rate "
+                                             f"{self.expected_rate:g} Hz", values)
+                return InputHealth(OK, f"{rate:.2f} Hz", values)
+            if since_last is not None:
+                return InputHealth(ERROR, f"frames stopped: none on {self.topic} for {since_last:.0f} s "
+                                          f"({publishers} publishers)", values)
+            if publishers == 0:
+                return InputHealth(WARN, f"no publishers on {self.topic}", values)
+            if now - self._matched_since >= SILENCE_S:
+                return InputHealth(WARN, f"publishers on {self.topic} but no frames: {LARGE_DATA_FIX}", values)
+            return InputHealth(OK, f"publishers on {self.topic}, waiting for the first frame", values)
+
 
 class CameraStats:
     """Latencies of the last `window` processed frames and counters since start, for one camera."""
 
-    def __init__(self, window: int = 100) -> None:
+    def __init__(self, window: int = 100, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
         self._latencies = {stage: deque(maxlen=window) for stage in (*STAGES, TOTAL)}
         self._overhead_cpu: deque[float] = deque(maxlen=window)
@@ -34,6 +118,7 @@ class CameraStats:
         self.rejected = 0
         self.failed = 0
         self.last_problem = ""
+        self._qos_problem = ""
         self._problems_reported = 0  # rejected + failed at the last status
 
     def record_frame(self, latencies_ms: dict[str, float], overhead_cpu_ms: float) -> None:
@@ -42,13 +127,23 @@ class CameraStats:
             for stage, value in latencies_ms.items():
                 self._latencies[stage].append(value)
             self._overhead_cpu.append(overhead_cpu_ms)
-            self._done_times.append(time.monotonic())
+            self._done_times.append(self._clock())
             self.processed += 1
+            self._qos_problem = ""
 
     def record_rejected(self, reason: str) -> None:
         with self._lock:
             self.rejected += 1
             self.last_problem = f"rejected: {reason}"
+
+    def record_qos_problem(self, problem: str) -> None:
+        """An incompatible-QoS event of the input subscription; reported until a frame is processed."""
+        with self._lock:
+            self._qos_problem = problem
+
+    def qos_problem(self) -> str:
+        with self._lock:
+            return self._qos_problem
 
     def record_failed(self, reason: str) -> None:
         with self._lock:
@@ -88,11 +183,13 @@ class CameraStats:
 
 
 def camera_status(name: str, hardware_id: str, stats: CameraStats, slot: SlotCounters, backend: dict,
-                  model_state: str) -> DiagnosticStatus:
-    """One camera's DiagnosticStatus: WARN when frames were rejected or failed since the previous status, or the
-    last model switch failed."""
+                  model_state: str, health: InputHealth | None) -> DiagnosticStatus:
+    """One camera's DiagnosticStatus. The input's health sets the level (`health` None: not subscribed, the
+    node is inactive); frames rejected or failed since the previous status, an incompatible-QoS event or a
+    failed model switch raise it to at least WARN."""
     processed, rejected, failed, last_problem = stats.counts()
-    values = {
+    values = dict(health.values) if health else {}
+    values.update({
         "rate_hz": f"{stats.rate_hz():.2f}",
         "received": str(slot.received),
         "processed": str(processed),
@@ -100,7 +197,7 @@ def camera_status(name: str, hardware_id: str, stats: CameraStats, slot: SlotCou
         "rejected": str(rejected),
         "failed": str(failed),
         "last_problem": last_problem,
-    }
+    })
     for stage, (mean, peak) in stats.latency_summary().items():
         values[f"latency_{stage}_ms"] = f"{mean:.3f}"
         values[f"latency_{stage}_max_ms"] = f"{peak:.3f}"
@@ -116,15 +213,19 @@ def camera_status(name: str, hardware_id: str, stats: CameraStats, slot: SlotCou
         "input_hw": "x".join(str(v) for v in backend.get("input_hw", [])),
         "model_state": model_state,
     })
+    level = health.level if health else OK
+    messages = [health.message if health else "inactive: not subscribed to the camera"]
     problems = []
-    new_problems = stats.new_problems()
-    if new_problems:
+    if new_problems := stats.new_problems():
         problems.append(f"{new_problems} bad frames since last report, last {last_problem}")
+    if qos_problem := stats.qos_problem():
+        problems.append(qos_problem)
     if model_state.startswith("failed"):
         problems.append(model_state)
-    level = DiagnosticStatus.WARN if problems else DiagnosticStatus.OK
-    message = "; ".join(problems) if problems else f"{values['rate_hz']} Hz"
-    return DiagnosticStatus(level=level, name=name, message=message, hardware_id=hardware_id,
+    if problems:
+        level = max(level, WARN)
+        messages = (messages if level > WARN or health is None or health.level > OK else []) + problems
+    return DiagnosticStatus(level=bytes([level]), name=name, message="; ".join(messages), hardware_id=hardware_id,
                             values=[KeyValue(key=k, value=v) for k, v in values.items()])
 
 

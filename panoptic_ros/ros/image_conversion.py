@@ -18,10 +18,15 @@ from rosbags.image.image import ENCODINGMAP, ImageError, convert_color
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-# NV12/NV21 are planar with 1.5 rows per image row, which ENCODINGMAP's shape cannot express.
-SUPPORTED_ENCODINGS: tuple[str, ...] = tuple(e for e in ENCODINGMAP if e not in ("nv12", "nv21"))
-_PACKED_YUV = frozenset(e for e in SUPPORTED_ENCODINGS if ENCODINGMAP[e][1].name.startswith("YUV"))
-_BAYER = frozenset(e for e in SUPPORTED_ENCODINGS if e.startswith("bayer_"))
+# NV12/NV21 (Jetson camera pipelines) are a full-size Y plane then a half-size interleaved UV plane:
+# 1.5 rows of `step` bytes per image row, which ENCODINGMAP's shape cannot express; converted here.
+_SEMI_PLANAR = {"nv12": cv2.COLOR_YUV2RGB_NV12, "nv21": cv2.COLOR_YUV2RGB_NV21}
+# OpenCV type names some drivers publish: read as cv_bridge does (8UC3 is BGR, 8UC1 is gray).
+ENCODING_ALIASES = {"8UC3": "bgr8", "8UC1": "mono8"}
+_PACKED = tuple(e for e in ENCODINGMAP if e not in _SEMI_PLANAR)
+SUPPORTED_ENCODINGS: tuple[str, ...] = (*_PACKED, *_SEMI_PLANAR, *ENCODING_ALIASES)
+_PACKED_YUV = frozenset(e for e in _PACKED if ENCODINGMAP[e][1].name.startswith("YUV"))
+_BAYER = frozenset(e for e in _PACKED if e.startswith("bayer_"))
 
 # Encodings of the images the node publishes: (dtype, channels).
 OUTPUT_ENCODINGS = {"rgb8": (np.uint8, 3), "mono8": (np.uint8, 1), "32SC1": (np.int32, 1)}
@@ -32,9 +37,16 @@ class ImageRejected(ValueError):
 
 
 def _layout(encoding: str) -> tuple[np.dtype, int]:
-    """(element dtype, elements per pixel) of a supported encoding."""
-    _, _, typestr, channels = ENCODINGMAP[encoding]
+    """(element dtype, elements per pixel) of a packed encoding (for NV12/NV21: of the Y plane)."""
+    if encoding in _SEMI_PLANAR:
+        return np.dtype(np.uint8), 1
+    _, _, typestr, channels = ENCODINGMAP[ENCODING_ALIASES.get(encoding, encoding)]
     return np.dtype(typestr), channels
+
+
+def _rows(encoding: str, height: int) -> int:
+    """Rows of `step` bytes in the data: 1.5 per image row for NV12/NV21."""
+    return height * 3 // 2 if encoding in _SEMI_PLANAR else height
 
 
 def _pixel_view(msg: Image, dtype: np.dtype, channels: int) -> np.ndarray:
@@ -60,9 +72,14 @@ def check_image(msg: Image, max_pixels: int) -> None:
     if msg.step < row_bytes:
         raise ImageRejected(f"step {msg.step} is smaller than one row of {msg.width} {msg.encoding} pixels "
                             f"({row_bytes} bytes)")
-    if len(msg.data) != msg.step * msg.height:
-        raise ImageRejected(f"data has {len(msg.data)} bytes, expected step x height = {msg.step} x {msg.height} "
-                            f"= {msg.step * msg.height}")
+    if msg.encoding in _SEMI_PLANAR and (msg.width % 2 or msg.height % 2):
+        raise ImageRejected(f"{msg.encoding} subsamples color 2x2, so width and height must be even, got "
+                            f"{msg.width}x{msg.height}")
+    rows = _rows(msg.encoding, msg.height)
+    if len(msg.data) != msg.step * rows:
+        what = f"step x height x 1.5 = {msg.step} x {msg.height} x 1.5" if rows != msg.height else \
+            f"step x height = {msg.step} x {msg.height}"
+        raise ImageRejected(f"data has {len(msg.data)} bytes, expected {what} = {msg.step * rows}")
     if msg.encoding in _PACKED_YUV and msg.width % 2:
         raise ImageRejected(f"{msg.encoding} packs pixel pairs, so its width must be even, got {msg.width}")
     if msg.encoding in _BAYER and (msg.width < 2 or msg.height < 2):
@@ -72,9 +89,12 @@ def check_image(msg: Image, max_pixels: int) -> None:
 def image_to_rgb(msg: Image, max_pixels: int) -> np.ndarray:
     """The image as uint8 (H, W, 3) RGB, C-contiguous. rgb8 without padding is a view, not a copy."""
     check_image(msg, max_pixels)
-    pixels = _pixel_view(msg, *_layout(msg.encoding))
     try:
-        rgb = convert_color(pixels, msg.encoding, "rgb8")
+        if msg.encoding in _SEMI_PLANAR:
+            planes = np.frombuffer(msg.data, dtype=np.uint8).reshape(-1, msg.step)[:, : msg.width]
+            return cv2.cvtColor(np.ascontiguousarray(planes), _SEMI_PLANAR[msg.encoding])
+        encoding = ENCODING_ALIASES.get(msg.encoding, msg.encoding)
+        rgb = convert_color(_pixel_view(msg, *_layout(msg.encoding)), encoding, "rgb8")
     except (ImageError, cv2.error) as error:
         raise ImageRejected(f"cannot convert {msg.encoding} to rgb8: {error}") from error
     return np.ascontiguousarray(rgb)

@@ -16,13 +16,12 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.parameter import Parameter
 
 from panoptic_ros.classes import DEFAULT_LABEL_DIVISOR
+from panoptic_ros.imaging import RESIZE_MODES
 from panoptic_ros.pipeline_io import Thresholds
+from panoptic_ros.ros.qos import INPUT_QOS_CHOICES, QOS_PRESETS
+from panoptic_ros.runtime.choices import BACKENDS, MODEL_SUFFIXES, PRECISIONS
 
 INPUT_TYPES = ("raw", "compressed")
-QOS_PRESETS = ("SENSOR_DATA", "DEFAULT", "SYSTEM_DEFAULT")
-BACKENDS = ("onnxruntime", "torch", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
-OUTPUT_TOGGLES = ("publish_id_image", "publish_semantic", "publish_overlay", "publish_instances", "publish_latency")
 # A change of any of these loads a new backend (in the background) and swaps it in.
 MODEL_PARAMETERS = ("model", "backend", "engine_path", "device", "precision", "engine_cache_dir",
                     "allow_engine_build", "threads", "torch_input_height", "torch_input_width")
@@ -83,18 +82,26 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   "exceed the model's max instances", bounds=(1, 2**31 - 1)),
     # Outputs.
     ParameterSpec("publish_id_image", True, "publish panoptic/id_image (32SC1)"),
-    ParameterSpec("publish_semantic", True, "publish panoptic/semantic (mono8)"),
+    ParameterSpec("publish_semantic", True, "publish panoptic/semantic (mono8 class ids, 255 void)"),
+    ParameterSpec("publish_semantic_color", True, "publish panoptic/semantic_color (rgb8 class colors, for RViz; "
+                  "computed only while subscribed)"),
     ParameterSpec("publish_overlay", True, "publish panoptic/overlay (rgb8; computed only while subscribed)"),
     ParameterSpec("publish_instances", True, "publish panoptic/instances (PanopticInstanceArray)"),
-    ParameterSpec("publish_latency", True, "publish panoptic/latency/<stage> (std_msgs/Float64, ms)"),
+    ParameterSpec("publish_timing", True, "publish panoptic/timing (PanopticTiming: the frame's header, ms per "
+                  "stage and end to end)"),
     ParameterSpec("overlay_alpha", 0.5, "weight of the class colors in panoptic/overlay", bounds=(0.0, 1.0)),
+    ParameterSpec("resize_mode", "stretch", "how a camera image fits the model input: stretch (fill, aspect "
+                  "ratio changes) or letterbox (keep the aspect ratio, pad); outputs are at the camera's size",
+                  choices=RESIZE_MODES),
     # Input and QoS (shape the subscriptions and publishers: fixed after start).
     ParameterSpec("input_type", "raw", "subscribe to image (sensor_msgs/Image) or image/compressed",
                   read_only=True, choices=INPUT_TYPES),
-    ParameterSpec("input_qos", "SENSOR_DATA", "QoS of the image subscription (SENSOR_DATA: best effort, depth 5)",
-                  read_only=True, choices=QOS_PRESETS),
+    ParameterSpec("input_qos", "auto", "QoS of the image and camera_info subscriptions: auto (reliable when the "
+                  "publishers offer reliable, else best effort; keep last 1; re-decided as publishers change), "
+                  "SENSOR_DATA (best effort, depth 5), DEFAULT (reliable, depth 10), SYSTEM_DEFAULT",
+                  read_only=True, choices=INPUT_QOS_CHOICES),
     ParameterSpec("output_qos", "DEFAULT", "QoS of the outputs (DEFAULT: reliable)", read_only=True,
-                  choices=QOS_PRESETS),
+                  choices=tuple(QOS_PRESETS)),
     ParameterSpec("output_depth", 2, "history depth of the outputs: a reliable publisher keeps this many "
                   "images per topic for resending (memory: depth x image size)", read_only=True, bounds=(1, 100)),
     ParameterSpec("cameras", Parameter.Type.STRING_ARRAY, "camera names; camera c reads c/image and publishes "
@@ -102,6 +109,10 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("max_pixels", 4096 * 4096, "input images with more pixels are rejected", bounds=(1, 2**28)),
     ParameterSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages", read_only=True,
                   bounds=(0.05, 60.0)),
+    ParameterSpec("expected_rate", 0.0, "the cameras' frame rate in Hz: /diagnostics warns when the input runs "
+                  "below 80% of it (0: no rate check)", read_only=True, bounds=(0.0, 1000.0)),
+    ParameterSpec("autostart", True, "configure and activate at start (false: wait for a lifecycle manager, as "
+                  "the launch file does)", read_only=True),
 )
 SPECS = {spec.name: spec for spec in PARAMETERS}
 PARAMETER_NAMES = tuple(SPECS)
@@ -163,9 +174,10 @@ class OutputSettings:
 
     publish_id_image: bool
     publish_semantic: bool
+    publish_semantic_color: bool
     publish_overlay: bool
     publish_instances: bool
-    publish_latency: bool
+    publish_timing: bool
     overlay_alpha: float
 
 
@@ -173,9 +185,6 @@ def _existing_file(path: Path, what: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{what}: no such file: {path}")
     return path
-
-
-MODEL_SUFFIXES = {"onnxruntime": ".onnx", "tensorrt": ".onnx", "torch": ".pt"}
 
 
 def default_models_dir() -> Path:
@@ -200,10 +209,11 @@ def find_model(model: str, backend: str, models_dir: Path) -> Path:
         return as_path
     if as_path.suffix or len(as_path.parts) > 1:
         raise FileNotFoundError(f"model: no such file: {as_path}")
-    shipped = models_dir / f"{model}{MODEL_SUFFIXES[backend]}"
+    suffix = MODEL_SUFFIXES[backend][0]  # the form models/ ships
+    shipped = models_dir / f"{model}{suffix}"
     if shipped.is_file():
         return shipped
-    known = sorted(p.stem for p in models_dir.glob(f"*{MODEL_SUFFIXES[backend]}")) if models_dir.is_dir() else []
+    known = sorted(p.stem for p in models_dir.glob(f"*{suffix}")) if models_dir.is_dir() else []
     raise FileNotFoundError(f"model {model!r}: no file {shipped.name} in {models_dir}; shipped models for the "
                             f"{backend} backend: {', '.join(known) or 'none'}")
 

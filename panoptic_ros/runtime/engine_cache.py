@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from panoptic_ros.runtime.backends.model_info import ModelInfo, io_differences
+from panoptic_ros.runtime.choices import PRECISIONS
 
 CACHE_ENV = "PANOPTIC_ROS_ENGINE_CACHE"
-PRECISIONS = ("fp32", "fp16", "int8")
 SIDECAR_FORMAT = 1
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -12,9 +12,9 @@ BACKEND_BY_MODEL_ARG = {"engine": "tensorrt", "checkpoint": "torch", "onnx": "on
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from panoptic_ros.runtime.backends import BACKEND_NAMES
     from panoptic_ros.runtime.calibration import CALIBRATION_ALGORITHMS, DEFAULT_MAX_IMAGES
-    from panoptic_ros.runtime.engine_cache import CACHE_ENV, PRECISIONS
+    from panoptic_ros.runtime.choices import BACKENDS, PRECISIONS
+    from panoptic_ros.runtime.engine_cache import CACHE_ENV
     from panoptic_ros.runtime.golden import DEFAULT_MIN_AGREEMENT
 
     build = subparsers.add_parser(
@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--onnx", type=Path, help="pipeline ONNX file (onnxruntime, or tensorrt via the engine cache)")
     model.add_argument("--checkpoint", type=Path, help="network checkpoint (torch backend)")
     verify.add_argument("--golden", required=True, type=Path, help="golden .npz written at export")
-    verify.add_argument("--backend", choices=BACKEND_NAMES,
+    verify.add_argument("--backend", choices=BACKENDS,
                         help="default: tensorrt for --engine, torch for --checkpoint, onnxruntime for --onnx")
     verify.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     verify.add_argument("--precision", default="fp16", choices=PRECISIONS,

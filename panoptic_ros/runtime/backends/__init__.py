@@ -14,14 +14,15 @@ from pathlib import Path
 
 from panoptic_ros.runtime.backends.base import Backend
 from panoptic_ros.runtime.backends.model_info import ModelInfo, TensorSpec, read_onnx_info
+from panoptic_ros.runtime.choices import BACKENDS, MODEL_SUFFIXES
 
-# name -> (module, class, what model files it takes)
-BACKENDS = {
-    "onnxruntime": ("panoptic_ros.runtime.backends.onnxruntime_backend", "OnnxRuntimeBackend", (".onnx",)),
-    "torch": ("panoptic_ros.runtime.backends.torch_backend", "TorchBackend", (".pt", ".pth")),
-    "tensorrt": ("panoptic_ros.runtime.backends.tensorrt_backend", "TensorRTBackend", (".engine", ".onnx")),
+# backend name -> (module, class)
+_CLASSES = {
+    "onnxruntime": ("panoptic_ros.runtime.backends.onnxruntime_backend", "OnnxRuntimeBackend"),
+    "torch": ("panoptic_ros.runtime.backends.torch_backend", "TorchBackend"),
+    "tensorrt": ("panoptic_ros.runtime.backends.tensorrt_backend", "TensorRTBackend"),
 }
-BACKEND_NAMES = tuple(BACKENDS)
+assert tuple(_CLASSES) == BACKENDS
 
 
 def create_backend(name: str, model_path: str | Path, device: str = "auto", **options) -> Backend:
@@ -33,8 +34,9 @@ def create_backend(name: str, model_path: str | Path, device: str = "auto", **op
       tensorrt:    precision='fp16', cache_dir=None, allow_build=True, workspace_mb=1024 (for an .onnx)
     """
     if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; valid: {', '.join(BACKEND_NAMES)}")
-    module_name, class_name, suffixes = BACKENDS[name]
+        raise ValueError(f"unknown backend {name!r}; valid: {', '.join(BACKENDS)}")
+    module_name, class_name = _CLASSES[name]
+    suffixes = MODEL_SUFFIXES[name]
     model_path = Path(model_path)
     if not model_path.is_file():
         raise FileNotFoundError(f"model file not found: {model_path}")
@@ -44,4 +46,4 @@ def create_backend(name: str, model_path: str | Path, device: str = "auto", **op
     return backend_class(model_path, device=device, **options)
 
 
-__all__ = ["BACKEND_NAMES", "Backend", "ModelInfo", "TensorSpec", "create_backend", "read_onnx_info"]
+__all__ = ["BACKENDS", "Backend", "ModelInfo", "TensorSpec", "create_backend", "read_onnx_info"]

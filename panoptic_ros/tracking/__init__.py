@@ -1,0 +1,1 @@
+"""Tracking: stable instance ids across frames (tracker) and their evaluation (STQ, identity switches)."""

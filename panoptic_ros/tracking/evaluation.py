@@ -1,0 +1,62 @@
+"""Tracking evaluation of a run, frame by frame (eval-bag --tracking, replay --tracking).
+
+`SequenceTracking.track` gives each frame's thing segments their track ids: the tracker's, or with the
+tracker off the segments' own per-frame instance numbers (the no-tracking baseline: an id then means
+"the n-th instance of its class in this frame"). `score` adds a frame to STQ and identity switches
+against ground truth whose instance ids are track ids (synth --sequence).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from panoptic_ros.classes import LabelSet
+from panoptic_ros.pipeline_io import COL, PanopticResult
+from panoptic_ros.tracking.config import TrackerConfig
+from panoptic_ros.tracking.stq import STQAccumulator, STQResult, split_id_map
+from panoptic_ros.tracking.tracker import Tracker
+
+TRACKER = "tracker"
+PER_FRAME = "per-frame ids (tracker off)"
+
+
+class SequenceTracking:
+    def __init__(self, label_set: LabelSet, label_divisor: int, use_tracker: bool = True,
+                 config: TrackerConfig | None = None) -> None:
+        self.label_set, self.label_divisor = label_set, label_divisor
+        self.tracker = Tracker(label_set.thing, config) if use_tracker else None
+        self.accumulator = STQAccumulator(label_set.thing)
+        self.frames_scored = 0
+
+    @property
+    def mode(self) -> str:
+        return TRACKER if self.tracker is not None else PER_FRAME
+
+    def track(self, result: PanopticResult) -> dict[int, int]:
+        """Track id of each thing segment of one frame's pipeline result (at the model's size), in frame order."""
+        if self.tracker is not None:
+            return self.tracker.update(result.panoptic, result.valid_instances)
+        ids = result.valid_instances[:, COL["id"]].astype(np.int64)
+        thing = np.asarray(self.label_set.thing)[ids // self.label_divisor]
+        return {int(i): int(i % self.label_divisor) for i in ids[thing]}
+
+    def score(self, gt_id_map: np.ndarray, prediction: np.ndarray, tracks: dict[int, int]) -> None:
+        """Add one frame: ground-truth id map (instance = track id) and predicted id map of the same size, with
+        the predicted segments' track ids (`track`)."""
+        gt_classes, gt_tracks = split_id_map(gt_id_map, self.label_divisor)
+        predicted_classes, _ = split_id_map(prediction, self.label_divisor)
+        self.accumulator.add(gt_classes, gt_tracks, predicted_classes, track_map(prediction, tracks))
+        self.frames_scored += 1
+
+    def result(self) -> STQResult | None:
+        return self.accumulator.result() if self.frames_scored else None
+
+
+def track_map(panoptic: np.ndarray, tracks: dict[int, int]) -> np.ndarray:
+    """Track id of every pixel of an id map (0: stuff, void, untracked), int64."""
+    panoptic = np.asarray(panoptic)
+    top = int(max(panoptic.max(initial=0), max(tracks, default=0)))
+    lookup = np.zeros(top + 2, dtype=np.int64)  # shifted by one: void (-1) reads entry 0
+    for segment, track in tracks.items():
+        lookup[segment + 1] = track
+    return lookup[np.maximum(panoptic, -1) + 1]
