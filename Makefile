@@ -7,7 +7,7 @@ ROS_WHEELS ?= jazzy
 STAMP := $(VENV)/.setup-done-$(ROS_WHEELS)
 SETUP_INPUTS := requirements.txt requirements-nodeps.txt requirements-ros-$(ROS_WHEELS).txt setup.py CMakeLists.txt package.xml scripts/setup_venv.sh $(wildcard msg/*.msg)
 
-.PHONY: setup test lint clean demo mutation
+.PHONY: setup test lint clean demo mutation figures
 
 setup: $(STAMP)
 
@@ -27,6 +27,16 @@ demo: setup
 # miss? Not part of `make test` (it reruns test files once per mutation: about half an hour).
 mutation: setup
 	$(PY) scripts/mutation_check.py
+
+# Every speed figure in README.md and models/README.md, measured again and written into its
+# <!-- bench:TARGET --> region with the machine and the command. Run it on a quiet machine (minutes).
+BENCH := $(PY) -m panoptic_ros.cli bench
+figures: setup
+	$(BENCH) inference --update README.md models/README.md
+	$(BENCH) fusion --sizes 1024x2048 --runtimes onnxruntime --update README.md
+	$(BENCH) eval --update README.md
+	$(BENCH) node --duration 30 --update README.md
+	$(BENCH) tracker --update README.md
 
 lint: setup
 	$(VENV)/bin/ruff check panoptic_ros test launch scripts

@@ -4,7 +4,6 @@ The pair is a synthetic street-like frame: stuff bands, rectangular thing instan
 crowd region; the prediction is the ground truth shifted and painted over. Two paths are timed:
 `add` on COCO-layout annotations (prediction ids of COCO's RGB size) and `add_id_maps` on the
 pipeline's id maps (class * 1000 + instance), which is what bag evaluation uses.
-Run: `python -m panoptic_ros.evaluation.bench` or `panoptic-ros bench eval`.
 """
 
 from __future__ import annotations
@@ -12,10 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
-import time
 
 import numpy as np
+
+from panoptic_ros import bench_report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--instances", type=int, default=60, help="thing instances in the frame (default 60)")
     parser.add_argument("--repeats", type=int, default=20, help="timed runs (default 20)")
     parser.add_argument("--seed", type=int, default=0)
+    bench_report.add_arguments(parser)
 
 
 def synthetic_pair(height: int, width: int, instances: int, rng: np.random.Generator):
@@ -51,7 +51,7 @@ def synthetic_pair(height: int, width: int, instances: int, rng: np.random.Gener
     shift = max(1, height // 128)  # 8 pixels at 1024 rows
     pred_ids = np.roll(ids, (int(rng.integers(-shift, shift + 1)), int(rng.integers(-shift, shift + 1))), axis=(0, 1))
     for _ in range(10):
-        h, w = rng.integers(8, height // 8), rng.integers(8, width // 8)
+        h, w = rng.integers(8, max(9, height // 8)), rng.integers(8, max(9, width // 8))  # 8 px at 64x64
         y, x = rng.integers(0, height - h), rng.integers(0, width - w)
         pred_ids[y:y + h, x:x + w] = rng.choice(list(gt.segments))
     old = np.unique(pred_ids[pred_ids != 0])
@@ -62,14 +62,8 @@ def synthetic_pair(height: int, width: int, instances: int, rng: np.random.Gener
     return gt, PanopticAnnotation(lookup[pred_ids], pred_segments)
 
 
-def _time_ms(function, repeats: int) -> dict[str, float]:
-    function()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(1000 * (time.perf_counter() - start))
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times)}
+def _summary(ms: list[float]) -> dict[str, float]:
+    return {"median_ms": statistics.median(ms), "min_ms": min(ms), "max_ms": max(ms)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,17 +76,23 @@ def run(args: argparse.Namespace) -> int:
     gt, pred = synthetic_pair(args.height, args.width, args.instances, np.random.default_rng(args.seed))
     gt_map, pred_map = to_id_map(gt, 1000, SYNTHETIC), to_id_map(pred, 1000, SYNTHETIC)
     coco, pipeline = PQAccumulator.from_label_set(SYNTHETIC), PQAccumulator.from_label_set(SYNTHETIC)
+    # Interleaved rounds: a change of load hits both paths alike, so their ratio holds.
+    times = bench_report.time_rounds({"add": lambda: coco.add(gt, pred),
+                                      "add_id_maps": lambda: pipeline.add_id_maps(gt_map, pred_map, 1000)},
+                                     warmup=1, repeats=args.repeats)
     report = {"frame": f"{args.height}x{args.width}", "segments": [len(gt.segments), len(pred.segments)],
-              "repeats": args.repeats,
-              "add": _time_ms(lambda: coco.add(gt, pred), args.repeats),
-              "add_id_maps": _time_ms(lambda: pipeline.add_id_maps(gt_map, pred_map, 1000), args.repeats),
+              "repeats": args.repeats, "add": _summary(times["add"]), "add_id_maps": _summary(times["add_id_maps"]),
               # The frame's PQ from each path (the same frame added repeats + 1 times: the same PQ).
               "pq": {"add": coco.result().all.pq, "add_id_maps": pipeline.result().all.pq}}
+    report["add_over_add_id_maps"] = report["add"]["median_ms"] / report["add_id_maps"]["median_ms"]
     print(json.dumps(report, indent=1))
+    body = "\n".join([
+        f"| PQ of one {report['frame']} frame pair ({report['segments'][0]} segments) | median ms | min ms |"
+        " ratio to `add_id_maps` |", "|---|---:|---:|---:|",
+        *(f"| `{path}` ({what}) | {report[path]['median_ms']:.1f} | {report[path]['min_ms']:.1f} | "
+          f"{report[path]['median_ms'] / report['add_id_maps']['median_ms']:.2f} |"
+          for path, what in (("add", "COCO-layout annotations"), ("add_id_maps", "pipeline id maps, as eval-bag"))),
+    ])
+    machine = bench_report.describe_machine("1 (NumPy)", ("numpy",))
+    bench_report.publish(args, "eval", machine, body, f"{args.repeats} interleaved rounds after one warm-up round.")
     return 0
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    add_arguments(parser)
-    sys.exit(run(parser.parse_args()))

@@ -15,6 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
+from panoptic_ros import bench_report
+
 DEFAULT_SIZES = ("512x1024", "1024x2048")
 
 
@@ -29,7 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runtimes", nargs="+", choices=("torch", "onnxruntime", "cuda"),
                         default=["torch", "onnxruntime", "cuda"],
                         help="where to time (cuda is skipped without a GPU; default: all)")
+    parser.add_argument("--threads", type=int, default=bench_report.usable_cores(),
+                        help="PyTorch and ONNX Runtime intra-op threads (default: the usable cores, %(default)s here)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    bench_report.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,8 +48,9 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted(set(models) - set(MODEL_NAMES))
     if unknown:
         raise ValueError(f"unknown models {unknown}; expected some of {', '.join(MODEL_NAMES)}")
-    if args.iterations < 1 or args.warmup < 0:
-        raise ValueError("--iterations must be >= 1 and --warmup >= 0")
+    if args.iterations < 1 or args.warmup < 0 or args.threads < 1:
+        raise ValueError("--iterations must be >= 1, --warmup >= 0 and --threads >= 1")
+    torch.set_num_threads(args.threads)
     sizes = [_parse_size(s) for s in args.sizes]
     runtimes = [r for r in args.runtimes if r != "cuda" or torch.cuda.is_available()]
     rows = []
@@ -54,13 +60,19 @@ def run(args: argparse.Namespace) -> int:
             pipeline = build_pipeline(model, SYNTHETIC, height, width, width_mult=args.width_mult,
                                       max_instances=args.max_instances)
             for runtime in runtimes:
-                times = time_pipeline(pipeline, runtime, args.warmup, args.iterations)
+                times = time_pipeline(pipeline, runtime, args.warmup, args.iterations, threads=args.threads)
                 post = times["fusion_ms"] - times["head_ms"]
                 rows.append({"model": model, "size": f"{height}x{width}", "runtime": runtime, **times,
                              "ratio": post / (times["network_ms"] + times["head_ms"])})
                 print(_format_row(rows[-1]), flush=True)
     print()
     print(format_table(rows))
+    machine = bench_report.describe_machine(f"PyTorch and ONNX Runtime intra-op {args.threads}",
+                                            ("onnxruntime", "torch"))
+    bench_report.publish(args, "fusion", machine, format_table(rows),
+                         f"Untrained networks at width {args.width_mult:g}, K = {args.max_instances}, median of "
+                         f"{args.iterations} runs after {args.warmup} warm-up; post / network = (fusion - head) / "
+                         "(network + head), both halves timed in the same run.")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"width_mult": args.width_mult, "max_instances": args.max_instances,

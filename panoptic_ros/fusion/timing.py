@@ -25,12 +25,13 @@ Clock = Callable[[], float]  # seconds; injected by tests
 
 
 def time_pipeline(pipeline: PanopticPipeline, runtime: str, warmup: int, iterations: int,
-                  clock: Clock = time.perf_counter) -> dict[str, float]:
+                  clock: Clock = time.perf_counter, threads: int = 0) -> dict[str, float]:
     """Median network_ms, fusion_ms and head_ms (learned layers inside the fusion, 0 for most models)
-    of `pipeline` on a black frame; runtime: torch, cuda or onnxruntime; `clock` in seconds."""
+    of `pipeline` on a black frame; runtime: torch, cuda or onnxruntime; `clock` in seconds; `threads`:
+    ONNX Runtime's intra-op threads (0: its default)."""
     inputs = pipeline.example_inputs()
     if runtime == "onnxruntime":
-        return _time_onnxruntime(pipeline, inputs, warmup, iterations, clock)
+        return _time_onnxruntime(pipeline, inputs, warmup, iterations, clock, threads)
     device = torch.device("cuda" if runtime == "cuda" else "cpu")
     pipeline = pipeline.to(device)
     image, *scalars = (t.to(device) for t in inputs)
@@ -83,7 +84,7 @@ def _no_sync() -> None:
 
 
 def _time_onnxruntime(pipeline: PanopticPipeline, inputs: tuple[Tensor, ...], warmup: int,
-                      iterations: int, clock: Clock) -> dict[str, float]:
+                      iterations: int, clock: Clock, threads: int) -> dict[str, float]:
     """Each half exported as its own graph (fusion takes the heads as inputs) and timed in ONNX Runtime."""
     with torch.no_grad():
         heads = pipeline.network(pipeline.normalize(inputs[0]))
@@ -95,7 +96,9 @@ def _time_onnxruntime(pipeline: PanopticPipeline, inputs: tuple[Tensor, ...], wa
         graphs["head_ms"] = (PanopticHeadGraph(pipeline.network), head)
     times = {"head_ms": 0.0}
     for key, (graph, args) in graphs.items():
-        session = ort.InferenceSession(_to_onnx(graph, args), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = ort.InferenceSession(_to_onnx(graph, args), options, providers=["CPUExecutionProvider"])
         # Inputs a graph does not use (a method's unused thresholds) are not graph inputs.
         used = {i.name for i in session.get_inputs()}
         feeds = {name: t.numpy() for name, t in zip(_input_names(len(args)), args, strict=True) if name in used}

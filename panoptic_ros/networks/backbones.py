@@ -65,8 +65,6 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
     """ResNet trunk returning [C2, C3, C4, C5] at strides (4, 8, 16, 32)."""
 
-    out_strides = (4, 8, 16, 32)
-
     def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: tuple[int, int, int, int],
                  width: float = 1.0) -> None:
         super().__init__()

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from panoptic_ros.networks.layers import conv_bn_relu, upsample
+from panoptic_ros.networks.layers import FixedStatsBatchNorm2d, conv_bn_relu, upsample
 
 
 class FPN(nn.Module):
@@ -61,6 +61,11 @@ class PyramidPooling(nn.Module):
     """PSPNet pyramid pooling on C5: pooled branches (1x1 conv-BN-ReLU), upsampled, concatenated with C5,
     fused by a 3x3 conv-BN-ReLU to `out_channels` (LPSNet adds this to FPN's P5 lateral).
 
+    The branches' batch norms keep fixed statistics (`FixedStatsBatchNorm2d`; their affine trains):
+    the 1-bin branch has one value per channel and image, so at one image per process batch
+    statistics do not exist (bins 2 and 4 would have 4 and 16). Measured against group norm in
+    models/README.md. The fuse convolution sees the whole C5 map and keeps a plain batch norm.
+
     Bins are (1, 2, 4) rather than PSPNet's (1, 2, 3, 6): adaptive pooling exports to a fixed ONNX
     AveragePool only when the bin count divides the map, and C5 of an input whose sides are
     multiples of 128 is divisible by 4 but not by 3.
@@ -69,7 +74,8 @@ class PyramidPooling(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, bins: Sequence[int] = (1, 2, 4)) -> None:
         super().__init__()
         self.bins = tuple(bins)
-        self.branches = nn.ModuleList(conv_bn_relu(in_channels, out_channels, 1) for _ in self.bins)
+        self.branches = nn.ModuleList(conv_bn_relu(in_channels, out_channels, 1, FixedStatsBatchNorm2d)
+                                      for _ in self.bins)
         self.fuse = conv_bn_relu(in_channels + len(self.bins) * out_channels, out_channels, 3)
 
     def forward(self, x: Tensor) -> Tensor:

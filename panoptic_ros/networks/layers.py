@@ -38,10 +38,23 @@ def conv_gn_relu(in_channels: int, out_channels: int, kernel_size: int = 3) -> n
                          group_norm(out_channels), nn.ReLU(inplace=True))
 
 
-def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Sequential:
-    """Conv + BatchNorm + ReLU."""
+class FixedStatsBatchNorm2d(nn.BatchNorm2d):
+    """Batch norm that normalises with its running statistics in training too and never updates them.
+
+    It stays in eval mode whatever `.train()` says, so it works at one value per channel (batch 1 of
+    a pooled 1x1 map), where batch statistics do not exist. Its state_dict is BatchNorm2d's, and in
+    eval mode it computes exactly what BatchNorm2d does.
+    """
+
+    def train(self, mode: bool = True) -> FixedStatsBatchNorm2d:
+        return super().train(False)
+
+
+def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3,
+                 batch_norm: type[nn.BatchNorm2d] = nn.BatchNorm2d) -> nn.Sequential:
+    """Conv + BatchNorm (`batch_norm`: nn.BatchNorm2d or FixedStatsBatchNorm2d) + ReLU."""
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
-                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+                         batch_norm(out_channels), nn.ReLU(inplace=True))
 
 
 def tower(in_channels: int, channels: int, num_convs: int = 4, norm: str = "gn") -> nn.Sequential:

@@ -11,7 +11,8 @@ this process while subscribing to its outputs, and reports:
 - the node's own per-frame overhead: everything except the backend run (convert, resize both ways,
   messages, publishing), from its per-frame timing messages (panoptic/timing), and the cost of receiving (deserializing)
   one frame, which happens in the executor thread before the node's callback runs; also the worker's CPU
-  time for the same work (robust on a shared machine, where wall-clock stages include waiting for a CPU).
+  time for the same work (robust on a shared machine, where wall-clock stages include waiting for a CPU);
+- the tracker's cost per frame at the frame size with 50 thing instances (tracking.bench), in this process.
 Exit status 0 when the freshness, drop and memory checks pass.
 """
 
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from panoptic_ros import bench_report
 from panoptic_ros.ros.node_counters import NodeCounters
 
 STAMP_BASE = 1_000_000  # frame i is stamped sec = STAMP_BASE + i
@@ -52,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="allowed RSS growth from the second to the last quarter of the run (default: 50; the "
                              "first quarter is warm-up: buffers and DDS histories fill)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    bench_report.add_arguments(parser)
 
 
 def read_memory_kb(pid: int) -> dict[str, int]:
@@ -235,6 +238,9 @@ def run(args: argparse.Namespace) -> int:
         client.close()
         code = stop_node(process)
     figures["node_exit_code"] = code
+    from panoptic_ros.tracking.bench import tracker_figures  # scipy: only when benchmarking
+
+    figures.update(tracker_figures(args.height, args.width))
     return _report(args, figures)
 
 
@@ -308,6 +314,8 @@ def _figures(args, sent: int, publish_seconds: float, before: NodeCounters, afte
 
 
 def _report(args, figures: dict) -> int:
+    from panoptic_ros.tracking.bench import tracker_report_line
+
     f = figures
     stages = ", ".join(f"{s} {f['latency_ms_p50'][s]:.2f}/{f['latency_ms_mean'][s]:.2f}"
                        for s in ("convert", "resize", "inference", "publish", "total"))
@@ -334,9 +342,28 @@ def _report(args, figures: dict) -> int:
         f"{100 * f['overhead_share_of_frame_time']:.1f}% of the median frame time",
         f"  node overhead per frame as worker CPU time (not inflated by waiting for a busy CPU): p50 "
         f"{f['overhead_cpu_ms_p50']:.2f} ms",
+        tracker_report_line(f),
         "  checks: " + ", ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in f["checks"].items()),
     ]
     print("\n".join(lines), flush=True)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    machine = bench_report.describe_machine(f"the node's (model {f['model']} on {f['backend']}/{f['device']})",
+                                            ("onnxruntime", "rclpy"))
+    bench_report.publish(args, "node", machine, _markdown_table(f), f"{f['frame']} at {f['rate_hz']:g} Hz for "
+                         f"{f['duration_s']:g} s, input QoS {f['input_qos']}; checks: " +
+                         ", ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in f["checks"].items()))
     return 0 if all(f["checks"].values()) else 1
+
+
+def _markdown_table(f: dict) -> str:
+    """The headline figures: medians, and the overhead as a share of the frame time (a ratio from one run)."""
+    rows = [("frames sent / processed / dropped", f"{f['sent']} / {f['node_processed']} / {f['node_dropped']}"),
+            ("inference per frame, p50 ms", f"{f['latency_ms_p50']['inference']:.1f}"),
+            ("node overhead per frame (all but inference, with receiving), p50 ms",
+             f"{f['overhead_with_receive_ms_p50']:.2f}"),
+            ("overhead share of the frame time", f"{100 * f['overhead_share_of_frame_time']:.1f}%"),
+            ("newer frames sent when the node started a frame, p50", f"{f['lag_frames_p50']:.0f}"),
+            ("node RSS, peak MB", f"{f['rss_mb_peak_vmhwm']:.0f}"),
+            (f"tracker per frame ({f['tracker_frame']}), CPU time p50 ms", f"{f['tracker_cpu_ms_p50']:.2f}")]
+    return "\n".join(["| figure | value |", "|---|---:|", *(f"| {name} | {value} |" for name, value in rows)])
