@@ -61,3 +61,66 @@ def seeded_scenes(count: int, seed: int = 0, height: int = 128, width: int = 256
 def ground_truth_ids(scene: Scene, label_divisor: int) -> np.ndarray:
     """The scene's panoptic id map: class * divisor (+ object index + 1 for things)."""
     return scene.semantic * label_divisor + np.where(scene.instance >= 0, scene.instance + 1, 0)
+
+
+DENSE_CHAIN_STEP = 8  # one chain box per stride-8 location of the first level's top row
+
+
+def dense_chain_heads(length: int, quality: str, strides: tuple[int, ...] = (8, 16, 32, 64, 128),
+                      num_classes: int = 8, thing_index: int = 1, thing_class: int = 6) -> dict:
+    """RTPS (quality "centerness") or LPSNet ("borderness") heads whose detections are an NMS chain:
+    location i of the first level's top row predicts box [8i, 0, 8i + 32, 16] (IoU 0.6 with the next,
+    1/3 with the one after) of thing `thing_index` with a score falling along the chain; nothing else
+    passes a score threshold of 0.05. Semantic (and RTPS levelness) mark the chain's pixels as
+    `thing_class`, the rest as class 0. With nms_iou 0.5 the kept boxes are chain_keep(length)."""
+    height, width = 128, 128 * -(-(DENSE_CHAIN_STEP * (length - 1) + 32) // 128)
+    heads: dict = {"box_cls": [], "box_reg": [], quality: []}
+    for level, stride in enumerate(strides):
+        h, w = height // stride, width // stride
+        cls = np.full((1, 3, h, w), -10.0, dtype=np.float32)
+        reg = np.full((1, 4, h, w), 4.0, dtype=np.float32)
+        if level == 0:
+            x = DENSE_CHAIN_STEP * np.arange(length) + stride // 2  # the locations' pixels (FCOS)
+            cls[0, thing_index, 0, :length] = np.linspace(3.0, 1.0, length)
+            reg[0, :, 0, :length] = np.stack([x - DENSE_CHAIN_STEP * np.arange(length), np.full(length, 4.0),
+                                              DENSE_CHAIN_STEP * np.arange(length) + 32 - x, np.full(length, 12.0)])
+        heads["box_cls"].append(cls)
+        heads["box_reg"].append(reg)
+        heads[quality].append(np.zeros((1, 1, h, w), dtype=np.float32))
+    chain = np.zeros((height // 4, width // 4), dtype=bool)
+    chain[:4, :(DENSE_CHAIN_STEP * (length - 1) + 32) // 4] = True
+    classes = np.where(chain, thing_class, 0)
+    heads["semantic"] = (10.0 * (classes[None] == np.arange(num_classes)[:, None, None]))[None].astype(np.float32)
+    if quality == "centerness":
+        heads["levelness"] = (10.0 * np.stack([~chain, chain] + [np.zeros_like(chain)] * (len(strides) - 1)))[
+            None].astype(np.float32)
+    return heads
+
+
+def spinet_chain_heads(length: int, num_stuff: int = 5, strides: tuple[int, ...] = (8, 8, 16, 32)) -> dict:
+    """SPINet heads (for test_fusion_scenes.AnalyticSPINetHead(max_objects=length)) whose sampled masks
+    are a paste chain: location i of the first level's top row samples a filter selecting feature
+    channel i, which covers stride-4 columns [2i, 2i + 4) of the top 4 rows (half covered by the
+    previous mask), with a confidence falling along the chain; nothing else passes 0.05. Pasting with
+    overlap 0.3 keeps chain_keep(length); the rest of the image is the first stuff class."""
+    cells = 2 * (length + 1)
+    height, width = 128, 128 * -(-4 * cells // 128)
+    dim = length + num_stuff + 1
+    heads: dict = {"class_logits": [], "filters": []}
+    for level, stride in enumerate(strides):
+        h, w = height // stride, width // stride
+        logits = np.full((1, 3, h, w), -10.0, dtype=np.float32)
+        filters = np.zeros((1, dim, h, w), dtype=np.float32)
+        if level == 0:
+            logits[0, 1, 0, :length] = np.linspace(3.0, 1.0, length)
+            filters[0, np.arange(length), 0, np.arange(length)] = 8.0
+            filters[0, -1, 0, :length] = -4.0
+        heads["class_logits"].append(logits)
+        heads["filters"].append(filters)
+    feature = np.zeros((dim, height // 4, width // 4), dtype=np.float32)
+    for i in range(length):
+        feature[i, :4, 2 * i:2 * i + 4] = 1.0
+    feature[length] = feature[:length].max(axis=0) == 0  # first stuff class elsewhere
+    feature[-1] = 1.0
+    heads["panoptic_feature"] = feature[None]
+    return heads

@@ -4,11 +4,22 @@ heads from synthetic ground truth."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from fusion_cases import chain_keep, ground_truth_ids, iou_matrix, nms_chain, paste_chain, seeded_scenes
+from fusion_cases import (
+    chain_keep,
+    dense_chain_heads,
+    ground_truth_ids,
+    iou_matrix,
+    nms_chain,
+    paste_chain,
+    seeded_scenes,
+    spinet_chain_heads,
+)
 from test_fusion_scenes import (
     ANCHOR_RATIOS,
     ANCHOR_SIZES,
@@ -33,9 +44,10 @@ from panoptic_ros.fusion.reference.common import greedy_nms, paste_by_confidence
 from panoptic_ros.fusion.reference.defaults import DEFAULT_SOURCES, paper_defaults, used_thresholds
 from panoptic_ros.fusion.reference.detections import Detection
 from panoptic_ros.fusion.reference.fpsnet import fpsnet_reference
-from panoptic_ros.fusion.reference.lpsnet import lpsnet_reference, paste_with_borderness
+from panoptic_ros.fusion.reference.heldout import main
+from panoptic_ros.fusion.reference.lpsnet import lpsnet_boxes, lpsnet_reference, paste_with_borderness
 from panoptic_ros.fusion.reference.psn import find_centres, group_pixels, psn_reference, vote_classes
-from panoptic_ros.fusion.reference.rtps import instance_masks, rtps_reference
+from panoptic_ros.fusion.reference.rtps import instance_masks, query_boxes, rtps_reference
 from panoptic_ros.fusion.reference.spinet import sampling_locations, spinet_reference
 from panoptic_ros.pipeline_io import COL, Thresholds
 
@@ -192,7 +204,7 @@ def test_psn_reference_reproduces_ground_truth_from_ideal_heads(height, width, f
 # --- RTPS --------------------------------------------------------------------------------------------
 
 def test_rtps_mask_takes_pixels_strictly_above_sigma():
-    query = Detection(np.array([0.0, 0.0, 8.0, 8.0]), LABEL_SET.thing_ids.index(CAR), 0.9, 0, (0, 0))
+    query = Detection(np.array([0.0, 0.0, 8.0, 8.0]), LABEL_SET.thing_ids.index(CAR), 0.9, 0)
     boxes = np.broadcast_to(query.box, (2, 3, 4))  # every pixel's box is the query: IoU 1
     probability = np.zeros((LABEL_SET.num_classes, 2, 3))
     probability[CAR] = [[0.3, 0.31, 0.3], [0.9, 0.0, 0.29]]
@@ -227,14 +239,15 @@ def test_dense_box_overflow_voids_the_pixels_of_dropped_boxes(method):
 def test_lpsnet_overlapping_pixels_go_to_the_box_whose_borderness_matches_best():
     semantic = np.full((8, 16), CAR)
     heads = {"borderness": [np.full((1, 1, 1, 2), 20.0)]}  # predicted border-ness ~1: the most central box
-    first = Detection(np.array([0.0, 0.0, 10.0, 8.0]), 1, 0.9, 0, (0, 0))
-    second = Detection(np.array([6.0, 0.0, 16.0, 8.0]), 1, 0.8, 0, (0, 1))
+    first = Detection(np.array([0.0, 0.0, 10.0, 8.0]), 1, 0.9, 0)
+    second = Detection(np.array([6.0, 0.0, 16.0, 8.0]), 1, 0.8, 0)
     masks = [np.zeros_like(semantic, dtype=bool) for _ in range(2)]
     masks[0][:, :10], masks[1][:, 6:] = True, True  # 4 of the second's 10 columns are taken
-    owner = paste_with_borderness([first, second], masks, heads, (8,), 0.5)
+    owner = paste_with_borderness([first, second], masks, heads, (8,), 0.5, semantic.shape)
     # Columns 6, 7 are more central in the first box, 9 in the second, 8 equally (the first keeps it).
     assert owner[4].tolist() == [0] * 9 + [1] * 7
-    assert (paste_with_borderness([first, second], masks, heads, (8,), 0.3) == 0).sum() == 80  # 0.4 > 0.3
+    strict = paste_with_borderness([first, second], masks, heads, (8,), 0.3, semantic.shape)
+    assert (strict == 0).sum() == 80 and (strict == 1).sum() == 0  # 0.4 of the second is taken: > 0.3
 
 
 def test_lpsnet_reference_finds_the_objects_of_noise_free_scenes():
@@ -316,3 +329,50 @@ def test_paper_defaults_are_the_papers_values():
         for source in sources.values():
             assert source.kind in ("stated", "cited", "not stated")
             assert source.kind == "not stated" or (source.where and source.quote)
+
+
+def test_without_any_candidate_every_reference_gives_stuff_only():
+    scene = seeded_scenes(1, seed=6)[0]
+    rng = np.random.default_rng(0)
+    strict = Thresholds(score_threshold=1.0, center_threshold=1.0, min_stuff_area=64)
+    results = [
+        psn_reference(ideal_psn_heads(scene.semantic, scene.instance + 1, LABEL_SET), LABEL_SET, strict, DIVISOR, 4, 7),
+        rtps_reference(rtps_heads(scene, rng), LABEL_SET, FCOS_STRIDES, strict, DIVISOR, 4),
+        lpsnet_reference(lpsnet_heads(scene, rng), LABEL_SET, FCOS_STRIDES, strict, DIVISOR, 4),
+        fpsnet_reference(fpsnet_heads(scene, rng), AnalyticFPSNetHead(4), LABEL_SET, FCOS_STRIDES, ANCHOR_SIZES,
+                         ANCHOR_RATIOS, strict, DIVISOR, 4),
+        spinet_reference(spinet_heads(scene, rng), AnalyticSPINetHead(), LABEL_SET, strict, DIVISOR, 4),
+    ]
+    for out in results:
+        assert out.result.panoptic.shape == scene.shape and out.candidates_dropped == 0
+        ids = out.result.panoptic
+        assert not ((ids >= 0) & (ids % DIVISOR > 0)).any() and (ids >= 0).any()
+
+
+@pytest.mark.parametrize("length", [10, 16, 32])
+@pytest.mark.parametrize("method", ["rtps", "lpsnet"])
+def test_dense_chain_heads_detect_a_greedy_nms_chain(method, length):
+    heads = dense_chain_heads(length, {"rtps": "centerness", "lpsnet": "borderness"}[method])
+    height, width = 4 * heads["semantic"].shape[-2], 4 * heads["semantic"].shape[-1]
+    found = (query_boxes if method == "rtps" else lpsnet_boxes)(heads, FCOS_STRIDES, height, width,
+                                                                Thresholds(score_threshold=0.05, nms_iou=0.5))
+    assert [int(d.box[0]) // 8 for d in found] == chain_keep(length)
+    out = (rtps_reference if method == "rtps" else lpsnet_reference)(heads, LABEL_SET, FCOS_STRIDES, Thresholds(
+        score_threshold=0.05, nms_iou=0.5), DIVISOR, 100)
+    assert out.result.num_instances >= 2 and out.candidates_dropped == 0
+
+
+@pytest.mark.parametrize("length", [8, 16, 32])
+def test_spinet_chain_heads_paste_every_other_mask(length):
+    heads = spinet_chain_heads(length)
+    out = spinet_reference(heads, AnalyticSPINetHead(max_objects=length), LABEL_SET,
+                           Thresholds(score_threshold=0.05, overlap_threshold=0.3), DIVISOR, 100).result
+    things = sorted(r[COL["x1"]] for r in out.valid_instances if r[COL["id"]] % DIVISOR > 0)
+    assert [int(x1) // 8 for x1 in things] == chain_keep(length)
+
+
+def test_heldout_pq_runs_a_shipped_checkpoint_through_its_reference(capsys):
+    main(["models/psn.pt", "--frames", "1", "--height", "128", "--width", "256", "--paper-defaults"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["model"] == "psn" and report["frames"] == 1 and report["candidates_dropped"] == 0
+    assert report["thresholds"] == paper_defaults("psn").as_dict() and 20.0 < report["pq"] <= 100.0

@@ -75,16 +75,22 @@ def greedy_nms(boxes: np.ndarray, scores: Sequence[float], classes: Sequence[int
     return kept
 
 
-def paste_by_confidence(masks: Sequence[np.ndarray], overlap_threshold: float) -> tuple[np.ndarray, list[int]]:
+def mostly_taken(mask: np.ndarray, owner: np.ndarray, overlap_threshold: float) -> bool:
+    """A mask without pixels, or with more than overlap_threshold of them already owned (owner >= 0)."""
+    area = np.count_nonzero(mask)
+    return area == 0 or np.float32(np.count_nonzero(mask & (owner >= 0)) / area) > as_threshold(overlap_threshold)
+
+
+def paste_by_confidence(masks: Sequence[np.ndarray], overlap_threshold: float,
+                        shape: tuple[int, int] | None = None) -> tuple[np.ndarray, list[int]]:
     """Panoptic FPN's merge (Kirillov et al.), one mask at a time in the given (confidence) order: a
     mask is discarded when more than overlap_threshold of its pixels are already taken, otherwise it
-    takes its free pixels. -> (owner map: mask index or -1, indices of the pasted masks)."""
-    threshold = as_threshold(overlap_threshold)
-    owner = np.full(masks[0].shape, -1, dtype=np.int64) if len(masks) else np.full((0, 0), -1, dtype=np.int64)
+    takes its free pixels. -> (owner map of `shape` (default: the masks'): mask index or -1, indices
+    of the pasted masks)."""
+    owner = np.full(shape or masks[0].shape, -1, dtype=np.int64)
     pasted = []
     for k, mask in enumerate(masks):
-        area = int(mask.sum())
-        if area == 0 or np.float32(np.count_nonzero(mask & (owner >= 0)) / area) > threshold:
+        if mostly_taken(mask, owner, overlap_threshold):
             continue
         owner[mask & (owner < 0)] = k
         pasted.append(k)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from panoptic_ros.fusion.reference.common import as_threshold, best_first, greedy_nms
+from panoptic_ros.fusion.reference.common import as_threshold, best_first, greedy_nms, sigmoid
 from panoptic_ros.networks.box_coding import decode_deltas, level_points, ltrb_to_boxes, retinanet_anchors
 
 
@@ -32,7 +32,6 @@ class Detection:
     thing: int  # index into the label set's thing_ids
     score: float  # the ranking score (class probability, times a quality where the paper says so)
     level: int
-    cell: tuple[int, int]  # (row, column) of the location on its level
 
 
 def per_location(head: np.ndarray, num_anchors: int = 1) -> np.ndarray:
@@ -72,22 +71,30 @@ def anchor_boxes(box_reg: Sequence[np.ndarray], strides: Sequence[int], sizes: S
 
 
 def detect(boxes: Sequence[np.ndarray], class_prob: Sequence[np.ndarray], quality: Sequence[np.ndarray] | None,
-           level_shapes: Sequence[tuple[int, int]], score_threshold: float, nms_iou: float,
-           pre_nms_top: int | None = None, per_cell: int = 1) -> list[Detection]:
-    """Per level: boxes (n, 4), class probabilities (n, T), quality (n,) or None, for n = h*w*per_cell
+           score_threshold: float, nms_iou: float, pre_nms_top: int | None = None) -> list[Detection]:
+    """Per level: boxes (n, 4), class probabilities (n, T) and quality (n,) (or None) of its n
     candidates. -> the NMS survivors, best score first (score = class probability x quality)."""
     candidates: list[Detection] = []
     threshold = as_threshold(score_threshold)
-    for level, (level_boxes, prob, (_, w)) in enumerate(zip(boxes, class_prob, level_shapes, strict=True)):
+    for level, (level_boxes, prob) in enumerate(zip(boxes, class_prob, strict=True)):
         for n in range(len(level_boxes)):
             thing = int(prob[n].argmax())
             if not np.float32(prob[n, thing]) > threshold:
                 continue
             score = prob[n, thing] * (quality[level][n] if quality is not None else 1.0)
-            cell = divmod(n // per_cell, w)
-            candidates.append(Detection(level_boxes[n], thing, float(score), level, cell))
+            candidates.append(Detection(level_boxes[n], thing, float(score), level))
     if pre_nms_top is not None:
         candidates = [candidates[i] for i in best_first([c.score for c in candidates])[:pre_nms_top]]
     kept = greedy_nms(np.array([c.box for c in candidates]), [c.score for c in candidates],
                       [c.thing for c in candidates], nms_iou)
     return [candidates[i] for i in kept]
+
+
+def fcos_detections(heads: dict, quality: str, strides: Sequence[int], height: int, width: int,
+                    score_threshold: float, nms_iou: float, pre_nms_top: int | None = None) -> list[Detection]:
+    """Detections of FCOS-style heads ("box_cls", "box_reg" distances, and the `quality` head, whose
+    sigmoid multiplies the class probability)."""
+    boxes = [b.reshape(-1, 4) for b in fcos_boxes(heads["box_reg"], strides, height, width)]
+    class_prob = [sigmoid(per_location(c)) for c in heads["box_cls"]]
+    factor = [sigmoid(per_location(q))[:, 0] for q in heads[quality]]
+    return detect(boxes, class_prob, factor, score_threshold, nms_iou, pre_nms_top)

@@ -38,9 +38,7 @@ def detections(heads: dict, strides: Sequence[int], anchor_sizes: Sequence, anch
     num_anchors = len(anchor_sizes[0]) * len(anchor_ratios[0])
     boxes = anchor_boxes(heads["box_reg"], strides, anchor_sizes, anchor_ratios, height, width)
     class_prob = [sigmoid(per_location(c, num_anchors)) for c in heads["box_cls"]]
-    shapes = [c.shape[-2:] for c in heads["box_cls"]]
-    return detect(boxes, class_prob, None, shapes, thresholds.score_threshold, thresholds.nms_iou, pre_nms_top,
-                  per_cell=num_anchors)
+    return detect(boxes, class_prob, None, thresholds.score_threshold, thresholds.nms_iou, pre_nms_top)
 
 
 def attention_argmax(network: nn.Module, features: np.ndarray, boxes: list[np.ndarray]) -> np.ndarray:
@@ -51,7 +49,8 @@ def attention_argmax(network: nn.Module, features: np.ndarray, boxes: list[np.nd
     "tensors filled with only zeros ... effectively applying no attention"."""
     n_att = network.num_attention
     att_boxes = np.zeros((n_att, 4), dtype=np.float32)
-    att_boxes[:len(boxes)] = boxes
+    for n, box in enumerate(boxes):
+        att_boxes[n] = box
     valid = torch.arange(n_att) < len(boxes)
     h8, w8 = features.shape[-2:]
     with torch.no_grad():

@@ -23,8 +23,8 @@ import numpy as np
 
 from panoptic_ros.classes import LabelSet
 from panoptic_ros.fusion.reference.assemble import ReferenceResult, Thing, assemble, stuff_map_from_semantic
-from panoptic_ros.fusion.reference.common import as_threshold, cap, sigmoid, upsample_bilinear
-from panoptic_ros.fusion.reference.detections import Detection, detect, fcos_boxes, per_location
+from panoptic_ros.fusion.reference.common import cap, mostly_taken, sigmoid, upsample_bilinear
+from panoptic_ros.fusion.reference.detections import Detection, fcos_detections
 from panoptic_ros.pipeline_io import Thresholds
 
 HEAD_STRIDE = 4  # semantic logits
@@ -35,11 +35,8 @@ def lpsnet_boxes(heads: dict, strides: Sequence[int], height: int, width: int, t
     """"In inference stage, we multiply the predicted border-ness with the confidence score of the
     detected bounding boxes ... We expect the following non-maximum suppression (NMS) can filter out
     these low-quality bounding boxes" (sec. 3.2)."""
-    boxes = [b.reshape(-1, 4) for b in fcos_boxes(heads["box_reg"], strides, height, width)]
-    class_prob = [sigmoid(per_location(c)) for c in heads["box_cls"]]
-    borderness = [sigmoid(per_location(b))[:, 0] for b in heads["borderness"]]
-    shapes = [c.shape[-2:] for c in heads["box_cls"]]
-    return detect(boxes, class_prob, borderness, shapes, thresholds.score_threshold, thresholds.nms_iou, pre_nms_top)
+    return fcos_detections(heads, "borderness", strides, height, width, thresholds.score_threshold,
+                           thresholds.nms_iou, pre_nms_top)
 
 
 def box_mask(box: np.ndarray, class_id: int, semantic: np.ndarray) -> np.ndarray:
@@ -71,18 +68,16 @@ def mismatch(heads: dict, detection: Detection, strides: Sequence[int], ys: np.n
 
 
 def paste_with_borderness(detections: list[Detection], masks: list[np.ndarray], heads: dict,
-                          strides: Sequence[int], overlap_threshold: float) -> np.ndarray:
+                          strides: Sequence[int], overlap_threshold: float, shape: tuple[int, int]) -> np.ndarray:
     """"we iteratively 'paste' each box to the semantic segmentation prediction by confidence from high
     to low ... If the intersection between the current mask and those already existing is larger than
     a threshold (0.3 in our experiments), we discard this mask. Otherwise we keep the non-intersecting
-    part." -> (H, W) owner: detection index or -1."""
-    threshold = as_threshold(overlap_threshold)
-    owner = np.full(masks[0].shape if masks else (0, 0), -1, dtype=np.int64)
+    part." -> `shape` owner map: detection index or -1."""
+    owner = np.full(shape, -1, dtype=np.int64)
     for k, (detection, mask) in enumerate(zip(detections, masks, strict=True)):
-        area = int(mask.sum())
-        taken = mask & (owner >= 0)
-        if area == 0 or np.float32(np.count_nonzero(taken) / area) > threshold:
+        if mostly_taken(mask, owner, overlap_threshold):
             continue
+        taken = mask & (owner >= 0)
         owner[mask & (owner < 0)] = k
         # "two (or more) boxes of the same class are overlapping, and some pixels in the overlapping area
         # also have the same class. In this case, we compute the border-ness of those pixels to all
@@ -108,7 +103,7 @@ def lpsnet_reference(heads: dict, label_set: LabelSet, strides: Sequence[int], t
     semantic = upsample_bilinear(heads["semantic"][0], HEAD_STRIDE).argmax(axis=0)
     detections = lpsnet_boxes(heads, strides, height, width, thresholds, pre_nms_top)
     masks = [box_mask(d.box, label_set.thing_ids[d.thing], semantic) for d in detections]
-    owner = paste_with_borderness(detections, masks, heads, strides, thresholds.overlap_threshold)
+    owner = paste_with_borderness(detections, masks, heads, strides, thresholds.overlap_threshold, semantic.shape)
 
     kept, dropped = cap(len(detections), max_instances)
     things = [Thing(label_set.thing_ids[d.thing], d.score, owner == k) for k, d in enumerate(detections[:kept])]

@@ -24,11 +24,10 @@ from panoptic_ros.fusion.reference.common import (
     as_threshold,
     cap,
     paste_by_confidence,
-    sigmoid,
     softmax,
     upsample_bilinear,
 )
-from panoptic_ros.fusion.reference.detections import Detection, detect, fcos_boxes, per_location
+from panoptic_ros.fusion.reference.detections import Detection, fcos_boxes, fcos_detections
 from panoptic_ros.pipeline_io import Thresholds
 
 HEAD_STRIDE = 4  # semantic and levelness logits
@@ -38,11 +37,8 @@ def query_boxes(heads: dict, strides: Sequence[int], height: int, width: int, th
                 pre_nms_top: int | None = None) -> list[Detection]:
     """Eq. 4, "We first obtain a reduced set of bounding box proposals from B through NMS"; "During
     NMS, we multiply the bounding box confidence with predicted centerness" (sec. 4.1)."""
-    boxes = [b.reshape(-1, 4) for b in fcos_boxes(heads["box_reg"], strides, height, width)]
-    class_prob = [sigmoid(per_location(c)) for c in heads["box_cls"]]
-    centerness = [sigmoid(per_location(c))[:, 0] for c in heads["centerness"]]
-    shapes = [c.shape[-2:] for c in heads["box_cls"]]
-    return detect(boxes, class_prob, centerness, shapes, thresholds.score_threshold, thresholds.nms_iou, pre_nms_top)
+    return fcos_detections(heads, "centerness", strides, height, width, thresholds.score_threshold,
+                           thresholds.nms_iou, pre_nms_top)
 
 
 def pixel_boxes(heads: dict, strides: Sequence[int], height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -93,7 +89,7 @@ def rtps_reference(heads: dict, label_set: LabelSet, strides: Sequence[int], thr
     masks = instance_masks(queries, boxes, has_box, softmax(logits), label_set.thing_ids, thresholds.mask_sigma)
 
     # "To produce a final panoptic segmentation, we follow the conventional fusion strategy in [14]."
-    owner, _ = paste_by_confidence(masks, thresholds.overlap_threshold)
+    owner, _ = paste_by_confidence(masks, thresholds.overlap_threshold, (height, width))
     kept, dropped = cap(len(queries), max_instances)
     things = [Thing(label_set.thing_ids[q.thing], q.score, owner == k) for k, q in enumerate(queries[:kept])]
     stuff = np.where(owner >= 0, -1, stuff_map_from_semantic(logits.argmax(axis=0), label_set))

@@ -73,7 +73,8 @@ def spinet_reference(heads: dict, network: nn.Module, label_set: LabelSet, thres
              for _, _, level, i, j in samples]
 
     # Panoptic FPN's merge: instances first, by confidence.
-    owner, pasted = paste_by_confidence(masks, thresholds.overlap_threshold)
+    shape = (FEATURE_STRIDE * feature.shape[-2], FEATURE_STRIDE * feature.shape[-1])
+    owner, pasted = paste_by_confidence(masks, thresholds.overlap_threshold, shape)
     kept, dropped = cap(len(pasted), max_instances)
     things = [Thing(label_set.thing_ids[samples[n][1]], samples[n][0], owner == n) for n in pasted[:kept]]
 
