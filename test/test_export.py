@@ -13,8 +13,8 @@ from test_pipeline import spread_weights
 
 from panoptic_ros.classes import SYNTHETIC, LabelSet
 from panoptic_ros.cli import main
+from panoptic_ros.fusion.model_defaults import model_defaults
 from panoptic_ros.fusion.pipeline import MODEL_NAMES, build_pipeline
-from panoptic_ros.fusion.reference.defaults import paper_defaults
 from panoptic_ros.networks import build_network
 from panoptic_ros.pipeline_io import (
     INPUT_NAMES,
@@ -158,4 +158,4 @@ def test_index_ops_take_float_inputs_for_tensorrt_8_5(exported, model):
 @pytest.mark.parametrize("model", MODEL_NAMES)
 def test_export_writes_the_papers_default_thresholds(exported, model):
     info = read_onnx_info(exported[model][1])
-    assert info.default_thresholds == paper_defaults(model)
+    assert info.default_thresholds == model_defaults(model)

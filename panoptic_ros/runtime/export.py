@@ -9,7 +9,7 @@ graph then goes through onnxscript's optimizer, which folds the exporter's shape
 has a static shape that ONNX shape inference can see.
 
 The written graph has the pipeline_io input/output names, metadata_props META_MODEL,
-META_LABEL_SET, META_MAX_INSTANCES and META_DEFAULT_THRESHOLDS (the paper's thresholds of the
+META_LABEL_SET, META_MAX_INSTANCES and META_DEFAULT_THRESHOLDS (fusion/model_defaults.py: the paper's thresholds of the
 model, fusion/reference/defaults.py), and passes the TensorRT audit (runtime.onnx_audit).
 """
 
@@ -27,8 +27,8 @@ import torch
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+from panoptic_ros.fusion.model_defaults import model_defaults
 from panoptic_ros.fusion.pipeline import PanopticPipeline
-from panoptic_ros.fusion.reference.defaults import paper_defaults
 from panoptic_ros.pipeline_io import (
     INPUT_NAMES,
     META_DEFAULT_THRESHOLDS,
@@ -81,7 +81,7 @@ def to_onnx_model(pipeline: PanopticPipeline, opset: int = OPSET) -> onnx.ModelP
         META_MODEL: pipeline.model,
         META_LABEL_SET: json.dumps(pipeline.label_set.to_dict()),
         META_MAX_INSTANCES: str(pipeline.max_instances),
-        META_DEFAULT_THRESHOLDS: thresholds_to_json(paper_defaults(pipeline.model)),
+        META_DEFAULT_THRESHOLDS: thresholds_to_json(model_defaults(pipeline.model)),
     })
     onnx.checker.check_model(model, full_check=True)
     return model
