@@ -36,6 +36,7 @@ figures: setup
 	$(BENCH) fusion --sizes 1024x2048 --runtimes onnxruntime --update README.md
 	$(BENCH) eval --update README.md
 	$(BENCH) node --duration 30 --update README.md
+	$(BENCH) tracker --update README.md
 
 lint: setup
 	$(VENV)/bin/ruff check panoptic_ros test launch scripts

@@ -191,14 +191,24 @@ def test_unknown_precision_is_refused_before_loading_anything(models):
 
 
 def test_tensorrt_without_tensorrt_says_where_it_comes_from(models):
-    pytest.importorskip("onnxruntime")
     try:
         import tensorrt  # noqa: F401
     except ImportError:
         with pytest.raises(RuntimeError, match="JetPack"):
-            create_backend("tensorrt", models["psn"][0])
+            create_backend("tensorrt", models["psn"][0], tensorrt_module="tensorrt")
     else:
         pytest.skip("TensorRT is installed here")
+    with pytest.raises(ValueError, match="unknown TensorRT module 'tensorrt_lite'; valid: tensorrt, "
+                                         "tensorrt_rtx_bindings"):
+        create_backend("tensorrt", models["psn"][0], tensorrt_module="tensorrt_lite")
+
+
+@pytest.mark.tensorrt_rtx
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_tensorrt_backend_needs_a_cuda_device(models):
+    pytest.importorskip("tensorrt_rtx_bindings")
+    with pytest.raises(ValueError, match="runs on a CUDA device"):
+        create_backend("tensorrt", models["psn"][0], tensorrt_module="tensorrt_rtx_bindings")
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -231,13 +241,52 @@ def test_tensorrt_engine_matches_onnxruntime(models, image, tmp_path, precision)
 
 
 def test_tensorrt_facts_without_tensorrt():
-    from panoptic_ros.runtime.backends.trt_api import compute_capability, major_version, numpy_dtype
+    from panoptic_ros.runtime.backends.trt_api import compute_capability, numpy_dtype
 
     assert [numpy_dtype(n) for n in ("FLOAT", "HALF", "INT32", "UINT8", "BOOL")] == \
         ["float32", "float16", "int32", "uint8", "bool"]
     with pytest.raises(ValueError, match="FP8"):
         numpy_dtype("FP8")
-    assert major_version("8.6.2.3") == 8 and major_version("10.3.0") == 10
-    with pytest.raises(ValueError, match="not a TensorRT version"):
-        major_version("unknown")
     assert compute_capability(8, 7) == "8.7"
+
+
+def _fake_tensorrt(version: str, creation_flags: dict, builder_flags: tuple, calibrators: bool):
+    """A module with the API surface the feature tests look at (nothing else)."""
+    from enum import IntEnum
+    from types import SimpleNamespace
+
+    module = SimpleNamespace(__name__="tensorrt", __version__=version,
+                             NetworkDefinitionCreationFlag=IntEnum("Creation", creation_flags),
+                             BuilderFlag=SimpleNamespace(**{name: name for name in builder_flags}))
+    if calibrators:
+        module.IInt8EntropyCalibrator2 = object
+    return module
+
+
+# What each TensorRT offers (from its Python API): 8.6 weak typing only; 10.x both; 11 and RTX strong only.
+TRT_8_6 = ("8.6.2.3", {"EXPLICIT_BATCH": 0}, ("FP16", "INT8", "OBEY_PRECISION_CONSTRAINTS"), True)
+TRT_10_3 = ("10.3.0.30", {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 5}, ("FP16", "INT8", "OBEY_PRECISION_CONSTRAINTS"),
+            True)
+TRT_11 = ("11.0.0", {"STRONGLY_TYPED": 5}, ("REFIT",), False)
+
+
+@pytest.mark.parametrize("facts, weak, strong, int8, flags_weak, flags_strong", [
+    (TRT_8_6, True, False, True, 1, None),
+    (TRT_10_3, True, True, True, 1, 1 << 5),
+    (TRT_11, False, True, False, 0, 1 << 5),
+    # A version string alone decides nothing: an "8.x" module with 11's API is treated as 11.
+    (("8.9.9", *TRT_11[1:]), False, True, False, 0, 1 << 5),
+])
+def test_tensorrt_api_paths_come_from_feature_tests(facts, weak, strong, int8, flags_weak, flags_strong):
+    from panoptic_ros.runtime.backends.trt_api import (
+        has_int8_calibrators,
+        has_strong_typing,
+        has_weak_typing,
+        network_flags,
+    )
+
+    trt = _fake_tensorrt(*facts)
+    assert (has_weak_typing(trt), has_strong_typing(trt), has_int8_calibrators(trt)) == (weak, strong, int8)
+    assert network_flags(trt, strongly_typed=False) == flags_weak
+    if flags_strong is not None:
+        assert network_flags(trt, strongly_typed=True) == flags_strong

@@ -17,8 +17,11 @@ from panoptic_ros.fusion.pipeline import build_pipeline
 from panoptic_ros.runtime.engine_builder import (
     BuildProgress,
     LayerFacts,
+    PrecisionPlan,
     ProgressPrinter,
     layers_to_keep_fp32,
+    onnx_is_mixed_precision,
+    plan_precision,
     uint8_conversion_problems,
 )
 from panoptic_ros.runtime.export import export_onnx
@@ -43,38 +46,63 @@ def onnx_layer_facts(model: onnx.ModelProto) -> list[LayerFacts]:
     for node in graph.node:
         learned = node.op_type in ("Conv", "ConvTranspose") or (
             node.op_type in ("MatMul", "Gemm") and any(t in constants for t in node.input))
-        float_output = node.op_type != "Constant" and all(types.get(o) in FLOATS for o in node.output)
-        facts.append(LayerFacts(node.name, tuple(node.input), tuple(node.output), learned, float_output,
+        float_outputs = tuple(types.get(o) in FLOATS for o in node.output)
+        facts.append(LayerFacts(node.name, tuple(node.input), tuple(node.output), learned, float_outputs,
+                                settable=node.op_type != "Constant",
                                 selects=node.op_type in ("TopK", "ArgMax", "ArgMin")))
     return facts
 
 
+F, N = True, False  # an output is float / an output is not (an index, an integer)
+
+
 def test_fp32_rule_on_a_small_chain():
     layers = [
-        LayerFacts("normalize", ("image",), ("x",), learned=False, float_output=True),
-        LayerFacts("conv1", ("x",), ("f",), learned=True, float_output=True),
-        LayerFacts("relu", ("f",), ("g",), learned=False, float_output=True),
-        LayerFacts("head", ("g",), ("logits",), learned=True, float_output=True),
-        LayerFacts("softmax", ("logits",), ("p",), learned=False, float_output=True),
-        LayerFacts("area", ("p",), ("counts",), learned=False, float_output=True),
-        LayerFacts("argmax", ("p",), ("labels",), learned=False, float_output=False),
-        LayerFacts("threshold", ("score_threshold",), ("t",), learned=False, float_output=True),
+        LayerFacts("normalize", ("image",), ("x",), learned=False, float_outputs=(F,)),
+        LayerFacts("conv1", ("x",), ("f",), learned=True, float_outputs=(F,)),
+        LayerFacts("relu", ("f",), ("g",), learned=False, float_outputs=(F,)),
+        LayerFacts("head", ("g",), ("logits",), learned=True, float_outputs=(F,)),
+        LayerFacts("softmax", ("logits",), ("p",), learned=False, float_outputs=(F,)),
+        LayerFacts("area", ("p",), ("counts",), learned=False, float_outputs=(F,)),
+        LayerFacts("labels", ("p",), ("ids",), learned=False, float_outputs=(N,)),  # a cast to int: no precision
+        LayerFacts("threshold", ("score_threshold",), ("t",), learned=False, float_outputs=(F,)),
     ]
     assert layers_to_keep_fp32(layers) == ["softmax", "area", "threshold"]
+
+
+def test_fp32_rule_pins_the_selections_themselves():
+    """TopK/ArgMax/ArgMin output float values and int indices: an FP16 ArgMin over distances may
+    pick another candidate, so they are pinned (their index output keeps its type, see keep_fusion_fp32)."""
+    layers = [
+        LayerFacts("head", ("x",), ("d",), learned=True, float_outputs=(F,)),
+        LayerFacts("argmin", ("d",), ("nearest_value", "nearest"), learned=False, float_outputs=(F, N), selects=True),
+        LayerFacts("topk", ("d",), ("best", "index"), learned=False, float_outputs=(F, N), selects=True),
+    ]
+    assert layers_to_keep_fp32(layers) == ["argmin", "topk"]
+
+
+def test_fp32_rule_needs_an_output_and_a_settable_layer():
+    layers = [
+        LayerFacts("head", ("x",), ("y",), learned=True, float_outputs=(F,)),
+        LayerFacts("no_outputs", ("y",), (), learned=False, float_outputs=()),  # any(()) is False: nothing to pin
+        LayerFacts("in_loop", ("y",), ("z",), learned=False, float_outputs=(F,), settable=False),
+        LayerFacts("after", ("z",), ("w",), learned=False, float_outputs=(F,)),
+    ]
+    assert layers_to_keep_fp32(layers) == ["after"]
 
 
 def test_fp32_rule_keeps_selected_candidates_that_feed_a_learned_layer():
     """FPSNet: boxes are selected by top-k, turned into masks, and go through a conv again."""
     layers = [
-        LayerFacts("box_head", ("features",), ("boxes",), learned=True, float_output=True),
-        LayerFacts("scale_boxes", ("boxes",), ("scaled",), learned=False, float_output=True),
-        LayerFacts("topk", ("scaled",), ("best", "index"), learned=False, float_output=False, selects=True),
-        LayerFacts("masks", ("best",), ("attention",), learned=False, float_output=True),
-        LayerFacts("concat", ("attention", "features"), ("joined",), learned=False, float_output=True),
-        LayerFacts("panoptic_head", ("joined",), ("logits",), learned=True, float_output=True),
-        LayerFacts("argmax", ("logits",), ("labels",), learned=False, float_output=False, selects=True),
+        LayerFacts("box_head", ("features",), ("boxes",), learned=True, float_outputs=(F,)),
+        LayerFacts("scale_boxes", ("boxes",), ("scaled",), learned=False, float_outputs=(F,)),
+        LayerFacts("topk", ("scaled",), ("best", "index"), learned=False, float_outputs=(F, N), selects=True),
+        LayerFacts("masks", ("best",), ("attention",), learned=False, float_outputs=(F,)),
+        LayerFacts("concat", ("attention", "features"), ("joined",), learned=False, float_outputs=(F,)),
+        LayerFacts("panoptic_head", ("joined",), ("logits",), learned=True, float_outputs=(F,)),
+        LayerFacts("argmax", ("logits",), ("best_logit", "labels"), learned=False, float_outputs=(F, N), selects=True),
     ]
-    assert layers_to_keep_fp32(layers) == ["masks", "concat"]
+    assert layers_to_keep_fp32(layers) == ["topk", "masks", "concat", "argmax"]
 
 
 def test_fp32_layers_of_the_pipeline_are_its_post_processing(pipeline_onnx):
@@ -86,7 +114,7 @@ def test_fp32_layers_of_the_pipeline_are_its_post_processing(pipeline_onnx):
     assert kept and not any(by_name[name].learned for name in kept)
     # PSN's fusion feeds no learned layer: every float layer of it is kept, and nothing of the
     # network (backbone, decoder, heads) is, so that part stays free to run in FP16/INT8.
-    fusion_floats = {name for name in ops if name.startswith("/fusion/") and by_name[name].float_output}
+    fusion_floats = {name for name in ops if name.startswith("/fusion/") and any(by_name[name].float_outputs)}
     assert fusion_floats and fusion_floats <= kept
     network_ops = {name for name in ops if name.startswith("/network/backbone/")}
     assert network_ops and not network_ops & kept
@@ -164,7 +192,54 @@ def test_build_engine_usage_errors(pipeline_onnx, tmp_path, capsys):
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        assert "TensorRT is not installed" in error("--precision", "fp16")
+        assert "TensorRT is not installed" in error("--precision", "fp16", "--tensorrt-module", "tensorrt")
+
+
+def _module(weak: bool, strong: bool, calibrators: bool):
+    from types import SimpleNamespace
+
+    builder_flags = SimpleNamespace(**({"FP16": 1, "INT8": 2} if weak else {}))
+    creation = SimpleNamespace(**({"STRONGLY_TYPED": 5} if strong else {}))
+    module = SimpleNamespace(__name__="tensorrt", __version__="x", BuilderFlag=builder_flags,
+                             NetworkDefinitionCreationFlag=creation)
+    if calibrators:
+        module.IInt8EntropyCalibrator2 = object
+    return module
+
+
+TRT8 = _module(weak=True, strong=False, calibrators=True)
+TRT10 = _module(weak=True, strong=True, calibrators=True)
+TRT11 = _module(weak=False, strong=True, calibrators=False)  # also TensorRT for RTX
+
+
+@pytest.mark.parametrize("precision, trt, mixed, plan", [
+    ("fp32", TRT8, False, PrecisionPlan(strongly_typed=False, fp16_flag=False, int8=False, pin_fusion=False)),
+    ("fp32", TRT11, False, PrecisionPlan(strongly_typed=True, fp16_flag=False, int8=False, pin_fusion=False)),
+    ("fp16", TRT8, False, PrecisionPlan(strongly_typed=False, fp16_flag=True, int8=False, pin_fusion=True)),
+    ("fp16", TRT8, True, PrecisionPlan(strongly_typed=False, fp16_flag=True, int8=False, pin_fusion=True)),
+    ("fp16", TRT10, False, PrecisionPlan(strongly_typed=False, fp16_flag=True, int8=False, pin_fusion=True)),
+    ("fp16", TRT10, True, PrecisionPlan(strongly_typed=True, fp16_flag=False, int8=False, pin_fusion=False)),
+    ("fp16", TRT11, True, PrecisionPlan(strongly_typed=True, fp16_flag=False, int8=False, pin_fusion=False)),
+    ("int8", TRT10, False, PrecisionPlan(strongly_typed=False, fp16_flag=True, int8=True, pin_fusion=True)),
+])
+def test_precision_plans(precision, trt, mixed, plan):
+    assert plan_precision(precision, trt, mixed) == plan
+
+
+def test_precisions_a_tensorrt_cannot_give_are_refused_with_what_to_do():
+    with pytest.raises(ValueError, match="no weak typing .* needs a mixed-precision ONNX .* --precision fp16"):
+        plan_precision("fp16", TRT11, mixed_precision_onnx=False)
+    with pytest.raises(ValueError, match="no INT8 calibration .* TensorRT 8.5 to 10.x"):
+        plan_precision("int8", TRT11, mixed_precision_onnx=False)
+    with pytest.raises(ValueError, match="mixed-precision .* build it with --precision fp16"):
+        plan_precision("fp32", TRT10, mixed_precision_onnx=True)
+
+
+def test_mixed_precision_is_recognised_by_its_fp16_tensors(pipeline_onnx):
+    model = onnx.load(str(pipeline_onnx))
+    assert not onnx_is_mixed_precision(model)
+    model.graph.node.append(helper.make_node("Cast", ["image"], ["half_image"], to=TensorProto.FLOAT16))
+    assert onnx_is_mixed_precision(model)
 
 
 requires_tensorrt_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -174,12 +249,12 @@ requires_tensorrt_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason
 def test_build_engine_writes_engine_sidecar_and_timing_cache(pipeline_onnx, tmp_path):
     pytest.importorskip("tensorrt")
     from panoptic_ros.runtime.engine_builder import build_engine
-    from panoptic_ros.runtime.engine_cache import engine_problems, file_sha256, read_sidecar, running_key
+    from panoptic_ros.runtime.engine_cache import CacheEntry, file_sha256, read_sidecar, running_key
 
     engine = tmp_path / "psn.engine"
     sidecar = build_engine(pipeline_onnx, engine, "fp16", timing_cache=tmp_path / "timing.cache")
     assert engine.is_file() and (tmp_path / "timing.cache").stat().st_size > 0
-    assert read_sidecar(engine) == sidecar and sidecar.build["fp32_layers"] > 0
+    assert read_sidecar(engine) == sidecar and sidecar.build["fp32_layers"] > 0 and sidecar.build["engine_io_checked"]
     key = running_key(file_sha256(pipeline_onnx), "fp16", 0)
-    assert engine_problems(engine, sidecar, key, sidecar.info) == []
+    assert CacheEntry.read(engine).problems(key, sidecar.info) == []
     assert np.isfinite(sidecar.build["build_seconds"])

@@ -14,8 +14,10 @@ import pytest
 from panoptic_ros.classes import CITYSCAPES, SYNTHETIC
 from panoptic_ros.runtime.backends.model_info import ModelInfo, contract_specs
 from panoptic_ros.runtime.engine_cache import (
+    BUILDER_RECIPE,
     CACHE_ENV,
     Action,
+    CacheEntry,
     EngineKey,
     Sidecar,
     build_command,
@@ -23,7 +25,6 @@ from panoptic_ros.runtime.engine_cache import (
     check_precision,
     decide,
     default_cache_dir,
-    engine_problems,
     file_sha256,
     read_sidecar,
     refusal_message,
@@ -32,8 +33,8 @@ from panoptic_ros.runtime.engine_cache import (
     write_engine,
 )
 
-KEY = EngineKey(onnx_sha256="ab" * 32, tensorrt_version="8.6.2.3", gpu_name="Orin", compute_capability="8.7",
-                precision="fp16")
+KEY = EngineKey(onnx_sha256="ab" * 32, tensorrt_module="tensorrt", tensorrt_version="8.6.2.3", gpu_name="Orin",
+                compute_capability="8.7", precision="fp16")
 ENGINE_BYTES = b"serialized engine bytes \x00\x01\x02"
 
 
@@ -54,9 +55,11 @@ def cached(tmp_path) -> Path:
 def test_every_key_fact_changes_the_digest():
     digests = {KEY.digest()}
     for change in ({"onnx_sha256": "cd" * 32}, {"tensorrt_version": "10.3.0.30"}, {"gpu_name": "Xavier"},
-                   {"compute_capability": "7.2"}, {"precision": "int8"}):
+                   {"compute_capability": "7.2"}, {"precision": "int8"}, {"tensorrt_module": "tensorrt_rtx_bindings"},
+                   {"builder_recipe": BUILDER_RECIPE + 1}):
         digests.add(replace(KEY, **change).digest())
-    assert len(digests) == 6
+    assert len(digests) == 8
+    assert KEY.builder_recipe == BUILDER_RECIPE  # a new recipe invalidates every engine built by the old one
     assert KEY.digest() == EngineKey(**vars(KEY)).digest()  # stable
 
 
@@ -86,6 +89,7 @@ def test_timing_cache_is_shared_per_tensorrt_and_gpu(tmp_path):
     assert same == timing_cache_path(tmp_path, KEY)
     assert timing_cache_path(tmp_path, replace(KEY, tensorrt_version="10.3")) != same
     assert timing_cache_path(tmp_path, replace(KEY, compute_capability="7.2")) != same
+    assert timing_cache_path(tmp_path, replace(KEY, tensorrt_module="tensorrt_rtx_bindings")) != same
 
 
 def test_sidecar_round_trip(cached):
@@ -96,6 +100,15 @@ def test_sidecar_round_trip(cached):
     assert sidecar.build == {"onnx_path": "psn.onnx"}
     assert cached.read_bytes() == ENGINE_BYTES
     assert not list(cached.parent.glob("*.tmp"))  # atomic writes leave no temporaries
+    # readable by a node running as another user than build-engine
+    assert cached.stat().st_mode & 0o777 == 0o644 and sidecar_path(cached).stat().st_mode & 0o777 == 0o644
+
+
+def test_a_sidecar_must_name_the_engine_it_commits(tmp_path):
+    sidecar = Sidecar(KEY, hashlib.sha256(b"other").hexdigest(), info(), {})
+    with pytest.raises(ValueError, match="does not name these engine bytes"):
+        write_engine(tmp_path / "x.engine", ENGINE_BYTES, sidecar)
+    assert not (tmp_path / "x.engine").exists()
 
 
 def test_missing_and_corrupt_sidecars_are_named(cached, tmp_path):
@@ -114,33 +127,47 @@ def test_missing_and_corrupt_sidecars_are_named(cached, tmp_path):
 
 
 def test_a_matching_engine_has_no_problems(cached):
-    assert engine_problems(cached, read_sidecar(cached), KEY, info()) == []
-    assert engine_problems(cached, read_sidecar(cached), KEY, None) == []
+    entry = CacheEntry.read(cached)
+    assert entry.engine_bytes == ENGINE_BYTES and entry.sidecar == read_sidecar(cached)
+    assert entry.problems(KEY, info()) == [] and entry.problems(KEY, None) == []
 
 
 def test_staleness_reasons(cached, tmp_path):
-    sidecar = read_sidecar(cached)
-    assert engine_problems(tmp_path / "none.engine", None, KEY, info()) == [f"no engine at {tmp_path / 'none.engine'}"]
-    assert "missing or corrupt sidecar" in engine_problems(cached, None, KEY, info())[0]
+    entry = CacheEntry.read(cached)
+    missing = tmp_path / "none.engine"
+    assert CacheEntry.read(missing).problems(KEY, info()) == [f"no engine at {missing}"]
+    sidecar_path(cached).unlink()
+    assert "missing or corrupt sidecar" in CacheEntry.read(cached).problems(KEY, info())[0]
     newer = replace(KEY, tensorrt_version="10.3.0.30")
-    assert engine_problems(cached, sidecar, newer, info()) == [
-        "tensorrt_version: built '8.6.2.3', running '10.3.0.30'"]
+    assert entry.problems(newer, info()) == ["tensorrt_version: built '8.6.2.3', running '10.3.0.30'"]
     other_gpu = replace(KEY, gpu_name="Xavier", compute_capability="7.2")
-    assert len(engine_problems(cached, sidecar, other_gpu, info())) == 2
-    resized = engine_problems(cached, sidecar, KEY, info(height=512, width=1024))
+    assert len(entry.problems(other_gpu, info())) == 2
+    resized = entry.problems(KEY, info(height=512, width=1024))
     assert resized and all(p.startswith("I/O ") for p in resized) and "expected [512, 1024, 3]" in resized[0]
-    relabelled = engine_problems(cached, sidecar, KEY, info(label_set=CITYSCAPES))
+    relabelled = entry.problems(KEY, info(label_set=CITYSCAPES))
     assert any("instances" in p for p in relabelled)
+
+
+def test_unreadable_files_are_stale_not_fatal(cached):
+    """Any OSError on read (permissions, a directory in the way) means: rebuild, or refuse with the command."""
+    sidecar_path(cached).unlink()
+    sidecar_path(cached).mkdir()
+    problems = CacheEntry.read(cached).problems(KEY, info())
+    assert len(problems) == 1 and "cannot be read" in problems[0]
+    cached.unlink()
+    cached.mkdir()
+    problems = CacheEntry.read(cached).problems(KEY, info())
+    assert len(problems) == 1 and problems[0].startswith(f"cannot read {cached}")
 
 
 def test_a_damaged_engine_file_is_caught_by_its_hash(cached):
     data = bytearray(cached.read_bytes())
     data[3] ^= 0xFF
     cached.write_bytes(bytes(data))
-    problems = engine_problems(cached, read_sidecar(cached), KEY, info())
-    assert problems == [f"{cached} does not match the hash in its sidecar (corrupt or replaced)"]
+    problems = CacheEntry.read(cached).problems(KEY, info())
+    assert problems == [f"{cached} does not match the hash in its sidecar (corrupt, replaced or being written)"]
     cached.write_bytes(ENGINE_BYTES[:5])  # truncated
-    assert engine_problems(cached, read_sidecar(cached), KEY, info())
+    assert CacheEntry.read(cached).problems(KEY, info())
 
 
 @pytest.mark.parametrize("problems, allow_build, precision, action", [

@@ -15,7 +15,7 @@ from panoptic_ros.networks.checkpoint import save_checkpoint
 from panoptic_ros.pipeline_io import COL, PanopticResult, Thresholds
 from panoptic_ros.runtime.backends import create_backend
 from panoptic_ros.runtime.engine_cache import file_sha256
-from panoptic_ros.runtime.golden import compare_results, golden_image, load_golden, write_golden
+from panoptic_ros.runtime.golden import Agreement, compare_results, golden_image, load_golden, write_golden
 
 HEIGHT, WIDTH, K = 128, 256, 20
 
@@ -78,6 +78,19 @@ def test_compare_results_counts_pixels_and_matches_rows_by_id():
     assert not agreement.passed(min_agreement=0.6, max_count_difference=1)
     report = agreement.report()
     assert "50.0000%" in report and "difference -1" in report and "score 0.05" in report
+
+
+def test_passing_needs_both_agreements_each_at_least_the_threshold():
+    def agreement(id_agreement: float, semantic_agreement: float, actual_count: int = 3) -> Agreement:
+        return Agreement(id_agreement, semantic_agreement, expected_count=3, actual_count=actual_count, matched=3)
+
+    assert agreement(0.999, 0.999).passed(0.999)  # exactly at min_agreement passes (>=)
+    assert agreement(1.0, 0.999).passed(0.999) and agreement(0.999, 1.0).passed(0.999)
+    assert not agreement(1.0, 0.9989).passed(0.999)  # a wrong semantic map fails though the ids agree
+    assert not agreement(0.9989, 1.0).passed(0.999)
+    assert not agreement(1.0, 1.0, actual_count=2).passed(0.999)  # fewer instances than the golden file
+    assert not agreement(1.0, 1.0, actual_count=4).passed(0.999)
+    assert agreement(1.0, 1.0, actual_count=2).passed(0.999, max_count_difference=1)
 
 
 def test_compare_results_refuses_other_sizes():

@@ -19,12 +19,16 @@ import numpy as np
 
 from panoptic_ros.classes import DEFAULT_LABEL_DIVISOR
 from panoptic_ros.pipeline_io import IMAGE_INPUT, Thresholds
+from panoptic_ros.runtime.atomic_files import atomic_write
 from panoptic_ros.runtime.backends.base import check_image
 from panoptic_ros.runtime.backends.model_info import ModelInfo
 
 CALIBRATION_ALGORITHMS = ("entropy", "minmax")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 DEFAULT_MAX_IMAGES = 500
+# Entropy calibration builds activation histograms per tensor: a handful of frames gives ranges
+# that fit those frames, not the camera. Fewer than this is refused rather than built badly.
+MIN_FRAMES = 10
 
 
 def even_sample(count: int, max_items: int) -> list[int]:
@@ -47,6 +51,12 @@ def fit_to_input(image: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
+def check_frame_count(count: int, source: str) -> None:
+    if count < MIN_FRAMES:
+        raise ValueError(f"{count} calibration frames from {source}: INT8 calibration needs at least {MIN_FRAMES} "
+                         "(a few hundred frames of your cameras are best)")
+
+
 def images_from_dir(directory: str | Path, input_hw: tuple[int, int],
                     max_images: int = DEFAULT_MAX_IMAGES) -> tuple[int, Iterator[np.ndarray]]:
     """(number of frames, lazy iterator of RGB frames of input size) from the images in `directory`."""
@@ -59,12 +69,13 @@ def images_from_dir(directory: str | Path, input_hw: tuple[int, int],
     if not files:
         raise ValueError(f"no calibration images ({', '.join(IMAGE_SUFFIXES)}) in {directory}")
     chosen = [files[i] for i in even_sample(len(files), max_images)]
+    check_frame_count(len(chosen), str(directory))
 
     def frames() -> Iterator[np.ndarray]:
         for path in chosen:
             bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if bgr is None:
-                raise ValueError(f"cannot read calibration image {path}")
+                raise ValueError(f"cannot read calibration image {path} (not an image, or damaged)")
             yield fit_to_input(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), input_hw)
 
     return len(chosen), frames()
@@ -79,6 +90,7 @@ def images_from_bag(bag: str | Path, topic: str, input_hw: tuple[int, int],
     if not counts.get(topic):
         raise ValueError(f"no images on topic {topic!r} in {bag}; its topics: {', '.join(sorted(counts)) or 'none'}")
     wanted = set(even_sample(counts[topic], max_images))
+    check_frame_count(len(wanted), f"{bag}:{topic}")
     frames = (fit_to_input(frame.pixels, input_hw) for i, frame in enumerate(read_images(bag, topic)) if i in wanted)
     return len(wanted), frames
 
@@ -90,13 +102,15 @@ class CalibrationFeeder:
     inputs are filled once with `thresholds` and `label_divisor`.
     """
 
-    def __init__(self, frames: Iterable[np.ndarray], info: ModelInfo, device: str,
+    def __init__(self, frames: Iterable[np.ndarray], info: ModelInfo, device: str, expected: int,
                  thresholds: Thresholds | None = None, label_divisor: int = DEFAULT_LABEL_DIVISOR) -> None:
+        """`expected`: how many frames `frames` announced; fewer fed is an error (check_complete)."""
         import torch
 
         from panoptic_ros.runtime.backends.cuda_io import allocate
 
         self._frames = iter(frames)
+        self.expected = expected
         self.input_hw = info.input_hw
         self.device = torch.device(device)
         self.buffers = allocate(info.inputs, device=self.device)
@@ -122,6 +136,12 @@ class CalibrationFeeder:
         self.count += 1
         return [self.buffers[n].data_ptr() for n in names]
 
+    def check_complete(self) -> None:
+        """ValueError unless every announced frame was fed (TensorRT stops asking early only on error)."""
+        if self.count < self.expected:
+            raise ValueError(f"calibration used {self.count} of {self.expected} frames: too few for INT8 "
+                             f"(at least {MIN_FRAMES}, and all of those announced)")
+
 
 class CalibrationCache:
     """TensorRT's calibration table on disk: reused by later builds, so calibration runs once."""
@@ -130,44 +150,82 @@ class CalibrationCache:
         self.path = Path(path) if path else None
 
     def read(self) -> bytes | None:
-        if self.path is not None and self.path.is_file():
+        """The stored table; None when there is none or it cannot be read (then calibration runs)."""
+        if self.path is None:
+            return None
+        try:
             return self.path.read_bytes()
-        return None
+        except OSError:
+            return None
 
     def write(self, data: bytes) -> None:
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_bytes(bytes(data))
+            atomic_write(self.path, bytes(data))
 
 
-def make_calibrator(algorithm: str, feeder: CalibrationFeeder | None, cache: CalibrationCache):
-    """A TensorRT IInt8EntropyCalibrator2 ('entropy') or IInt8MinMaxCalibrator ('minmax').
+class CalibrationErrors:
+    """What went wrong inside TensorRT's calibrator callbacks. TensorRT's Python wrapper swallows an
+    exception raised in get_batch and takes it for "no more batches", so the callbacks store it
+    here and the builder raises it once the build returns (`raise_stored_error`)."""
+
+    def __init__(self, feeder: CalibrationFeeder | None) -> None:
+        self.feeder = feeder
+        self.error: BaseException | None = None
+        self.cache_used = False
+
+    def call(self, function, *args):
+        """`function(*args)`, storing (not raising) its exception; None after an error."""
+        if self.error is not None:
+            return None
+        try:
+            return function(*args)
+        except Exception as error:  # noqa: BLE001 - every error must reach the user, after TensorRT returns
+            self.error = error
+            return None
+
+    def raise_stored_error(self) -> None:
+        if self.error is not None:
+            raise ValueError(f"INT8 calibration failed: {self.error}") from self.error
+        if self.feeder is not None and not self.cache_used:
+            self.feeder.check_complete()
+
+
+def make_calibrator(algorithm: str, feeder: CalibrationFeeder | None, cache: CalibrationCache, trt=None):
+    """A TensorRT IInt8EntropyCalibrator2 ('entropy') or IInt8MinMaxCalibrator ('minmax') of the
+    module `trt` (default: the installed one); it has `raise_stored_error()` for the builder.
 
     `feeder` may be None when `cache` holds a table (TensorRT then reads only the cache).
     """
-    from panoptic_ros.runtime.backends.trt_api import import_tensorrt
+    from panoptic_ros.runtime.backends.trt_api import has_int8_calibrators, import_tensorrt
 
     if algorithm not in CALIBRATION_ALGORITHMS:
         raise ValueError(f"unknown calibration algorithm {algorithm!r}; valid: {', '.join(CALIBRATION_ALGORITHMS)}")
     if feeder is None and cache.read() is None:
         raise ValueError("INT8 calibration needs images (--calib-images/--calib-bag) or an existing --calib-cache")
-    trt = import_tensorrt()
+    trt = trt or import_tensorrt()
+    if not has_int8_calibrators(trt):
+        raise ValueError(f"{trt.__name__} {trt.__version__} has no INT8 calibrators (TensorRT 11 and TensorRT for "
+                         "RTX removed them; calibrated INT8 needs TensorRT 8.5 to 10.x)")
     base = trt.IInt8EntropyCalibrator2 if algorithm == "entropy" else trt.IInt8MinMaxCalibrator
+    errors = CalibrationErrors(feeder)
 
     class Calibrator(base):
         def __init__(self) -> None:
             base.__init__(self)
+            self.raise_stored_error = errors.raise_stored_error
 
         def get_batch_size(self) -> int:
             return 1  # the graph has no batch dimension: one frame per batch
 
         def get_batch(self, names):
-            return None if feeder is None else feeder.next_batch(names)
+            return None if feeder is None else errors.call(feeder.next_batch, names)
 
         def read_calibration_cache(self):
-            return cache.read()
+            table = cache.read()
+            errors.cache_used = table is not None
+            return table
 
         def write_calibration_cache(self, data) -> None:
-            cache.write(data)
+            errors.call(cache.write, data)
 
     return Calibrator()

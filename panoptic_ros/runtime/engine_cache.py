@@ -1,14 +1,23 @@
 """Where TensorRT engines live, and when one may be used, must be rebuilt, or is refused.
 
-An engine is only valid for the ONNX file, TensorRT version, GPU and precision it was built for,
-so the cache keys it by all of them: <cache>/<onnx stem>-<precision>-<key digest>.engine, with a
-sidecar JSON (<engine>.json) that records the key, the engine file's own hash and the model facts
-(ONNX metadata and I/O). Loading checks the sidecar against the running TensorRT and GPU and the
-ONNX; a stale or corrupt engine is rebuilt once, or, when building is not allowed, refused with the
-exact command that builds it. A valid cached engine is never rebuilt.
+An engine is only valid for the ONNX file, TensorRT library and version, GPU, precision and
+builder recipe it was built with, so the cache keys it by all of them:
+<cache>/<onnx stem>-<precision>-<key digest>.engine, with a sidecar JSON (<engine>.json) that
+records the key, the engine file's own hash and the model facts (ONNX metadata and I/O). A
+valid cached engine is never rebuilt; a stale, corrupt or unreadable one is rebuilt once, or,
+when building is not allowed, refused with the exact command that builds it.
 
-Everything here is plain Python: the TensorRT facts (version, GPU) are arguments, so the decisions
-are tested where TensorRT is absent.
+Several processes share one cache (two nodes starting together, a node and `build-engine`):
+- checking, building and writing an entry happen under an exclusive flock on <engine>.lock, and
+  the entry is re-checked once the lock is held, so a second process loads what the first built;
+- the sidecar is the commit point: it is written last and names the engine's SHA-256, and the
+  engine is loaded from the very bytes that were hashed, so a half-written entry (new engine, old
+  sidecar) is never used: it reads as stale and the reader waits for the lock;
+- files are written whole (temporary file, fsync, rename) with mode 0644.
+
+Everything here is plain Python: the TensorRT facts (module, version, GPU) are arguments and the
+builder is a function passed in, so the decisions are tested where TensorRT is absent. This
+module does not import engine_builder (engine_builder imports it).
 """
 
 from __future__ import annotations
@@ -19,18 +28,21 @@ import logging
 import os
 import re
 import shlex
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from enum import Enum
 from pathlib import Path
 from typing import TypeVar
 
+from panoptic_ros.runtime.atomic_files import atomic_write, exclusive_lock
 from panoptic_ros.runtime.backends.model_info import ModelInfo, io_differences
 from panoptic_ros.runtime.choices import PRECISIONS
 
 CACHE_ENV = "PANOPTIC_ROS_ENGINE_CACHE"
-SIDECAR_FORMAT = 1
+SIDECAR_FORMAT = 2
+# Bump whenever engine_builder changes how an engine is made (pinning rule, flags, typing): every
+# cached engine then gets a new key and is rebuilt once.
+BUILDER_RECIPE = 2
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -59,10 +71,12 @@ class EngineKey:
     """Everything an engine's validity depends on."""
 
     onnx_sha256: str
+    tensorrt_module: str  # "tensorrt" or "tensorrt_rtx_bindings"
     tensorrt_version: str
     gpu_name: str
     compute_capability: str  # "8.7" (Jetson AGX Orin)
     precision: str
+    builder_recipe: int = BUILDER_RECIPE
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
@@ -100,11 +114,15 @@ class Sidecar:
 def read_sidecar(engine_path: str | Path) -> Sidecar:
     """The sidecar of an engine; FileNotFoundError/ValueError naming the file when absent or unreadable."""
     path = sidecar_path(engine_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"engine sidecar not found: {path} (engines built by `panoptic-ros build-engine` "
-                                "have one; it carries the model's label set and I/O)")
     try:
-        data = json.loads(path.read_text())
+        text = path.read_text()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"engine sidecar not found: {path} (engines built by `panoptic-ros build-engine` "
+                                "have one; it carries the model's label set and I/O)") from None
+    except OSError as error:  # unreadable (permissions, a directory, I/O error): stale, not fatal
+        raise ValueError(f"engine sidecar {path} cannot be read: {error.strerror or error}") from None
+    try:
+        data = json.loads(text)
         if data.get("format") != SIDECAR_FORMAT:
             raise ValueError(f"format {data.get('format')!r}, expected {SIDECAR_FORMAT}")
         return Sidecar(EngineKey(**data["key"]), str(data["engine_sha256"]), ModelInfo.from_dict(data["model"], path),
@@ -114,34 +132,59 @@ def read_sidecar(engine_path: str | Path) -> Sidecar:
 
 
 def write_engine(engine_path: str | Path, engine_bytes: bytes, sidecar: Sidecar) -> None:
-    """Write engine and sidecar atomically (a crash or a second process never leaves half a file)."""
+    """Write engine, then sidecar, each atomically. The sidecar is the commit point: until it is
+    replaced, readers see the old sidecar beside the new engine, whose hash does not match."""
+    if hashlib.sha256(engine_bytes).hexdigest() != sidecar.engine_sha256:
+        raise ValueError("the sidecar does not name these engine bytes")
+    atomic_write(engine_path, engine_bytes)
+    atomic_write(sidecar_path(engine_path), json.dumps(sidecar.to_dict(), indent=2).encode())
+
+
+def lock_path(engine_path: str | Path) -> Path:
     engine_path = Path(engine_path)
-    engine_path.parent.mkdir(parents=True, exist_ok=True)
-    sidecar_bytes = json.dumps(sidecar.to_dict(), indent=2).encode()
-    for path, data in ((engine_path, engine_bytes), (sidecar_path(engine_path), sidecar_bytes)):
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+    return engine_path.with_name(engine_path.name + ".lock")
 
 
-def engine_problems(engine_path: Path, sidecar: Sidecar | None, key: EngineKey, info: ModelInfo | None) -> list[str]:
-    """Why the engine at `engine_path` (with this sidecar) is unusable for `key` and model `info`; [] if usable.
+@dataclass(frozen=True)
+class CacheEntry:
+    """An engine and its sidecar as read from disk at one moment, and what kept either from being read."""
 
-    `sidecar` None means it is missing or unreadable; `info` None skips the I/O check (an engine
-    given without its ONNX).
-    """
-    if not engine_path.is_file():
-        return [f"no engine at {engine_path}"]
-    if sidecar is None:
-        return [f"missing or corrupt sidecar {sidecar_path(engine_path)}"]
-    problems = key.differences(sidecar.key)
-    if file_sha256(engine_path) != sidecar.engine_sha256:
-        problems.append(f"{engine_path} does not match the hash in its sidecar (corrupt or replaced)")
-    if info is not None:
-        problems += [f"I/O {p}" for p in io_differences(info.inputs, sidecar.info.inputs) +
-                     io_differences(info.outputs, sidecar.info.outputs)]
-    return problems
+    path: Path
+    engine_bytes: bytes | None
+    sidecar: Sidecar | None
+    read_problems: tuple[str, ...] = ()
+
+    @classmethod
+    def read(cls, engine_path: str | Path) -> CacheEntry:
+        """Read both files; any OSError or corrupt content becomes a read problem (stale), never an exception."""
+        engine_path = Path(engine_path)
+        problems = []
+        engine_bytes = sidecar = None
+        try:
+            engine_bytes = engine_path.read_bytes()
+        except FileNotFoundError:
+            problems.append(f"no engine at {engine_path}")
+        except OSError as error:
+            problems.append(f"cannot read {engine_path}: {error.strerror or error}")
+        if engine_bytes is not None:
+            try:
+                sidecar = read_sidecar(engine_path)
+            except (FileNotFoundError, ValueError) as error:
+                problems.append(f"missing or corrupt sidecar: {error}")
+        return cls(engine_path, engine_bytes, sidecar, tuple(problems))
+
+    def problems(self, key: EngineKey, info: ModelInfo | None) -> list[str]:
+        """Why this entry is unusable for `key` and model `info` ([] if usable); `info` None skips
+        the I/O check (an engine given without its ONNX)."""
+        if self.read_problems:
+            return list(self.read_problems)
+        problems = key.differences(self.sidecar.key)
+        if hashlib.sha256(self.engine_bytes).hexdigest() != self.sidecar.engine_sha256:
+            problems.append(f"{self.path} does not match the hash in its sidecar (corrupt, replaced or being written)")
+        if info is not None:
+            problems += [f"I/O {p}" for p in io_differences(info.inputs, self.sidecar.info.inputs) +
+                         io_differences(info.outputs, self.sidecar.info.outputs)]
+        return problems
 
 
 class Action(Enum):
@@ -175,62 +218,81 @@ def refusal_message(engine_path: Path, problems: list[str], onnx_path: str | Pat
             f"Build it with: {build_command(onnx_path, precision, engine_path)}")
 
 
-def running_key(onnx_sha256: str, precision: str, device_index: int) -> EngineKey:
-    """The key for this machine: the installed TensorRT and the GPU at `device_index`."""
+def running_key(onnx_sha256: str, precision: str, device_index: int, trt=None) -> EngineKey:
+    """The key for this machine: the TensorRT module `trt` (default: the installed one) and the GPU
+    at `device_index`."""
     from panoptic_ros.runtime.backends.trt_api import gpu_identity, import_tensorrt
 
-    version = import_tensorrt().__version__
+    trt = trt or import_tensorrt()
     gpu_name, capability = gpu_identity(device_index)
-    return EngineKey(onnx_sha256, version, gpu_name, capability, check_precision(precision))
+    return EngineKey(onnx_sha256, trt.__name__, trt.__version__, gpu_name, capability, check_precision(precision))
 
 
 def timing_cache_path(cache_dir: str | Path, key: EngineKey) -> Path:
-    """Timing caches are shared by all models of one TensorRT version and GPU."""
-    facts = f"{key.tensorrt_version}|{key.gpu_name}|{key.compute_capability}"
+    """Timing caches are shared by all models of one TensorRT library, version and GPU."""
+    facts = f"{key.tensorrt_module}|{key.tensorrt_version}|{key.gpu_name}|{key.compute_capability}"
     return Path(cache_dir) / f"timing-{hashlib.sha256(facts.encode()).hexdigest()[:16]}.cache"
 
 
-def check_prebuilt_engine(engine_path: Path, device_index: int) -> Sidecar:
-    """The sidecar of an engine given by path, after checking it suits this TensorRT and GPU.
+def check_prebuilt_engine(engine_path: Path, key_of: Callable[[EngineKey], EngineKey]) -> CacheEntry:
+    """An engine given by path, read and checked against this machine: `key_of(built_key)` is the
+    running key for the built engine's ONNX hash and precision.
 
     A prebuilt engine is never rebuilt here (its ONNX may be elsewhere): a stale one is refused
     with the command that rebuilds it.
     """
-    sidecar = read_sidecar(engine_path)
-    key = running_key(sidecar.key.onnx_sha256, sidecar.key.precision, device_index)
-    problems = engine_problems(Path(engine_path), sidecar, key, info=None)
+    entry = CacheEntry.read(engine_path)
+    if entry.sidecar is None:
+        raise RuntimeError(f"TensorRT engine {engine_path} is not usable: {'; '.join(entry.read_problems)}")
+    key = key_of(entry.sidecar.key)
+    problems = entry.problems(key, info=None)
     if problems:
-        onnx_path = sidecar.build.get("onnx_path", "MODEL.onnx")
+        onnx_path = entry.sidecar.build.get("onnx_path", "MODEL.onnx")
         raise RuntimeError(refusal_message(Path(engine_path), problems, onnx_path, key.precision))
-    return sidecar
+    return entry
 
 
-def load_or_build(onnx_path: str | Path, precision: str, load: Callable[[Path], T], cache_dir: str | Path | None = None,
-                  allow_build: bool = True, workspace_mb: int = 1024, device_index: int = 0) -> tuple[Path, Sidecar, T]:
-    """The cached engine for `onnx_path` at `precision`, loaded with `load`: built first when missing,
-    stale or corrupt and `allow_build`; otherwise refused with the build command."""
+# build(engine_path, timing_cache_path) writes a complete entry (engine_builder.build_engine).
+Builder = Callable[[Path, Path], object]
+
+
+def load_or_build(onnx_path: str | Path, key: EngineKey, load: Callable[[bytes, Path], T], build: Builder | None,
+                  cache_dir: str | Path | None = None) -> tuple[Path, Sidecar, T]:
+    """The cached engine for `onnx_path` under `key`, loaded with `load(engine_bytes, path)`: built
+    first with `build` when missing, stale, unreadable or corrupt; refused with the build command
+    when `build` is None (building not allowed) or the precision is int8."""
     from panoptic_ros.runtime.backends.model_info import read_onnx_info
 
     info = read_onnx_info(onnx_path)
-    key = running_key(file_sha256(onnx_path), precision, device_index)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     engine_path = cached_engine_path(cache_dir, onnx_path, key)
-    try:
-        sidecar: Sidecar | None = read_sidecar(engine_path)
-    except (FileNotFoundError, ValueError):
-        sidecar = None
-    problems = engine_problems(engine_path, sidecar, key, info)
+    loaded = _load_valid(engine_path, key, info, load)
+    if isinstance(loaded, tuple):
+        return loaded
+    with exclusive_lock(lock_path(engine_path)):
+        loaded = _load_valid(engine_path, key, info, load)  # another process may have built it meanwhile
+        if isinstance(loaded, tuple):
+            return loaded
+        problems = loaded
+        if decide(problems, build is not None, key.precision) is Action.REFUSE:
+            raise RuntimeError(refusal_message(engine_path, problems, onnx_path, key.precision))
+        log.warning("building TensorRT engine %s (%s); this is done once per model, TensorRT version and GPU, "
+                    "and takes minutes on a Jetson", engine_path, "; ".join(problems))
+        build(engine_path, timing_cache_path(cache_dir, key))
+        entry = CacheEntry.read(engine_path)
+        problems = entry.problems(key, info)
+        if problems:  # no rebuild loop: a fresh engine that does not fit is an error
+            raise RuntimeError(f"the engine just built at {engine_path} is not usable: {'; '.join(problems)}")
+        return engine_path, entry.sidecar, load(entry.engine_bytes, engine_path)
+
+
+def _load_valid(engine_path: Path, key: EngineKey, info: ModelInfo, load: Callable[[bytes, Path], T]):
+    """(path, sidecar, loaded) for a valid entry, else the list of its problems."""
+    entry = CacheEntry.read(engine_path)
+    problems = entry.problems(key, info)
     if not problems:
         try:
-            return engine_path, sidecar, load(engine_path)
+            return engine_path, entry.sidecar, load(entry.engine_bytes, engine_path)
         except ValueError as error:  # TensorRT refused the bytes: corrupt in a way the hash did not catch
             problems = [str(error)]
-    if decide(problems, allow_build, precision) is Action.REFUSE:
-        raise RuntimeError(refusal_message(engine_path, problems, onnx_path, precision))
-    from panoptic_ros.runtime.engine_builder import build_engine
-
-    log.warning("building TensorRT engine %s (%s); this is done once per model, TensorRT version and GPU, "
-                "and takes minutes on a Jetson", engine_path, "; ".join(problems))
-    sidecar = build_engine(onnx_path, engine_path, precision, workspace_mb=workspace_mb,
-                           timing_cache=timing_cache_path(cache_dir, key), device_index=device_index)
-    return engine_path, sidecar, load(engine_path)  # a fresh engine that fails to load raises: no rebuild loop
+    return problems

@@ -12,6 +12,7 @@ BACKEND_BY_MODEL_ARG = {"engine": "tensorrt", "checkpoint": "torch", "onnx": "on
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from panoptic_ros.runtime.backends.trt_api import TENSORRT_MODULES
     from panoptic_ros.runtime.calibration import CALIBRATION_ALGORITHMS, DEFAULT_MAX_IMAGES
     from panoptic_ros.runtime.choices import BACKENDS, PRECISIONS
     from panoptic_ros.runtime.engine_cache import CACHE_ENV
@@ -39,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--cache-dir", type=Path, help="engine cache folder (default: see above)")
     build.add_argument("--timing-cache", type=Path, help="TensorRT timing cache file (default: in the cache folder)")
     build.add_argument("--device", default="cuda:0", help="CUDA device (default cuda:0)")
+    build.add_argument("--tensorrt-module", choices=TENSORRT_MODULES,
+                       help="TensorRT library to build with (default: the first installed of "
+                            f"{', '.join(TENSORRT_MODULES)})")
     build.set_defaults(func=run_build)
 
     verify = subparsers.add_parser(
@@ -69,6 +73,7 @@ def run_build(args: argparse.Namespace) -> int:
 
     from panoptic_ros.runtime import engine_cache
     from panoptic_ros.runtime.backends.model_info import read_onnx_info
+    from panoptic_ros.runtime.backends.trt_api import import_tensorrt
     from panoptic_ros.runtime.engine_builder import build_engine
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -83,15 +88,16 @@ def run_build(args: argparse.Namespace) -> int:
                          "--calib-topic TOPIC, or an existing --calib-cache FILE")
     device_index = _cuda_index(args.device)
     info = read_onnx_info(args.onnx)
+    trt = import_tensorrt(args.tensorrt_module)
     cache_dir = args.cache_dir or engine_cache.default_cache_dir()
-    key = engine_cache.running_key(engine_cache.file_sha256(args.onnx), args.precision, device_index)
+    key = engine_cache.running_key(engine_cache.file_sha256(args.onnx), args.precision, device_index, trt)
     output = args.output or engine_cache.cached_engine_path(cache_dir, args.onnx, key)
     timing_cache = args.timing_cache or engine_cache.timing_cache_path(cache_dir, key)
     calibrator, calibration = None, None
     if args.precision == "int8":
-        calibrator, calibration = _calibrator(args, info, output, device_index)
+        calibrator, calibration = _calibrator(args, info, output, device_index, trt)
     sidecar = build_engine(args.onnx, output, args.precision, workspace_mb=args.workspace, timing_cache=timing_cache,
-                           calibrator=calibrator, calibration=calibration, device_index=device_index)
+                           calibrator=calibrator, calibration=calibration, device_index=device_index, trt=trt)
     print(f"engine: {output}\nsidecar: {engine_cache.sidecar_path(output)}\n"
           f"TensorRT {sidecar.key.tensorrt_version} on {sidecar.key.gpu_name} (sm {sidecar.key.compute_capability}), "
           f"{sidecar.key.precision}, built in {sidecar.build['build_seconds']} s")
@@ -99,7 +105,7 @@ def run_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calibrator(args: argparse.Namespace, info, output: Path, device_index: int):
+def _calibrator(args: argparse.Namespace, info, output: Path, device_index: int, trt):
     from panoptic_ros.runtime.calibration import (
         CalibrationCache,
         CalibrationFeeder,
@@ -117,9 +123,9 @@ def _calibrator(args: argparse.Namespace, info, output: Path, device_index: int)
         source = f"{args.calib_bag}:{args.calib_topic}"
     else:
         count, frames, source = 0, None, None
-    feeder = CalibrationFeeder(frames, info, f"cuda:{device_index}") if frames is not None else None
+    feeder = CalibrationFeeder(frames, info, f"cuda:{device_index}", count) if frames is not None else None
     description = {"algorithm": args.calib_algo, "source": source, "frames": count, "cache": str(cache.path)}
-    return make_calibrator(args.calib_algo, feeder, cache), description
+    return make_calibrator(args.calib_algo, feeder, cache, trt), description
 
 
 def _cuda_index(device: str) -> int:

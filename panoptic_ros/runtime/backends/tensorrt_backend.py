@@ -22,38 +22,50 @@ from panoptic_ros.runtime.backends.trt_api import (
     import_tensorrt,
     tensorrt_logger,
 )
+from panoptic_ros.runtime.choices import PRECISIONS
 
 
 class TensorRTBackend(Backend):
     name = "tensorrt"
 
     def __init__(self, model_path: str | Path, device: str = "auto", precision: str = "fp16",
-                 cache_dir: str | Path | None = None, allow_build: bool = True, workspace_mb: int = 1024) -> None:
-        """`precision`, `cache_dir`, `allow_build` and `workspace_mb` apply to an .onnx model (the cache)."""
+                 cache_dir: str | Path | None = None, allow_build: bool = True, workspace_mb: int = 1024,
+                 tensorrt_module: str | None = None) -> None:
+        """`precision`, `cache_dir`, `allow_build` and `workspace_mb` apply to an .onnx model (the cache);
+        `tensorrt_module` picks the library (default: the first installed, see trt_api.TENSORRT_MODULES)."""
         import torch
 
         from panoptic_ros.runtime import engine_cache
+        from panoptic_ros.runtime.engine_builder import build_engine
 
-        engine_cache.check_precision(precision)
-        trt = import_tensorrt()
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+        self._trt = trt = import_tensorrt(tensorrt_module)
         resolved = resolve_device(device, torch.cuda.is_available())
         if resolved == "cpu":
             raise ValueError("the tensorrt backend runs on a CUDA device, not 'cpu'")
         device_index = torch.device(resolved).index
         torch.cuda.init()  # torch creates the CUDA context TensorRT then shares
         model_path = Path(model_path)
-        self._runtime = trt.Runtime(tensorrt_logger())
+        self._runtime = trt.Runtime(tensorrt_logger(trt))
         with torch.cuda.device(device_index):  # TensorRT works on the current device
             if model_path.suffix == ".onnx":
+                key = engine_cache.running_key(engine_cache.file_sha256(model_path), precision, device_index, trt)
+
+                def build(engine_path: Path, timing_cache: Path) -> None:
+                    build_engine(model_path, engine_path, precision, workspace_mb=workspace_mb,
+                                 timing_cache=timing_cache, device_index=device_index, trt=trt)
+
                 engine_path, sidecar, self._engine = engine_cache.load_or_build(
-                    model_path, precision, self._load, cache_dir=cache_dir, allow_build=allow_build,
-                    workspace_mb=workspace_mb, device_index=device_index)
+                    model_path, key, self._load, build if allow_build else None, cache_dir=cache_dir)
             else:
-                engine_path, sidecar = model_path, engine_cache.check_prebuilt_engine(model_path, device_index)
-                self._engine = self._load(engine_path)
+                entry = engine_cache.check_prebuilt_engine(model_path, lambda built: engine_cache.running_key(
+                    built.onnx_sha256, built.precision, device_index, trt))
+                engine_path, sidecar = model_path, entry.sidecar
+                self._engine = self._load(entry.engine_bytes, engine_path)
             super().__init__(sidecar.info, model_path, resolved, sidecar.key.precision)
             self.engine_path = engine_path
-            inputs, outputs = engine_io(self._engine)
+            inputs, outputs = engine_io(self._engine, trt)
             problems = io_differences(sidecar.info.inputs, inputs) + io_differences(sidecar.info.outputs, outputs)
             if problems:
                 raise ValueError(f"{engine_path}: engine I/O differs from its sidecar: {'; '.join(problems)}")
@@ -62,8 +74,8 @@ class TensorRTBackend(Backend):
             self._device_outputs = allocate(self.info.outputs, device=resolved)
             self._bind()
 
-    def _load(self, engine_path: Path):
-        return deserialize(self._runtime, engine_path.read_bytes(), str(engine_path))
+    def _load(self, engine_bytes: bytes, engine_path: Path):
+        return deserialize(self._runtime, engine_bytes, str(engine_path))
 
     def _bind(self) -> None:
         """Point the context at our buffers once; they are never reallocated."""
@@ -99,8 +111,6 @@ class TensorRTBackend(Backend):
         return self._device_outputs
 
     def describe(self) -> dict:
-        import tensorrt
-
         name, capability = gpu_identity(self._io.device.index)
-        return {**super().describe(), "engine_path": str(self.engine_path), "tensorrt_version": tensorrt.__version__,
-                "gpu": name, "compute_capability": capability}
+        return {**super().describe(), "engine_path": str(self.engine_path), "tensorrt_module": self._trt.__name__,
+                "tensorrt_version": self._trt.__version__, "gpu": name, "compute_capability": capability}

@@ -1,39 +1,65 @@
-"""The TensorRT Python API across the versions we support: 8.6 (JetPack 5) and 10.x (JetPack 6).
+"""The TensorRT Python API across the libraries and versions we support: TensorRT 8.5/8.6
+(JetPack 5.1/6.0), 10.x (JetPack 6.1+), 11, and TensorRT for RTX (`tensorrt_rtx_bindings`).
 
-TensorRT 8.5 introduced the tensor-name API (num_io_tensors, get_tensor_name, set_tensor_address,
-execute_async_v3) and 10.0 removed the binding-index API (num_bindings, get_binding_name,
-execute_async_v2). Feature tests (not version numbers) pick the path, so a JetPack 4 TensorRT 8.2
-still loads engines through bindings. The facts that do not need the library (dtype names,
-versions, GPU identity) are plain functions, tested without TensorRT.
+Feature tests, never version numbers, pick every path:
+- the tensor-name API (num_io_tensors, execute_async_v3; TensorRT >= 8.5) or the binding-index
+  API (num_bindings, execute_async_v2; gone in 10.0);
+- EXPLICIT_BATCH where the creation flag still exists (8.x needs it; 10.x ignores it; 11 and RTX
+  have no such flag);
+- weak typing (BuilderFlag.FP16, per-layer precision; deprecated in 10.12, removed in 11 and
+  RTX) or strong typing (NetworkDefinitionCreationFlag.STRONGLY_TYPED; 10.x, 11, RTX);
+- INT8 calibrators (IInt8EntropyCalibrator2; 8.x-10.x, removed in 11 and RTX).
+The facts that do not need the library (dtype names, GPU identity) are plain functions.
 """
 
 from __future__ import annotations
 
+import importlib
 from functools import cache
 from types import ModuleType
 
 from panoptic_ros.runtime.backends.model_info import TensorSpec
 
+# The Python modules of TensorRT-family libraries, in the order they are tried.
+TENSORRT_MODULES = ("tensorrt", "tensorrt_rtx_bindings")
 # TensorRT DataType member names -> NumPy dtype names, for the types a pipeline's I/O can have.
 TRT_TO_NUMPY = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "INT32": "int32", "INT64": "int64",
                 "BOOL": "bool", "UINT8": "uint8"}
 
 
-def import_tensorrt() -> ModuleType:
-    """The tensorrt module, or a RuntimeError that says where it comes from."""
-    try:
-        import tensorrt
-    except ImportError:
-        raise RuntimeError("TensorRT is not installed: on a Jetson it comes with JetPack (the python3-libnvinfer "
-                           "package); elsewhere `pip install tensorrt` on a machine with an NVIDIA GPU") from None
-    return tensorrt
+def import_tensorrt(module: str | None = None) -> ModuleType:
+    """The TensorRT module named `module`, else the first of TENSORRT_MODULES installed; a
+    RuntimeError that says where they come from when none is."""
+    if module is not None and module not in TENSORRT_MODULES:
+        raise ValueError(f"unknown TensorRT module {module!r}; valid: {', '.join(TENSORRT_MODULES)}")
+    for name in (module,) if module else TENSORRT_MODULES:
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise RuntimeError(f"TensorRT is not installed ({module or ' or '.join(TENSORRT_MODULES)}): on a Jetson it "
+                       "comes with JetPack (the python3-libnvinfer package); elsewhere `pip install tensorrt`, or "
+                       "TensorRT for RTX (tensorrt-rtx-cu12-bindings)") from None
 
 
 @cache
-def tensorrt_logger():
-    """One logger for every builder and runtime (TensorRT warns when they differ)."""
-    trt = import_tensorrt()
+def tensorrt_logger(trt: ModuleType):
+    """One logger per TensorRT module for every builder and runtime (TensorRT warns when they differ)."""
     return trt.Logger(trt.Logger.WARNING)
+
+
+def has_weak_typing(trt: ModuleType) -> bool:
+    """Whether the builder takes precision flags and per-layer precisions (TensorRT <= 10.x)."""
+    return hasattr(trt.BuilderFlag, "FP16")
+
+
+def has_strong_typing(trt: ModuleType) -> bool:
+    """Whether networks can be strongly typed (tensor types from the ONNX file decide precision)."""
+    return hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+
+
+def has_int8_calibrators(trt: ModuleType) -> bool:
+    return hasattr(trt, "IInt8EntropyCalibrator2") and hasattr(trt.BuilderFlag, "INT8")
 
 
 def numpy_dtype(trt_dtype_name: str) -> str:
@@ -42,14 +68,6 @@ def numpy_dtype(trt_dtype_name: str) -> str:
         return TRT_TO_NUMPY[trt_dtype_name]
     except KeyError:
         raise ValueError(f"TensorRT data type {trt_dtype_name} has no NumPy equivalent for pipeline I/O") from None
-
-
-def major_version(version: str) -> int:
-    """'8.6.1.6' -> 8."""
-    try:
-        return int(version.split(".")[0])
-    except ValueError:
-        raise ValueError(f"not a TensorRT version: {version!r}") from None
 
 
 def compute_capability(major: int, minor: int) -> str:
@@ -67,10 +85,8 @@ def gpu_identity(device_index: int) -> tuple[str, str]:
             compute_capability(*torch.cuda.get_device_capability(device_index)))
 
 
-def engine_io(engine) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+def engine_io(engine, trt: ModuleType) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
     """(inputs, outputs) of a deserialized ICudaEngine, by either API."""
-    import tensorrt as trt
-
     inputs, outputs = [], []
     if hasattr(engine, "num_io_tensors"):  # TensorRT >= 8.5
         for i in range(engine.num_io_tensors):
@@ -86,11 +102,23 @@ def engine_io(engine) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
     return tuple(inputs), tuple(outputs)
 
 
-def network_flags(trt: ModuleType) -> int:
-    """create_network flags: explicit batch before TensorRT 10 (where it is the only mode and the flag is gone)."""
-    if major_version(trt.__version__) >= 10:
-        return 0
-    return 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+def network_io(network, trt: ModuleType) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """(inputs, outputs) of a parsed INetworkDefinition (no GPU needed)."""
+    def spec(tensor) -> TensorSpec:
+        return TensorSpec(tensor.name, tuple(tensor.shape), numpy_dtype(tensor.dtype.name))
+
+    return (tuple(spec(network.get_input(i)) for i in range(network.num_inputs)),
+            tuple(spec(network.get_output(i)) for i in range(network.num_outputs)))
+
+
+def network_flags(trt: ModuleType, strongly_typed: bool) -> int:
+    """create_network flags: EXPLICIT_BATCH where the flag exists (required by 8.x, ignored by 10.x),
+    STRONGLY_TYPED when asked (the caller checks has_strong_typing)."""
+    flags = trt.NetworkDefinitionCreationFlag
+    value = 1 << int(flags.EXPLICIT_BATCH) if hasattr(flags, "EXPLICIT_BATCH") and not strongly_typed else 0
+    if strongly_typed:
+        value |= 1 << int(flags.STRONGLY_TYPED)
+    return value
 
 
 def set_workspace(config, trt: ModuleType, workspace_mb: int) -> None:
