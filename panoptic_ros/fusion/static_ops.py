@@ -108,9 +108,10 @@ def rank_order(score: Tensor, index: Tensor, taken: Tensor, k: int) -> Tensor:
     rank = (before & taken[:, None]).to(torch.int32).sum(dim=0, dtype=torch.int32)
     wanted = torch.arange(k, device=score.device, dtype=torch.int32)
     pick = (rank[None, :] == wanted[:, None]) & taken[None, :]
-    # Positions < 2^24 are exact through a float mat-vec (no integer ReduceSum needed).
+    # Positions < 2^24 are exact as a float sum with one non-zero term (no integer ReduceSum needed;
+    # and no MatMul with a constant, which engine building would take for a learned layer).
     position = torch.arange(score.shape[0], device=score.device, dtype=torch.float32)
-    return torch.matmul(pick.to(torch.float32), position).to(torch.int64)
+    return (pick.to(torch.float32) * position[None, :]).sum(dim=1).to(torch.int64)
 
 
 def greedy_nms(overlap: Tensor, valid: Tensor, threshold: Tensor, sweeps: int = NMS_SWEEPS) -> tuple[Tensor, Tensor]:
