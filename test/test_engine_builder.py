@@ -22,7 +22,6 @@ from panoptic_ros.runtime.engine_builder import (
     layers_to_keep_fp32,
     onnx_is_mixed_precision,
     plan_precision,
-    uint8_conversion_problems,
 )
 from panoptic_ros.runtime.export import export_onnx
 
@@ -119,30 +118,6 @@ def test_fp32_layers_of_the_pipeline_are_its_post_processing(pipeline_onnx):
     network_ops = {name for name in ops if name.startswith("/network/backbone/")}
     assert network_ops and not network_ops & kept
     assert "ReduceSum" in {ops[name] for name in kept}
-
-
-def test_uint8_conversions_are_checked_for_tensorrt_8():
-    def graph_with_cast(src: int, dst: int) -> onnx.ModelProto:
-        node = helper.make_node("Cast", ["x"], ["y"], to=dst, name="cast_me")
-        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", src, [4])],
-                                  [helper.make_tensor_value_info("y", dst, [4])])
-        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-    assert uint8_conversion_problems(graph_with_cast(TensorProto.FLOAT, TensorProto.UINT8), 8) == []
-    assert uint8_conversion_problems(graph_with_cast(TensorProto.UINT8, TensorProto.FLOAT16), 8) == []
-    problems = uint8_conversion_problems(graph_with_cast(TensorProto.INT32, TensorProto.UINT8), 8)
-    assert len(problems) == 1 and "'cast_me'" in problems[0] and "x: int32" in problems[0]
-    assert uint8_conversion_problems(graph_with_cast(TensorProto.INT32, TensorProto.UINT8), 10) == []
-    transpose = helper.make_node("Transpose", ["x"], ["y"], perm=[0], name="t")
-    graph = helper.make_graph([transpose], "g", [helper.make_tensor_value_info("x", TensorProto.UINT8, [4])],
-                              [helper.make_tensor_value_info("y", TensorProto.UINT8, [4])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    assert "Transpose node 't'" in uint8_conversion_problems(model, 8)[0]
-
-
-def test_pipeline_graph_builds_on_tensorrt_8(pipeline_onnx):
-    """JetPack 5 ships TensorRT 8.6: the pipeline's uint8 conversions must all be float casts."""
-    assert uint8_conversion_problems(onnx.load(str(pipeline_onnx)), 8) == []
 
 
 def test_progress_line_shows_open_phases_and_steps():
