@@ -14,18 +14,19 @@ from onnx import TensorProto, helper
 
 from panoptic_ros.classes import SYNTHETIC
 from panoptic_ros.fusion.pipeline import build_pipeline
+from panoptic_ros.runtime import mixed_precision
 from panoptic_ros.runtime.engine_builder import (
     BuildProgress,
     LayerFacts,
     PrecisionPlan,
     ProgressPrinter,
+    is_learned,
     layers_to_keep_fp32,
     onnx_is_mixed_precision,
     plan_precision,
 )
 from panoptic_ros.runtime.export import export_onnx
 
-FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16)
 
 
 @pytest.fixture(scope="module")
@@ -36,20 +37,7 @@ def pipeline_onnx(tmp_path_factory):
 
 
 def onnx_layer_facts(model: onnx.ModelProto) -> list[LayerFacts]:
-    """LayerFacts of ONNX nodes, by the rule tensorrt_layer_facts applies to TensorRT layers."""
-    graph = onnx.shape_inference.infer_shapes(model).graph
-    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.output]}
-    constants = {t.name for t in graph.initializer}
-    constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
-    facts = []
-    for node in graph.node:
-        learned = node.op_type in ("Conv", "ConvTranspose") or (
-            node.op_type in ("MatMul", "Gemm") and any(t in constants for t in node.input))
-        float_outputs = tuple(types.get(o) in FLOATS for o in node.output)
-        facts.append(LayerFacts(node.name, tuple(node.input), tuple(node.output), learned, float_outputs,
-                                settable=node.op_type != "Constant",
-                                selects=node.op_type in ("TopK", "ArgMax", "ArgMin")))
-    return facts
+    return mixed_precision.onnx_layer_facts(onnx.shape_inference.infer_shapes(model))
 
 
 F, N = True, False  # an output is float / an output is not (an index, an integer)
@@ -88,6 +76,11 @@ def test_fp32_rule_needs_an_output_and_a_settable_layer():
         LayerFacts("after", ("z",), ("w",), learned=False, float_outputs=(F,)),
     ]
     assert layers_to_keep_fp32(layers) == ["after"]
+
+
+def test_weight_ops_of_the_fusion_are_not_learned():
+    assert is_learned("/network/backbone/conv1/Conv", True) and not is_learned("/network/Relu", False)
+    assert not is_learned("/fusion/assembler/MatMul", True)  # constant 0/1 matrices: per-cell sums
 
 
 def test_fp32_rule_keeps_selected_candidates_that_feed_a_learned_layer():

@@ -57,6 +57,18 @@ class LayerFacts:
     selects: bool = False  # top-k / argmax: picks candidates, everything after it is post-processing
 
 
+# Layers (ONNX nodes, and the TensorRT layers the parser names after them) of the fusion module.
+FUSION_SCOPE = "/fusion/"
+
+
+def is_learned(name: str, weight_op: bool) -> bool:
+    """A convolution or constant-weight matrix multiply is learned unless it sits in the fusion's
+    scope: the fusion multiplies by constant 0/1 matrices (per-cell sums), which are arithmetic
+    on counts and scores, not network weights. FPSNet's panoptic head, called from the fusion, is
+    traced under the network's own scope and stays learned."""
+    return weight_op and not name.startswith(FUSION_SCOPE)
+
+
 def layers_to_keep_fp32(layers: Sequence[LayerFacts]) -> list[str]:
     """Names of the settable, non-learned layers with a float output that are post-processing:
     those no learned layer depends on (after the heads), and those downstream of a top-k/argmax
@@ -100,8 +112,8 @@ def tensorrt_layer_facts(network, trt: ModuleType) -> list[LayerFacts]:
     for index, layer in enumerate(layers):
         inputs = tuple(t.name for t in (layer.get_input(j) for j in range(layer.num_inputs)) if t is not None)
         outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
-        learned = layer.type in (types.CONVOLUTION, types.DECONVOLUTION) or (
-            layer.type == types.MATRIX_MULTIPLY and any(t in constant_outputs for t in inputs))
+        learned = is_learned(layer.name, layer.type in (types.CONVOLUTION, types.DECONVOLUTION) or (
+            layer.type == types.MATRIX_MULTIPLY and any(t in constant_outputs for t in inputs)))
         settable = layer.type not in (types.CONSTANT, types.SHAPE) and index not in in_loop
         facts.append(LayerFacts(layer.name, inputs, tuple(t.name for t in outputs), learned,
                                 tuple(t.dtype in float_types for t in outputs), settable,
