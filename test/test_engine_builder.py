@@ -28,7 +28,6 @@ from panoptic_ros.runtime.engine_builder import (
 from panoptic_ros.runtime.export import export_onnx
 
 
-
 @pytest.fixture(scope="module")
 def pipeline_onnx(tmp_path_factory):
     torch.manual_seed(0)
