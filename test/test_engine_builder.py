@@ -78,8 +78,10 @@ def test_fp32_rule_needs_an_output_and_a_settable_layer():
 
 
 def test_weight_ops_of_the_fusion_are_not_learned():
-    assert is_learned("/network/backbone/conv1/Conv", True) and not is_learned("/network/Relu", False)
-    assert not is_learned("/fusion/assembler/MatMul", True)  # constant 0/1 matrices: per-cell sums
+    assert is_learned("/network/backbone/conv1/Conv", True, False) and not is_learned("/network/Relu", False, False)
+    assert is_learned("/network/head/MatMul", False, True)
+    assert not is_learned("/fusion/assembler/MatMul", False, True)  # constant 0/1 matrices: per-cell sums
+    assert is_learned("/fusion/classifier/Conv", True, False)  # FPSNet's panoptic head, called by the fusion
 
 
 def test_fp32_rule_keeps_selected_candidates_that_feed_a_learned_layer():

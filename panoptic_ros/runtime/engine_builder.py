@@ -61,12 +61,11 @@ class LayerFacts:
 FUSION_SCOPE = "/fusion/"
 
 
-def is_learned(name: str, weight_op: bool) -> bool:
-    """A convolution or constant-weight matrix multiply is learned unless it sits in the fusion's
-    scope: the fusion multiplies by constant 0/1 matrices (per-cell sums), which are arithmetic
-    on counts and scores, not network weights. FPSNet's panoptic head, called from the fusion, is
-    traced under the network's own scope and stays learned."""
-    return weight_op and not name.startswith(FUSION_SCOPE)
+def is_learned(name: str, convolution: bool, constant_matmul: bool) -> bool:
+    """Convolutions are learned layers wherever they are (FPSNet's panoptic head runs inside the
+    fusion's scope); a matrix multiply by a constant is one only outside the fusion's scope: the
+    fusion multiplies by constant 0/1 matrices (per-cell sums), arithmetic on counts and scores."""
+    return convolution or (constant_matmul and not name.startswith(FUSION_SCOPE))
 
 
 def layers_to_keep_fp32(layers: Sequence[LayerFacts]) -> list[str]:
@@ -112,8 +111,8 @@ def tensorrt_layer_facts(network, trt: ModuleType) -> list[LayerFacts]:
     for index, layer in enumerate(layers):
         inputs = tuple(t.name for t in (layer.get_input(j) for j in range(layer.num_inputs)) if t is not None)
         outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
-        learned = is_learned(layer.name, layer.type in (types.CONVOLUTION, types.DECONVOLUTION) or (
-            layer.type == types.MATRIX_MULTIPLY and any(t in constant_outputs for t in inputs)))
+        learned = is_learned(layer.name, layer.type in (types.CONVOLUTION, types.DECONVOLUTION),
+                             layer.type == types.MATRIX_MULTIPLY and any(t in constant_outputs for t in inputs))
         settable = layer.type not in (types.CONSTANT, types.SHAPE) and index not in in_loop
         facts.append(LayerFacts(layer.name, inputs, tuple(t.name for t in outputs), learned,
                                 tuple(t.dtype in float_types for t in outputs), settable,

@@ -40,8 +40,8 @@ def onnx_layer_facts(model: onnx.ModelProto) -> list[LayerFacts]:
                                                          for o in n.output}
     facts = []
     for node in graph.node:
-        learned = is_learned(node.name, node.op_type in ("Conv", "ConvTranspose") or (
-            node.op_type in ("MatMul", "Gemm") and any(t in constants for t in node.input)))
+        learned = is_learned(node.name, node.op_type in ("Conv", "ConvTranspose"),
+                             node.op_type in ("MatMul", "Gemm") and any(t in constants for t in node.input))
         facts.append(LayerFacts(node.name, tuple(node.input), tuple(node.output), learned,
                                 tuple(types.get(o) in FLOATS for o in node.output),
                                 settable=node.op_type != "Constant", selects=node.op_type in SELECTIONS))
