@@ -35,7 +35,10 @@ figures: setup
 	$(BENCH) inference --update README.md models/README.md
 	$(BENCH) fusion --sizes 1024x2048 --runtimes onnxruntime --update README.md
 	$(BENCH) eval --update README.md
+	$(BENCH) eval --peers --update README.md
+	$(BENCH) eval --bag-fps --update README.md
 	$(BENCH) node --duration 30 --update README.md
+	$(BENCH) tracker --update README.md
 
 lint: setup
 	$(VENV)/bin/ruff check panoptic_ros test launch scripts

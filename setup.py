@@ -15,6 +15,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["panoptic_ros", "panoptic_ros.*"]),
     package_data={"panoptic_ros.runtime": ["tensorrt_onnx_ops.json"]},
+    # eval-bag --ray: bags as tasks on a Ray cluster (version pinned in requirements.txt)
+    extras_require={"cluster": ["ray==2.60.0"]},
     entry_points={
         "console_scripts": [
             "panoptic-ros = panoptic_ros.cli:main",

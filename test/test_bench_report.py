@@ -100,7 +100,7 @@ def test_a_missing_region_is_a_clear_error(tmp_path, capsys):
 def test_make_figures_targets_regions_that_exist():
     recipe = re.search(r"^figures:.*?\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), re.MULTILINE).group(1)
     commands = [re.search(r"\$\(BENCH\) (\w+) .*--update ((?:\S+ ?)+)$", line) for line in recipe.splitlines()]
-    assert {c.group(1) for c in commands} == {"inference", "fusion", "eval", "node"}
+    assert {c.group(1) for c in commands} == {"inference", "fusion", "eval", "node", "tracker"}
     for command in commands:
         for name in command.group(2).split():
             assert (ROOT / name).read_text().count(f"<!-- bench:{command.group(1)} -->") == 1, (name, command[0])

@@ -312,7 +312,7 @@ def test_damage_part_way_keeps_the_frames_before(tmp_path, backend, model_path, 
     code = main(["eval-bag", str(bag), "--image-topic", IMAGE_TOPIC, "--gt-topic", GT_TOPIC, "--onnx",
                  str(model_path), "--report", str(report)])
     captured = capsys.readouterr()
-    assert code == 1 and "the report covers the 2 frames before the damage" in captured.err
+    assert code == 1 and "the report covers the 2 frames before it" in captured.err
     assert "truncated or corrupt" in json.loads((report / "metrics.json").read_text())["info"]["bag error"]
 
 

@@ -18,7 +18,8 @@ from panoptic_ros.ros import parameters as params
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch" / "jetson.launch.py"
-REQUIRED_ARGUMENTS = {"camera", "model", "backend", "engine_path", "params_file", "namespace", "use_sim_time", "rviz"}
+REQUIRED_ARGUMENTS = {"camera", "model", "backend", "engine_path", "params_file", "namespace", "use_sim_time",
+                      "large_data_profile", "rviz", "fixed_frame"}
 ROS_PARAMETERS = {"use_sim_time"}  # declared by every rclpy node
 
 
@@ -67,21 +68,56 @@ def test_launch_file_sets_only_parameters_the_node_declares(tree):
     assert literal_keys <= set(params.PARAMETER_NAMES) | ROS_PARAMETERS
 
 
-def test_launch_file_starts_executables_and_reads_files_that_exist(tree):
-    executables = [{kw.arg: kw.value.value for kw in call.keywords if kw.arg in ("package", "executable")}
-                   for call in _calls(tree, "Node")]
-    assert {"package": "panoptic_ros", "executable": "panoptic_node"} in executables
-    assert {"package": "rviz2", "executable": "rviz2"} in executables
-    # panoptic_node: the colcon executable (installed from scripts/) and the pip console script.
-    assert (REPO / "scripts" / "panoptic_node").is_file()
+def _executables(tree: ast.Module, action: str) -> list[dict[str, str]]:
+    return [{kw.arg: kw.value.value for kw in call.keywords if kw.arg in ("package", "executable")}
+            for call in _calls(tree, action)]
+
+
+def test_launch_file_starts_a_managed_node_and_rviz_and_reads_files_that_exist(tree):
+    assert _executables(tree, "LifecycleNode") == [{"package": "panoptic_ros", "executable": "panoptic_node"}]
+    assert _executables(tree, "Node") == [{"package": "rviz2", "executable": "rviz2"}]
+    # panoptic_node: the colcon executable (installed from scripts/) and the pip console script, both main().
+    assert "from panoptic_ros.ros.node import main" in (REPO / "scripts" / "panoptic_node").read_text()
     assert re.search(r"install\(PROGRAMS[^)]*scripts/panoptic_node", (REPO / "CMakeLists.txt").read_text())
     assert "panoptic_node = panoptic_ros.ros.node:main" in (REPO / "setup.py").read_text()
-    assert callable(importlib.import_module("panoptic_ros.ros.node").main)
-    # Files under the package's share directory: config/..., which CMakeLists installs.
-    for call in _calls(tree, "PathJoinSubstitution"):
-        parts = _constant_strings(call)
-        assert (REPO.joinpath(*parts)).is_file(), parts
+    # Files under the package's share directory, which CMakeLists installs: exactly these, and they exist.
+    read = {"/".join(_constant_strings(call)) for call in _calls(tree, "PathJoinSubstitution")}
+    assert read == {"config/jetson.yaml", "config/fastdds_large_data.xml", "config/panoptic.rviz"}
+    assert all((REPO / path).is_file() for path in read)
     assert re.search(r"install\(DIRECTORY[^)]*\bconfig\b", (REPO / "CMakeLists.txt").read_text())
+
+
+def test_launch_file_drives_the_lifecycle_and_turns_autostart_off(tree):
+    # The node's own autostart is off; the file emits configure, and activate once the node is inactive.
+    assert {"autostart": False} in [ast.literal_eval(d) for d in ast.walk(tree) if isinstance(d, ast.Dict)
+                                    and [getattr(k, "value", None) for k in d.keys] == ["autostart"]]
+    transitions = [n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr.startswith("TRANSITION_")]
+    assert sorted(transitions) == ["TRANSITION_ACTIVATE", "TRANSITION_CONFIGURE"]
+    (handler,) = _calls(tree, "OnStateTransition")
+    states = {kw.arg: kw.value.value for kw in handler.keywords if kw.arg in ("start_state", "goal_state")}
+    assert states == {"start_state": "configuring", "goal_state": "inactive"}
+
+
+def test_launch_file_gives_its_processes_the_profile_under_both_variable_names(tree):
+    assert set(_constant_strings(_assigned(tree, "PROFILE_VARIABLES"))) == {"FASTRTPS_DEFAULT_PROFILES_FILE",
+                                                                           "FASTDDS_DEFAULT_PROFILES_FILE"}
+    additional_env = [kw.value.id for call in _calls(tree, "LifecycleNode") + _calls(tree, "Node")
+                      for kw in call.keywords if kw.arg == "additional_env"]
+    assert additional_env == ["environment", "environment"]
+
+
+def test_fast_dds_profile_enlarges_shared_memory_for_every_participant():
+    import xml.etree.ElementTree as ET
+
+    namespace = {"dds": "http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles"}
+    root = ET.parse(REPO / "config" / "fastdds_large_data.xml").getroot()
+    shm = root.find("dds:transport_descriptors/dds:transport_descriptor[dds:type='SHM']", namespace)
+    assert int(shm.find("dds:segment_size", namespace).text) >= 10 * 2048 * 1024 * 3  # ten 2-MPx rgb8 frames
+    participant = root.find("dds:participant", namespace)
+    assert participant.get("is_default_profile") == "true"
+    used = [e.text for e in participant.findall("dds:rtps/dds:userTransports/dds:transport_id", namespace)]
+    assert shm.find("dds:transport_id", namespace).text in used
+    assert participant.find("dds:rtps/dds:useBuiltinTransports", namespace).text == "false"
 
 
 @pytest.mark.parametrize("name", ["cpu.yaml", "jetson.yaml"])
@@ -106,12 +142,25 @@ def test_cpu_and_jetson_defaults():
     assert (jetson["backend"], jetson["precision"], jetson["device"]) == ("tensorrt", "fp16", "cuda:0")
 
 
-def test_rviz_config_shows_overlay_and_semantic_images():
+# Encodings RViz's Image display can show (rviz_default_plugins ROSImageTexture): not 32SC1.
+RVIZ_IMAGE_ENCODINGS = {"rgb8", "rgba8", "bgr8", "bgra8", "mono8", "mono16", "8UC1", "16UC1", "32FC1"}
+
+
+def rviz_image_displays() -> dict[str, dict]:
     config = yaml.safe_load((REPO / "config" / "panoptic.rviz").read_text())
-    displays = config["Visualization Manager"]["Displays"]
-    images = {d["Topic"]["Value"] for d in displays if d["Class"] == "rviz_default_plugins/Image"}
-    assert images == {"panoptic/overlay", "panoptic/semantic"}
-    assert all(d["Topic"]["Reliability Policy"] == "Reliable" for d in displays)  # matches output_qos DEFAULT
+    return {d["Topic"]["Value"]: d for d in config["Visualization Manager"]["Displays"]
+            if d["Class"] == "rviz_default_plugins/Image"}
+
+
+def test_rviz_config_shows_topics_the_node_publishes_in_encodings_rviz_can_show():
+    from panoptic_ros.ros.frame_output import IMAGE_TOPICS
+
+    displays = rviz_image_displays()
+    assert set(displays) == {"panoptic/overlay", "panoptic/semantic_color"}
+    for topic, display in displays.items():
+        assert IMAGE_TOPICS[topic.removeprefix("panoptic/")] in RVIZ_IMAGE_ENCODINGS, topic
+        assert display["Topic"]["Reliability Policy"] == "Reliable"  # matches output_qos DEFAULT
+        assert display["Enabled"] is True
 
 
 @pytest.mark.skipif(importlib.util.find_spec("launch_ros") is None, reason="launch_ros is not installed here")

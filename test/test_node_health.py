@@ -140,14 +140,17 @@ def test_camera_status_takes_the_input_level_and_its_values(clock):
     assert values["seconds_since_last_frame"] == "4.0" and values["model"] == "psn"
 
 
-def test_problems_raise_an_ok_input_to_warn_and_keep_an_error(clock):
+@pytest.mark.parametrize(("record", "reason"), [("record_rejected", "unsupported encoding 'hsv8'"),
+                                               ("record_failed", "backend: out of memory")])
+def test_problems_raise_an_ok_input_to_warn_and_keep_an_error(clock, record, reason):
     monitor = InputMonitor(TOPIC, clock=clock)
     monitor.record_arrival()
     stats = CameraStats(clock=clock)
-    stats.record_rejected("unsupported encoding 'hsv8'")
+    getattr(stats, record)(reason)
     diagnostic = status(stats, monitor.assess(1))
     assert level_of(diagnostic) == WARN
-    assert diagnostic.message == "1 bad frames since last report, last rejected: unsupported encoding 'hsv8'"
+    kind = record.removeprefix("record_")
+    assert diagnostic.message == f"1 bad frames since last report, last {kind}: {reason}"
     assert level_of(status(stats, monitor.assess(1))) == OK  # reported once, then the input is fine again
 
     failed = "failed: /m/corrupt.onnx (onnxruntime, cpu): not an ONNX file"

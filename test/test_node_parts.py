@@ -231,6 +231,7 @@ def test_choices_are_checked_with_a_reason():
     assert params.check_value("backend", "onnxruntime") is None
     assert params.check_value("backend", "openvino") == ("backend must be one of onnxruntime, torch, tensorrt, "
                                                           "got 'openvino'")
+    assert params.check_value("precision", "") == "precision must be one of fp32, fp16, int8, got ''"
     assert params.check_value("input_qos", "SENSOR_DATA") is None
     assert params.check_value("device", "cuda:1") is None and params.check_value("device", "auto") is None
     assert params.check_value("device", "gpu0") == "device must be auto, cpu, cuda or cuda:N, got 'gpu0'"

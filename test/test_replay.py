@@ -95,7 +95,8 @@ def test_replay_accounts_for_every_frame_and_evaluates_by_stamp(bag, tiny_model,
     assert metrics["info"]["model file"] == str(tiny_model)
     assert metrics["info"]["node exit code"] == 0
     assert metrics["metrics"]["num_frames"] == counts.outputs
-    assert set(metrics["latency_ms"]) == {"queue", "convert", "resize", "inference", "publish", "total", END_TO_END}
+    assert set(metrics["latency_ms"]) == {"queue", "convert", "resize", "inference", "tracking", "publish", "total",
+                                        END_TO_END}
     markdown = (report / "report.md").read_text()
     assert "| frames sent | 8 |" in markdown and f"| {END_TO_END} | {counts.outputs} |" in markdown
 
@@ -145,11 +146,14 @@ def test_demo_command_with_a_model_file(tiny_model, tmp_path, capsys):
     report = tmp_path / "demo"
     assert main(["demo", "--model", str(tiny_model), "--frames", "3", "--rate", "5", "--report", str(report)]) == 0
     out = capsys.readouterr().out
-    assert "3 synthetic street scenes (512x256, 5 Hz)" in out
+    assert "a 3-frame synthetic street drive (512x256, 5 Hz)" in out
     assert "PQ " in out and "latency end-to-end: p50" in out and "dropped frames:" in out
     assert f"report: {report / 'report.md'}" in out
-    info = json.loads((report / "metrics.json").read_text())["info"]
-    assert info["frames in bag"] == 3 and info["params file"].endswith("config/cpu.yaml")
+    assert "tracking true: PQ" in out and "tracking false: PQ" in out  # the closing note: both runs
+    for folder, tracking in ((report, "panoptic_node's tracker"), (tmp_path / "demo-tracking-off", "per-frame ids")):
+        info = json.loads((folder / "metrics.json").read_text())["info"]
+        assert info["frames in bag"] == 3 and info["params file"].endswith("config/cpu.yaml")
+        assert info["tracking"].startswith(tracking)
 
 
 def test_bad_demo_options_are_refused(capsys):

@@ -199,6 +199,16 @@ def test_semantic_color_and_camera_info_for_rviz(node):
     node.node.destroy_publisher(info_publisher)
 
 
+def test_rviz_displays_get_images_rviz_can_show(node):
+    from test_launch import RVIZ_IMAGE_ENCODINGS, rviz_image_displays
+
+    topics = tuple(topic.removeprefix("panoptic/") for topic in rviz_image_displays())
+    msg = image_msg(5)
+    for topic, received in request(node, msg, topics=topics).items():
+        assert received.encoding in RVIZ_IMAGE_ENCODINGS, topic
+        assert received.header == msg.header and (received.height, received.width) == CAMERA_HW
+
+
 def test_auto_qos_subscribes_reliable_to_a_reliable_camera(node):
     request(node, image_msg(2))
     (info,) = node.node.get_subscriptions_info_by_topic("/pn_main/image")  # (DDS discovery carries no depth)
@@ -211,7 +221,7 @@ def test_one_stamped_timing_message_per_frame_and_the_class_map(node):
     sent.header.stamp = now.to_msg()  # a live camera's stamp: end-to-end latency is measured against it
     timing = request(node, sent, topics=("instances", "timing"))["timing"]
     assert timing.header == sent.header
-    stages = (timing.convert_ms, timing.resize_ms, timing.inference_ms, timing.publish_ms)
+    stages = (timing.convert_ms, timing.resize_ms, timing.inference_ms, timing.tracking_ms, timing.publish_ms)
     assert min(stages) > 0 and timing.queue_ms >= 0
     assert timing.total_ms == pytest.approx(sum(stages), abs=1e-6)  # the stages split the node's time exactly
     # Stamped before it was sent, published after the node's work: at least the node's own time.
@@ -385,7 +395,7 @@ def test_load_benchmark_runs_and_its_checks_hold(models, tmp_path, capsys):
     bench.add_arguments(parser)
     report = tmp_path / "bench.json"
     args = parser.parse_args(["--model", str(models["psn"]), "--height", "256", "--width", "512", "--rate", "20",
-                              "--duration", "3", "--json", str(report)])
+                              "--duration", "3", "--json", str(report), "--markdown"])
     assert bench.run(args) == 0, capsys.readouterr().out
     figures = json.loads(report.read_text())
     # How many frames reach the node depends on the machine's load (its input keeps the newest only); what it
@@ -394,4 +404,46 @@ def test_load_benchmark_runs_and_its_checks_hold(models, tmp_path, capsys):
     assert figures["node_dropped"] == figures["node_received"] - figures["node_processed"]
     assert figures["outputs_received"] == figures["node_processed"] > 0
     assert figures["rss_mb_peak_vmhwm"] > 50 and figures["overhead_ms_p50"] > 0
-    assert "panoptic_node under load" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "panoptic_node under load" in out
+    assert "| overhead share of the frame time |" in out and "logical cores usable, threads used: the node's" in out
+
+
+def test_lifecycle_transitions_and_immediate_warning_of_a_failed_device_change(models, tmp_path):
+    # autostart off, as the launch file starts it. A 30 s diagnostics period: every status this test waits for
+    # must come from the node's publish at once (transition, failed switch), not from the timer.
+    namespace = "/pn_lifecycle"
+    log = (tmp_path / "node.log").open("w")
+    process = start_node(["-r", f"__ns:={namespace}", "-p", f"model:={models['psn']}", "-p", "autostart:=false",
+                          "-p", "diagnostics_period:=30.0"], stdout=log, stderr=subprocess.STDOUT)
+    client = PanopticClient(namespace, outputs=("instances",))
+    camera = client.publishers[""]
+    try:
+        assert client.lifecycle_state(timeout=60) == "unconfigured"
+        assert client.change_state("configure") and client.lifecycle_state() == "inactive"
+        assert camera.get_subscription_count() == 0  # inactive: not subscribed
+        assert client.change_state("activate") and client.lifecycle_state() == "active"
+        client.wait_for_node(timeout=30)
+        assert request(client, image_msg(80), ("instances",))["instances"].model_name == "psn"
+
+        (result,) = client.set_parameters({"device": "cuda:0"})  # no CUDA here: fails after the call
+        assert result.successful
+        status = client.camera_status("", lambda v: v["model_state"].startswith("failed"), timeout=20)
+        assert status["level"] in (WARN, ERROR) and "CUDA is not available" in status["message"]  # ERROR: silence
+        client.wait_for(lambda: client.get_parameters(["device"])["device"] == "auto", 20, "device set back")
+
+        assert client.change_state("deactivate") and client.lifecycle_state() == "inactive"
+        status = client.camera_status("", lambda v: v["message"].startswith("inactive"), timeout=20)
+        assert (status["level"], status["model_state"], status["model"]) == (OK, "not loaded (inactive)", "")
+        client.wait_for(lambda: camera.get_subscription_count() == 0, 20, "the node to unsubscribe")
+
+        assert client.change_state("activate")  # loads the model again
+        assert request(client, image_msg(81), ("instances",))["instances"].model_name == "psn"
+        assert client.change_state("deactivate") and client.change_state("cleanup")
+        assert client.lifecycle_state() == "unconfigured"
+        assert client.change_state("shutdown") and client.lifecycle_state() == "finalized"
+    finally:
+        client.close()
+        code = stop_node(process)
+        log.close()
+    assert code == 0, (tmp_path / "node.log").read_text()

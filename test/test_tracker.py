@@ -153,3 +153,55 @@ def test_track_id_map():
     assert track_id_map(panoptic, tracks, DIVISOR).tolist() == [[-1, 0, 2007], [2000, 3000 + 235, 1000]]
     assert track_id_map(panoptic, {}, DIVISOR).tolist() == panoptic.tolist()
     assert track_id_map(panoptic, {2001: 999, 3001: 1000}, DIVISOR)[[0, 1], [2, 0]].tolist() == [2999, 2002]
+
+
+def test_tracker_bench_frames_and_clock():
+    from panoptic_ros.tracking.bench import moving_boxes, tracker_cost_ms
+
+    frames = moving_boxes(256, 512, instances=50, frames=3)
+    assert len(frames) == 3 and all(len(rows) == 50 for _, rows in frames)
+    ticks = iter(range(100))
+    assert tracker_cost_ms(256, 512, instances=50, frames=4, clock=lambda: next(ticks) / 1e3) == [1.0, 1.0, 1.0]
+
+
+def test_camera_tracking_follows_the_node_parameters():
+    from panoptic_ros.classes import LabelSet
+    from panoptic_ros.pipeline_io import PanopticResult
+    from panoptic_ros.tracking.camera import CameraTracking
+
+    labels = LabelSet("four", ("a", "b", "c", "d"), THING, ((0, 0, 0),) * 4)
+    other = LabelSet("other", ("a", "b", "c", "d"), (False, True, True, True), ((0, 0, 0),) * 4)
+
+    def result(objects):
+        panoptic, rows = frame(objects)
+        return PanopticResult(panoptic, np.zeros(HW, np.uint8), rows, len(rows))
+
+    ids = TrackIds()
+    camera = CameraTracking(ids)
+    assert camera.update(result([car(10)]), labels, True, 0) == {2001: 1}
+    track_ids(Tracker(THING, ids=ids), [car(0)])  # another camera of the node takes id 2
+    assert camera.update(result([]), labels, True, 1) == {}  # max age 1 now: the track survives one frame
+    assert camera.update(result([car(11)]), labels, True, 1) == {2001: 1}
+    assert camera.update(result([car(11)]), labels, False, 1) is None  # off: tracks dropped
+    assert camera.update(result([car(11)]), labels, True, 1) == {2001: 3}  # on again: a new, unused id
+    assert camera.update(result([car(11)]), other, True, 1) == {2001: 4}  # another label set: afresh
+
+
+def test_map_ids_table_and_search_agree():
+    from panoptic_ros.tracking.tracker import DENSE_IDS, map_ids
+
+    rng = np.random.default_rng(3)
+    for scale in (1, DENSE_IDS):  # small ids: a lookup table; large ones: a binary search
+        keys = rng.choice(50, 12, replace=False) * scale
+        ids = np.where(rng.random((7, 9)) < 0.1, -1, rng.choice(np.append(keys, [7 * scale + 1, 3]), (7, 9)))
+        values = rng.integers(1, 99, keys.size)
+        expected = {int(k): int(v) for k, v in zip(keys, values, strict=True)}
+        for default in (0, None):
+            got = map_ids(ids, keys, values, default)
+            want = [[expected.get(i, i if default is None else default) for i in row] for row in ids.tolist()]
+            assert got.tolist() == want
+    assert map_ids(np.array([[-1, 5]]), np.zeros(0, np.int64), np.zeros(0, np.int64), None).tolist() == [[-1, 5]]
+    assert map_ids(np.array([[-1, 5 * DENSE_IDS]]), np.zeros(0, np.int64), np.zeros(0, np.int64), 0).tolist() == \
+        [[0, 0]]
+    big = 10**6  # a label divisor of a million: ids class * 10**6 + n
+    assert track_id_map(np.array([[2 * big + 1, big]]), {2 * big + 1: 5}, big).tolist() == [[2 * big + 5, big]]

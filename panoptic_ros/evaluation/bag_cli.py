@@ -22,10 +22,17 @@ nanoseconds; --gt-match index: the PNGs sorted by name are the topic's frames in
 
 tracking: --tracking gives the things of every frame track ids and scores them against ground truth whose
 instance ids are track ids (synth --sequence): STQ, AQ, SQ, AQ per class, identity switches per frame.
---tracker off scores the per-frame instance ids instead (the baseline without tracking).
+--tracker off scores the per-frame instance ids instead (the baseline without tracking). One bag at a time.
 
-exit status: 0 done; 1 the bag is damaged part-way: the report covers the frames before the damage;
-2 bad input (missing bag or topic, unreadable bag, bad option).
+many bags: give several bags, or folders of bags (.mcap / .db3 files and rosbag2 directories inside, by
+name). The report is over all of them (PQ of every frame together) with a row per bag; --jobs N runs
+them on N processes here, --ray auto|ADDRESS as tasks on a Ray cluster (`ray start --head` on one
+machine, `ray start --address HEAD:6379` on the others; bags and the model path must be readable where
+the tasks run, the model itself travels with them). The numbers are the same however the bags ran.
+
+exit status: 0 done; 1 a bag is damaged part-way (its report covers the frames before the damage) or,
+of several bags, some could not be read (their rows say why); 2 bad input (a single missing or
+unreadable bag or topic, bad option).
 """
 
 THRESHOLD_OPTIONS = ("score_threshold", "center_threshold", "nms_iou", "mask_sigma", "overlap_threshold",
@@ -39,7 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "raw or compressed images), in order, and write a report folder: metrics.json, report.md, "
                     "latency histogram, PQ per class and side-by-side overlays.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("bag", type=Path, help="rosbag2 directory, .mcap or .db3 file")
+    parser.add_argument("bags", type=Path, nargs="+", metavar="BAG",
+                        help="rosbag2 directory, .mcap or .db3 file, or a folder of them")
     parser.add_argument("--image-topic", required=True, help="sensor_msgs/Image or CompressedImage topic")
     truth = parser.add_mutually_exclusive_group()
     truth.add_argument("--gt-topic", help="ground-truth 32SC1 id image topic in the same bag")
@@ -79,61 +87,147 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="with --tracking: off scores per-frame instance ids, the no-tracking baseline")
     parser.add_argument("--track-max-age", type=int, default=TrackerConfig.max_age,
                         help=f"frames a track may go unseen and be continued (default {TrackerConfig.max_age})")
+    parser.add_argument("--jobs", type=int, default=1, help="bags evaluated at once on local processes (default 1)")
+    parser.add_argument("--ray", metavar="ADDRESS",
+                        help="run the bags as Ray tasks: auto (the running cluster), ray://HOST:PORT or HOST:PORT, "
+                             "local (a private cluster here); needs `pip install panoptic_ros[cluster]`")
+    parser.add_argument("--no-overlap", action="store_true",
+                        help="decode, infer and score one frame after another instead of overlapping them")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from panoptic_ros.evaluation.bag_eval import evaluate_bag, image_topic_count
-    from panoptic_ros.evaluation.ground_truth import FolderGroundTruth, TopicGroundTruth
-    from panoptic_ros.evaluation.report import latency_summary
-    from panoptic_ros.ros import parameters as params
-    from panoptic_ros.runtime.backends import create_backend
-    from panoptic_ros.tracking.evaluation import SequenceTracking
-    from panoptic_ros.tracking.report import summary_line
+    from panoptic_ros.evaluation.fleet import find_bags
 
     if args.gt_json is not None and args.gt_dir is None:
         raise ValueError("--gt-json goes with --gt-dir (the PNG folder it describes)")
     if args.output_bag is not None and args.output_bag.exists():
         raise ValueError(f"--output-bag {args.output_bag} exists already; give a new path")
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     if args.tracker == "off" and not args.tracking:
         raise ValueError("--tracker off goes with --tracking (it chooses what --tracking scores)")
-    tracker_config = TrackerConfig(max_age=args.track_max_age)
+    bags = find_bags(args.bags)
+    if len(bags) == 1 and args.ray is None:
+        return run_one(args, bags[0])
+    if args.output_bag is not None:
+        raise ValueError("--output-bag takes one bag; give a single bag to write its predictions")
+    if args.tracking:
+        raise ValueError("--tracking scores one sequence: give a single bag (without --ray)")
+    if args.gt_dir is not None and args.gt_match == "index":
+        raise ValueError("--gt-match index pairs files with one bag's frames; with several bags match by stamp")
+    return run_many(args, bags)
+
+
+def _settings(args: argparse.Namespace):
+    """(node parameter values, thresholds, label divisor, model settings) of the command's options."""
+    from panoptic_ros.ros import parameters as params
+
     values = node_parameters(args)
-    thresholds = params.thresholds(values)
-    label_divisor = int(values["label_divisor"])
+    return values, params.thresholds(values), int(values["label_divisor"]), params.model_settings(values)
+
+
+def run_one(args: argparse.Namespace, bag: Path) -> int:
+    """One bag in this process: its report, and the predictions bag with --output-bag."""
+    from panoptic_ros.evaluation.bag_eval import evaluate_bag, image_topic_count
+    from panoptic_ros.evaluation.ground_truth import FolderGroundTruth, TopicGroundTruth
+    from panoptic_ros.ros import parameters as params
+    from panoptic_ros.runtime.backends import create_backend
+    from panoptic_ros.tracking.evaluation import SequenceTracking
+    from panoptic_ros.tracking.report import summary_line
+
+    _, thresholds, label_divisor, settings = _settings(args)
     tolerance_ns = round(args.gt_tolerance_ms * 1e6)
     # The bag and its topics first: a typo should not wait for a model to load.
-    image_topic_count(args.bag, args.image_topic)
-    ground_truth = TopicGroundTruth(args.bag, args.gt_topic, tolerance_ns) if args.gt_topic else None
-    settings = params.model_settings(values)
+    image_topic_count(bag, args.image_topic)
+    ground_truth = TopicGroundTruth(bag, args.gt_topic, tolerance_ns) if args.gt_topic else None
     backend = create_backend(settings.backend, settings.model_file(params.default_models_dir()),
                              device=settings.device, **settings.backend_options())
     if args.gt_dir is not None:
         ground_truth = FolderGroundTruth(args.gt_dir, backend.label_set, args.gt_json, args.gt_format, args.gt_match,
                                          tolerance_ns)
 
-    tracking = (SequenceTracking(backend.label_set, label_divisor, args.tracker == "on", tracker_config)
-                if args.tracking else None)
-    evaluation = evaluate_bag(args.bag, args.image_topic, backend, ground_truth=ground_truth, thresholds=thresholds,
+    tracking = (SequenceTracking(backend.label_set, label_divisor, args.tracker == "on",
+                                 TrackerConfig(max_age=args.track_max_age)) if args.tracking else None)
+    evaluation = evaluate_bag(bag, args.image_topic, backend, ground_truth=ground_truth, thresholds=thresholds,
                               label_divisor=label_divisor, max_frames=args.max_frames, num_overlays=args.overlays,
-                              output_bag=args.output_bag, tracking=tracking, progress=sys.stderr.isatty())
+                              output_bag=args.output_bag, tracking=tracking, overlap=not args.no_overlap,
+                              progress=sys.stderr.isatty())
     evaluation.write_report(args.report, backend.label_set)
-
     if evaluation.result is not None:
         print(evaluation.result.format_table())
     if evaluation.tracking is not None:
         print(summary_line(evaluation.tracking, evaluation.tracking_mode, backend.label_set))
-    for stage, s in latency_summary(evaluation.latencies_ms).items():
-        print(f"{stage:>12s}: p50 {s['p50']:7.2f}  p90 {s['p90']:7.2f}  p99 {s['p99']:7.2f} ms  ({s['count']} frames)")
-    if evaluation.skipped:
-        print("skipped frames: " + ", ".join(f"{reason}: {count}" for reason, count in evaluation.skipped.items()))
+    _print_summary(None, evaluation.latencies_ms, evaluation.skipped)
     print(f"{evaluation.frames} frames run; report written to {args.report}"
           + (f"; predictions written to {args.output_bag}" if args.output_bag is not None else ""))
     if evaluation.bag_error:
-        print(f"panoptic-ros eval-bag: warning: reading stopped early, the report covers the {evaluation.frames} "
-              f"frames before the damage: {evaluation.bag_error}", file=sys.stderr)
+        print(f"panoptic-ros eval-bag: warning: stopped early at damaged or unreadable input, the report covers "
+              f"the {evaluation.frames} frames before it: {evaluation.bag_error}", file=sys.stderr)
         return 1
     return 0
+
+
+def run_many(args: argparse.Namespace, bags: list[Path]) -> int:
+    """Several bags (or one on Ray): one combined report with a row per bag."""
+    from collections import Counter
+
+    from panoptic_ros.evaluation.fleet import (
+        BagTask,
+        GroundTruthSpec,
+        ModelSpec,
+        evaluate_bags,
+        overlay_shares,
+        worker_threads,
+    )
+    from panoptic_ros.ros import parameters as params
+
+    _, thresholds, label_divisor, settings = _settings(args)
+    options = settings.backend_options()
+    if "threads" in options:  # workers share the cores instead of each taking them all
+        options["threads"] = 1 if args.ray is not None and not options["threads"] else \
+            worker_threads(min(args.jobs, len(bags)), options["threads"])
+    model = ModelSpec(settings.backend, str(settings.model_file(params.default_models_dir()).resolve()),
+                      settings.device, tuple(sorted(options.items())))
+    ground_truth = GroundTruthSpec(topic=args.gt_topic, folder=str(args.gt_dir) if args.gt_dir else None,
+                                   json_path=str(args.gt_json) if args.gt_json else None, layout=args.gt_format,
+                                   match=args.gt_match, tolerance_ns=round(args.gt_tolerance_ms * 1e6))
+    tasks = [BagTask(str(bag), args.image_topic, model, ground_truth, thresholds, label_divisor, args.max_frames,
+                     share, overlap=not args.no_overlap)
+             for bag, share in zip(bags, overlay_shares(args.overlays, len(bags)), strict=True)]
+    fleet = evaluate_bags(tasks, jobs=args.jobs, ray_address=args.ray, progress=sys.stderr.isatty())
+    label_set = next((e.label_set for e in fleet.evaluations), None)
+    fleet.write_report(args.report, label_set)
+
+    evaluations = fleet.evaluations
+    latencies: dict[str, list[float]] = {}
+    skipped: Counter[str] = Counter()
+    for evaluation in evaluations:
+        skipped.update(evaluation.skipped)
+        for stage, values in evaluation.latencies_ms.items():
+            latencies.setdefault(stage, []).extend(values)
+    _print_summary(fleet.result, latencies, dict(skipped))
+    for row in fleet.rows():
+        pq = f"PQ {row['pq']:5.1f}" if row["pq"] is not None else "PQ     -"
+        print(f"{row['bag']}: {pq}, {row['frames run']} frames run, {row['skipped']} skipped"
+              + (f"; ERROR {row['error']}" if row["error"] else ""))
+    print(f"{len(bags)} bags, {sum(e.frames for e in evaluations)} frames run; report written to {args.report}")
+    if fleet.failed:
+        print(f"panoptic-ros eval-bag: warning: {len(fleet.failed)} of {len(bags)} bags could not be read in full; "
+              "their rows in the report say why", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_summary(result, latencies_ms: dict[str, list[float]], skipped: dict[str, int]) -> None:
+    from panoptic_ros.evaluation.report import latency_summary
+
+    if result is not None:
+        print(result.format_table())
+    for stage, s in latency_summary(latencies_ms).items():
+        print(f"{stage:>12s}: p50 {s['p50']:7.2f}  p90 {s['p90']:7.2f}  p99 {s['p99']:7.2f} ms  ({s['count']} frames)")
+    if skipped:
+        print("skipped frames: " + ", ".join(f"{reason}: {count}" for reason, count in skipped.items()))
 
 
 def node_parameters(args: argparse.Namespace) -> dict[str, Any]:

@@ -32,26 +32,29 @@ from tqdm import tqdm
 from panoptic_ros.classes import DEFAULT_LABEL_DIVISOR, LabelSet
 from panoptic_ros.data.rosbag_io import BagError, ImageFrame, SkippedMessage, list_topics, read_images
 from panoptic_ros.evaluation.ground_truth import GroundTruthSource
-from panoptic_ros.evaluation.pq import PQResult
+from panoptic_ros.evaluation.overlap import ahead
+from panoptic_ros.evaluation.pq import PQAccumulator, PQResult
 from panoptic_ros.evaluation.prediction_bag import PredictionBagWriter, prediction_namespace
 from panoptic_ros.evaluation.report import side_by_side, write_report
 from panoptic_ros.evaluation.scoring import UNDECODABLE_IMAGE, FrameEvaluator
 from panoptic_ros.imaging import Resampler
-from panoptic_ros.pipeline_io import Thresholds
+from panoptic_ros.pipeline_io import PanopticResult, Thresholds
 from panoptic_ros.tracking.evaluation import SequenceTracking
 from panoptic_ros.tracking.stq import STQResult
 
 # Per-frame stages timed, in milliseconds (a stage a frame does not go through has no sample). decode: bag read,
-# deserialization and image decoding; resize: to the model and back; ground_truth: its lookup and reading;
-# evaluation: the PQ (and STQ) counts; tracking: the tracker; total: all of the frame's stages.
+# deserialization and image decoding; resize: to the model and back; tracking: the tracker; ground_truth: its
+# lookup and reading; evaluation: the PQ (and STQ) counts; total: the sum of the frame's stages (with overlap,
+# stages of consecutive frames run at the same time, so frames per second are more than 1000 / total).
 STAGES = ("decode", "resize", "inference", "tracking", "ground_truth", "evaluation", "output_bag", "total")
+QUEUE_DEPTH = 4  # frames waiting between two stages: bounds memory (a few 1024x2048 frames) when one stage lags
 
 
 @dataclass
 class BagEvaluation:
     """What a run over a bag measured; `write_report` turns it into the report folder."""
 
-    result: PQResult | None  # None without ground truth
+    accumulator: PQAccumulator | None  # the PQ counts; None without ground truth
     latencies_ms: dict[str, list[float]]  # per stage, one sample per frame that went through it
     skipped: dict[str, int]  # frames left out of the metrics, by reason
     frames: int  # frames run through the model
@@ -59,11 +62,18 @@ class BagEvaluation:
     bag_error: str | None = None  # the damage that ended reading early, if any
     notes: list[str] = field(default_factory=list)  # first example of each skip reason, source notes
     info: dict[str, object] = field(default_factory=dict)  # bag, topics, model, thresholds, ...
+    label_set: LabelSet | None = None  # the model's classes
     tracking: STQResult | None = None  # with tracking and ground truth
     tracking_mode: str = ""  # where the track ids came from
 
+    @property
+    def result(self) -> PQResult | None:
+        """PQ and mIoU of the frames evaluated (None without ground truth)."""
+        return self.accumulator.result() if self.accumulator is not None else None
+
     def write_report(self, directory: str | Path, label_set: LabelSet | None = None) -> dict[str, Path]:
         """metrics.json, report.md, charts and overlays (evaluation.report.write_report)."""
+        label_set = label_set or self.label_set
         info = dict(self.info)
         info["frames run"] = self.frames
         if self.result is not None:
@@ -111,13 +121,17 @@ def topic_messages(bag: str | Path, topic: str) -> Iterator[ImageFrame | Skipped
 def evaluate_bag(bag: str | Path, image_topic: str, backend, *, ground_truth: GroundTruthSource | None = None,
                  thresholds: Thresholds | None = None, label_divisor: int = DEFAULT_LABEL_DIVISOR,
                  max_frames: int | None = None, num_overlays: int = 4, output_bag: str | Path | None = None,
-                 tracking: SequenceTracking | None = None, progress: bool = False) -> BagEvaluation:
+                 tracking: SequenceTracking | None = None, overlap: bool = True, progress: bool = False,
+                 progress_position: int = 0,
+                 progress_label: str = "eval-bag") -> BagEvaluation:
     """Run `backend` (runtime.backends.Backend) on every frame of `image_topic` in bag order and evaluate.
 
     Without `ground_truth`, only latencies and overlays are measured. `max_frames` limits the run to the
     topic's first messages; `num_overlays` strips are taken at evenly spaced frames; `output_bag` writes
-    the predictions (PredictionBagWriter). Raises BagError / FileNotFoundError when the bag or topic
-    cannot be read at all; damage found part-way ends the run with `bag_error` set.
+    the predictions (PredictionBagWriter). With `overlap`, decoding, inference and scoring run on threads of
+    their own with QUEUE_DEPTH frames between them (evaluation.overlap); the results are the same. Raises
+    BagError / FileNotFoundError when the bag or topic cannot be read at all; damage found part-way ends the
+    run with `bag_error` set, and so does a frame whose processing fails (the error names the bag and frame).
     """
     if max_frames is not None and max_frames <= 0:
         raise ValueError(f"max_frames must be positive, got {max_frames}")
@@ -125,27 +139,21 @@ def evaluate_bag(bag: str | Path, image_topic: str, backend, *, ground_truth: Gr
         raise ValueError(f"num_overlays must be >= 0, got {num_overlays}")
     total = image_topic_count(bag, image_topic)
     total = min(total, max_frames) if max_frames is not None else total
-    run = _BagRun(backend, thresholds or Thresholds(), label_divisor, ground_truth, tracking,
+    run = _BagRun(bag, backend, thresholds or Thresholds(), label_divisor, ground_truth, tracking,
                   overlay_at=np.linspace(0, total - 1, min(num_overlays, total)).round().astype(int).tolist())
     writer = (PredictionBagWriter(output_bag, prediction_namespace(image_topic), backend.label_set, label_divisor,
                                   backend.model_name) if output_bag is not None else None)
-    bag_error = None
-    with (closing(topic_messages(bag, image_topic)) as messages, writer or nullcontext(),
-          tqdm(total=total, desc="eval-bag", unit="frame", disable=not progress) as bar):
-        for index in range(total):  # the message's position in the topic
-            start = time.perf_counter()
-            try:
-                message = next(messages)
-            except StopIteration:
-                break
-            except BagError as error:
-                bag_error = str(error)
-                break
-            if isinstance(message, SkippedMessage):
-                run.skip_undecodable(message)
-            else:
-                run.process(message, index, start, writer)
-            bar.update()
+    read = _read(topic_messages(bag, image_topic), total)
+    inferred = _each(run.infer, ahead(read, QUEUE_DEPTH) if overlap else read)
+    with (closing(ahead(inferred, QUEUE_DEPTH) if overlap else inferred) as items, writer or nullcontext(),
+          tqdm(total=total, desc=progress_label, unit="frame", disable=not progress, position=progress_position,
+               leave=progress_position == 0) as bar):
+        try:
+            for item in items:
+                run.score(item, writer)
+                bar.update()
+        except FrameError as error:  # like damage: the frames before it are kept and reported
+            run.bag_error = str(error)
 
     described = backend.describe()
     info = {"bag": str(bag), "image topic": image_topic,
@@ -157,61 +165,135 @@ def evaluate_bag(bag: str | Path, image_topic: str, backend, *, ground_truth: Gr
         info["output bag"] = str(output_bag)
     if tracking is not None:
         info["tracking"] = tracking.mode
-    return BagEvaluation(result=run.evaluator.result(),
+    return BagEvaluation(accumulator=run.evaluator.accumulator if ground_truth is not None else None,
                          latencies_ms={stage: run.latencies[stage] for stage in STAGES if stage in run.latencies},
                          skipped=dict(run.evaluator.skipped), frames=run.frames, overlays=run.overlays,
-                         bag_error=bag_error, notes=run.evaluator.notes, info=info,
+                         bag_error=run.bag_error, notes=run.evaluator.notes, info=info, label_set=backend.label_set,
                          tracking=tracking.result() if tracking is not None else None,
                          tracking_mode=tracking.mode if tracking is not None else "")
 
 
-class _BagRun:
-    """The per-frame work of evaluate_bag and what it accumulates."""
+class FrameError(RuntimeError):
+    """Processing one frame failed (an unreadable ground-truth file, a runtime error); names the bag and frame."""
 
-    def __init__(self, backend, thresholds: Thresholds, label_divisor: int, ground_truth: GroundTruthSource | None,
-                 tracking: SequenceTracking | None, overlay_at: list[int]) -> None:
-        self.backend, self.thresholds, self.label_divisor = backend, thresholds, label_divisor
+
+@dataclass
+class _Read:
+    """A message read from the topic at `index`: a frame, an undecodable message, or the damage that ends it."""
+
+    index: int
+    message: ImageFrame | SkippedMessage | BagError
+    times: dict[str, float] = field(default_factory=dict)  # seconds per stage, filled as it goes
+
+
+@dataclass
+class _Inferred:
+    read: _Read
+    result: PanopticResult
+    resampler: Resampler
+    panoptic: np.ndarray  # at the camera's size
+    tracks: dict[int, int] | None  # track id of each thing segment, with tracking
+
+
+def _read(messages: Iterator[ImageFrame | SkippedMessage], total: int) -> Iterator[_Read]:
+    """The topic's first `total` messages, each with its position (undecodable messages included); damage
+    part-way is the last item."""
+    with closing(messages):
+        for index in range(total):  # the message's position in the topic
+            start = time.perf_counter()
+            try:
+                message = next(messages)
+            except StopIteration:
+                return
+            except BagError as error:
+                yield _Read(index, error)
+                return
+            yield _Read(index, message, {"decode": time.perf_counter() - start})
+
+
+def _each(function, items: Iterator) -> Iterator:
+    """`function` of each item, as a generator that closes `items` when it is closed (a stage of the loop)."""
+    with closing(items):
+        for item in items:
+            yield function(item)
+
+
+class _BagRun:
+    """The per-frame work of evaluate_bag, in two stages (infer, then score), and what it accumulates."""
+
+    def __init__(self, bag: str | Path, backend, thresholds: Thresholds, label_divisor: int,
+                 ground_truth: GroundTruthSource | None, tracking: SequenceTracking | None,
+                 overlay_at: list[int]) -> None:
+        self.bag, self.backend, self.thresholds, self.label_divisor = bag, backend, thresholds, label_divisor
         self.tracking = tracking
         self.evaluator = FrameEvaluator(ground_truth, backend.label_set, label_divisor)
         self.latencies: dict[str, list[float]] = defaultdict(list)
         self.overlays: list[np.ndarray] = []
         self.frames = 0
+        self.bag_error: str | None = None
         self._overlay_at = set(overlay_at)
         self._resamplers: dict[tuple[int, int], Resampler] = {}
 
-    def skip_undecodable(self, message: SkippedMessage) -> None:
-        self.evaluator.skip(UNDECODABLE_IMAGE, f"image message at {message.bag_time_ns} ns: {message.reason}")
+    def infer(self, read: _Read) -> _Read | _Inferred:
+        """Resize a decoded frame to the model, run it, and bring the outputs back to the camera's size."""
+        frame = read.message
+        if not isinstance(frame, ImageFrame):
+            return read
+        try:
+            tick = time.perf_counter()
+            camera_hw = frame.pixels.shape[:2]
+            resampler = self._resamplers.setdefault(camera_hw, Resampler(camera_hw, self.backend.input_hw))
+            model_rgb = resampler.to_model(frame.pixels)
+            resized = time.perf_counter()
+            result = self.backend.run(model_rgb, self.thresholds, self.label_divisor)
+            inferred = time.perf_counter()
+            panoptic = resampler.to_camera(result.panoptic)
+            read.times["resize"] = (resized - tick) + (time.perf_counter() - inferred)
+            read.times["inference"] = inferred - resized
+            tracks = None
+            if self.tracking is not None:  # every frame, scored or not, in order: tracks run on
+                tick = time.perf_counter()
+                tracks = self.tracking.track(result)
+                read.times["tracking"] = time.perf_counter() - tick
+        except Exception as error:
+            raise self._frame_error(read, "inference", error) from error
+        return _Inferred(read, result, resampler, panoptic, tracks)
 
-    def process(self, frame: ImageFrame, index: int, start: float, writer: PredictionBagWriter | None) -> None:
-        """Run, evaluate and write one decoded frame, the topic's `index`-th; `start` is when its decoding began."""
-        decoded = time.perf_counter()
-        camera_hw = frame.pixels.shape[:2]
-        resampler = self._resamplers.setdefault(camera_hw, Resampler(camera_hw, self.backend.input_hw))
-        model_rgb = resampler.to_model(frame.pixels)
-        resized = time.perf_counter()
-        result = self.backend.run(model_rgb, self.thresholds, self.label_divisor)
-        inferred = time.perf_counter()
-        panoptic = resampler.to_camera(result.panoptic)
-        times = {"decode": decoded - start, "resize": (resized - decoded) + (time.perf_counter() - inferred),
-                 "inference": inferred - resized}
-        if self.tracking is not None:  # every frame, scored or not: tracks run on
-            tick = time.perf_counter()
-            tracks = self.tracking.track(result)
-            times["tracking"] = time.perf_counter() - tick
+    def score(self, item: _Read | _Inferred, writer: PredictionBagWriter | None) -> None:
+        """Score (and write) one inferred frame; count an undecodable message; note the damage that ends the bag."""
+        if isinstance(item, _Read):
+            message = item.message
+            if isinstance(message, SkippedMessage):
+                self.evaluator.skip(UNDECODABLE_IMAGE, f"bag {self.bag}, image message {item.index} (at "
+                                                       f"{message.bag_time_ns} ns): {message.reason}")
+            else:
+                self.bag_error = f"bag {self.bag}: stopped at image message {item.index}: {message}"
+            return
+        read, frame = item.read, item.read.message
+        times = read.times
         self.frames += 1
-        gt = self.evaluator.add(panoptic, frame.stamp_ns, index, times)
-        if gt is not None and self.tracking is not None:
-            tick = time.perf_counter()
-            self.tracking.score(gt.as_id_map(self.label_divisor, self.backend.label_set), panoptic, tracks)
-            times["evaluation"] += time.perf_counter() - tick
-        if writer is not None:
-            tick = time.perf_counter()
-            writer.write(frame, result, resampler, panoptic)
-            times["output_bag"] = time.perf_counter() - tick
-        times["total"] = time.perf_counter() - start
+        try:
+            gt = self.evaluator.add(item.panoptic, frame.stamp_ns, read.index, times)
+            if gt is not None and self.tracking is not None:
+                tick = time.perf_counter()
+                self.tracking.score(gt.as_id_map(self.label_divisor, self.backend.label_set), item.panoptic,
+                                    item.tracks)
+                times["evaluation"] += time.perf_counter() - tick
+            if writer is not None:
+                tick = time.perf_counter()
+                writer.write(frame, item.result, item.resampler, item.panoptic)
+                times["output_bag"] = time.perf_counter() - tick
+        except Exception as error:
+            raise self._frame_error(read, "scoring", error) from error
+        times["total"] = sum(times.values())
         for stage, seconds in times.items():
             self.latencies[stage].append(seconds * 1e3)
-        if index in self._overlay_at:  # after the clock: overlays are the report's, not the pipeline's
+        if read.index in self._overlay_at:  # outside the timed stages: overlays are the report's, not the pipeline's
             gt_map = gt.as_id_map(self.label_divisor, self.backend.label_set) if gt is not None else None
-            self.overlays.append(side_by_side(frame.pixels, gt_map, panoptic, self.backend.label_set,
+            self.overlays.append(side_by_side(frame.pixels, gt_map, item.panoptic, self.backend.label_set,
                                               self.label_divisor))
+
+    def _frame_error(self, read: _Read, stage: str, error: Exception) -> FrameError:
+        frame = read.message
+        return FrameError(f"bag {self.bag}, image message {read.index} (stamp {frame.stamp_ns}): {stage} failed: "
+                          f"{type(error).__name__}: {error}")

@@ -25,6 +25,7 @@ Counts are integers; IoU sums are float64 sums of exact fractions.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -37,9 +38,16 @@ if TYPE_CHECKING:
 
 VOID = 0  # segment id of void pixels
 
-# Ids below this (all RGB-encoded ids) map to table rows through a lookup table (an int16 one is 32 MiB
-# and takes about 2 ms on 2048x1024); larger ids go through a sorted search, about 8 times slower.
+# Ids below this (all RGB-encoded ids) map to table rows through a lookup table, kept per thread between
+# frames (an int16 one is 32 MiB: filling it for every frame would cost more than the lookups); larger ids
+# go through a sorted search, about 8 times slower.
 _LOOKUP_LIMIT = 1 << 24
+_UNSET = np.iinfo(np.int16).max  # lookup entry of an id that no segment lists
+_tables = threading.local()
+# Pipeline id maps below this are compacted with a presence count instead of a sort.
+_PRESENCE_LIMIT = 1 << 20
+# A joint histogram with at most this many bins takes the predicted ids as its columns directly.
+_DIRECT_BINS = 1 << 21
 
 
 @dataclass(frozen=True)
@@ -151,6 +159,17 @@ class _SegmentTable:
     crowd: np.ndarray  # bool (S,)
 
 
+@dataclass
+class FrameHistogram:
+    """One frame pair, counted: its joint histogram (rows: void, GT segments, unlisted GT; columns: void,
+    predicted segments) and both segment tables. Made without touching the accumulator's counts, so frames
+    can be counted in parallel and added in order (`PQAccumulator.add_histogram`)."""
+
+    counts: np.ndarray
+    gt: _SegmentTable
+    pred: _SegmentTable
+
+
 class PQAccumulator:
     """Accumulates PQ counts and the semantic confusion matrix over frames.
 
@@ -186,14 +205,12 @@ class PQAccumulator:
 
     def add(self, gt: PanopticAnnotation, pred: PanopticAnnotation) -> None:
         """Add one frame: ground truth and prediction of the same size."""
-        self.add_maps(gt.ids, gt.segments, pred.ids, pred.segments)
+        self.add_histogram(self.histogram(gt, pred))
 
     def add_maps(self, gt_ids: np.ndarray, gt_segments: Mapping[int, Segment],
                  pred_ids: np.ndarray, pred_segments: Mapping[int, Segment]) -> None:
         """Add one frame given as id maps (H, W) (0 = void) and their segments by id, in listing order."""
-        gt_ids, pred_ids = _id_map(gt_ids, "ground truth"), _id_map(pred_ids, "prediction")
-        self._add_frame(gt_ids, self._table(gt_segments, "ground truth"),
-                        pred_ids, self._table(pred_segments, "prediction"))
+        self.add_histogram(self.histogram_maps(gt_ids, gt_segments, pred_ids, pred_segments))
 
     def add_id_maps(self, gt_panoptic: np.ndarray, pred_panoptic: np.ndarray, label_divisor: int) -> None:
         """Add one frame pair in the pipeline's layout: id = class * label_divisor + instance, -1 void, the
@@ -202,11 +219,42 @@ class PQAccumulator:
         Same numbers as `add(from_id_map(gt), from_id_map(pred))`, without computing segment boxes
         (several times faster on large frames).
         """
+        self.add_histogram(self.histogram_id_maps(gt_panoptic, pred_panoptic, label_divisor))
+
+    def histogram(self, gt: PanopticAnnotation, pred: PanopticAnnotation) -> FrameHistogram:
+        """`add`'s counting of one frame, without adding it (thread-safe)."""
+        return self.histogram_maps(gt.ids, gt.segments, pred.ids, pred.segments)
+
+    def histogram_maps(self, gt_ids: np.ndarray, gt_segments: Mapping[int, Segment],
+                       pred_ids: np.ndarray, pred_segments: Mapping[int, Segment]) -> FrameHistogram:
+        """`add_maps`'s counting of one frame, without adding it (thread-safe)."""
+        gt_ids, pred_ids = _id_map(gt_ids, "ground truth"), _id_map(pred_ids, "prediction")
+        _check_same_size(gt_ids, pred_ids)
+        gt, pred = self._table(gt_segments, "ground truth"), self._table(pred_segments, "prediction")
+        unknown = np.unique(pred.category_id[pred.category < 0])
+        if unknown.size:
+            raise ValueError(f"prediction has segments of categories {unknown.tolist()}, which are not "
+                             f"evaluated (known: {sorted(self._index)})")
+        return FrameHistogram(_joint_histogram(gt_ids, gt.ids, pred_ids, pred.ids), gt, pred)
+
+    def histogram_id_maps(self, gt_panoptic: np.ndarray, pred_panoptic: np.ndarray,
+                          label_divisor: int) -> FrameHistogram:
+        """`add_id_maps`'s counting of one frame pair, without adding it (thread-safe)."""
         if label_divisor <= 0:
             raise ValueError(f"label_divisor must be positive, got {label_divisor}")
-        gt_ids, gt = self._pipeline_table(gt_panoptic, label_divisor, "ground truth")
-        pred_ids, pred = self._pipeline_table(pred_panoptic, label_divisor, "prediction")
-        self._add_frame(gt_ids, gt, pred_ids, pred)
+        gt_ids, pred_ids = _id_map(gt_panoptic, "ground truth"), _id_map(pred_panoptic, "prediction")
+        _check_same_size(gt_ids, pred_ids)
+        counts, gt_present, pred_present = _pipeline_joint_histogram(gt_ids, pred_ids)
+        gt = self._pipeline_segments(gt_present, label_divisor, "ground truth")
+        pred = self._pipeline_segments(pred_present, label_divisor, "prediction")
+        # An id map lists every id it has: no unlisted ground truth, an empty row where the matching expects it.
+        counts = np.concatenate([counts, np.zeros((1, counts.shape[1]), dtype=counts.dtype)])
+        return FrameHistogram(counts, gt, pred)
+
+    def add_histogram(self, frame: FrameHistogram) -> None:
+        """Add one counted frame (from `histogram`, `histogram_maps` or `histogram_id_maps` of this accumulator)."""
+        self._add_counts(frame.counts, frame.gt, frame.pred)
+        self.num_frames += 1
 
     def merge(self, other: PQAccumulator) -> PQAccumulator:
         """Add another accumulator's counts (same categories) to this one; returns self."""
@@ -249,27 +297,8 @@ class PQAccumulator:
         return PQResult(per_class=per_class, all=average(np.ones_like(thing)), things=average(thing),
                         stuff=average(~thing), miou=miou, num_frames=self.num_frames)
 
-    def _add_frame(self, gt_ids: np.ndarray, gt: _SegmentTable, pred_ids: np.ndarray, pred: _SegmentTable) -> None:
-        if gt_ids.shape != pred_ids.shape:
-            raise ValueError(f"ground truth is {gt_ids.shape[0]}x{gt_ids.shape[1]} but the prediction is "
-                             f"{pred_ids.shape[0]}x{pred_ids.shape[1]}; they must have the same size")
-        unknown = np.unique(pred.category_id[pred.category < 0])
-        if unknown.size:
-            raise ValueError(f"prediction has segments of categories {unknown.tolist()}, which are not "
-                             f"evaluated (known: {sorted(self._index)})")
-        counts = _joint_histogram(gt_ids, gt.ids, pred_ids, pred.ids)
-        self._add_counts(counts, gt, pred)
-        self.num_frames += 1
-
-    def _pipeline_table(self, panoptic: np.ndarray, label_divisor: int, name: str) -> tuple[np.ndarray, _SegmentTable]:
-        """Segment ids (panoptic id + 1, so 0 is void) and the segment table of a pipeline id map."""
-        ids = _id_map(panoptic, name).astype(np.int64) + 1
-        if ids.size and ids.min() < VOID:
-            raise ValueError(f"{name}: panoptic ids must be >= -1 (void), got {ids.min() - 1}")
-        flat = ids.ravel()
-        # a presence count is much faster than sorting when ids are small (class * divisor is, typically)
-        present = np.flatnonzero(np.bincount(flat)) if flat.size and flat.max() < (1 << 20) else np.unique(flat)
-        present = present[present != VOID]
+    def _pipeline_segments(self, present: np.ndarray, label_divisor: int, name: str) -> _SegmentTable:
+        """The segment table of a pipeline id map's segment ids (panoptic id + 1, void left out)."""
         category_id = (present - 1) // label_divisor
         category = np.array([self._index.get(int(c), -1) for c in category_id], dtype=np.intp)
         if (category < 0).any():
@@ -277,7 +306,7 @@ class PQAccumulator:
                              f"which are not evaluated (known: {sorted(self._index)}; label_divisor {label_divisor})")
         isthing = np.array([c.isthing for c in self.categories], dtype=bool)
         crowd = isthing[category] & ((present - 1) % label_divisor == 0)
-        return ids, _SegmentTable(present.astype(np.int64), category_id, category, crowd)
+        return _SegmentTable(present.astype(np.int64), category_id, category, crowd)
 
     def _table(self, segments: Mapping[int, Segment], name: str) -> _SegmentTable:
         ids = np.fromiter((int(i) for i in segments), dtype=np.int64, count=len(segments))
@@ -348,6 +377,12 @@ def _id_map(ids: np.ndarray, name: str) -> np.ndarray:
     return ids
 
 
+def _check_same_size(gt_ids: np.ndarray, pred_ids: np.ndarray) -> None:
+    if gt_ids.shape != pred_ids.shape:
+        raise ValueError(f"ground truth is {gt_ids.shape[0]}x{gt_ids.shape[1]} but the prediction is "
+                         f"{pred_ids.shape[0]}x{pred_ids.shape[1]}; they must have the same size")
+
+
 def _joint_histogram(gt_ids: np.ndarray, gt_segment_ids: np.ndarray, pred_ids: np.ndarray,
                      pred_segment_ids: np.ndarray) -> np.ndarray:
     """Pixel counts (G + 2, P + 1): rows void, GT segments in order, unlisted GT ids; columns void,
@@ -356,8 +391,9 @@ def _joint_histogram(gt_ids: np.ndarray, gt_segment_ids: np.ndarray, pred_ids: n
     gt_rows = _row_of_pixel(gt_ids, gt_segment_ids, unlisted=num_gt + 1, name="ground truth")
     pred_rows = _row_of_pixel(pred_ids, pred_segment_ids, unlisted=num_pred + 1, name="prediction")
     width = num_pred + 2
-    counts = np.bincount((gt_rows.astype(np.intp) * width + pred_rows).ravel(), minlength=(num_gt + 2) * width)
-    counts = counts.reshape(num_gt + 2, width)
+    key_type = np.int32 if (num_gt + 2) * width < np.iinfo(np.int32).max else np.intp  # int32: half the traffic
+    key = gt_rows.astype(key_type) * key_type(width) + pred_rows
+    counts = np.bincount(key.ravel(), minlength=(num_gt + 2) * width).reshape(num_gt + 2, width)
     if counts[:, -1].any():
         unlisted = np.unique(pred_ids[pred_rows == num_pred + 1])
         raise ValueError(f"prediction id map has segment ids {unlisted[:10].tolist()} that its segments do not list")
@@ -371,12 +407,17 @@ def _row_of_pixel(ids: np.ndarray, segment_ids: np.ndarray, unlisted: int, name:
     low, high = int(ids.min()), int(ids.max())
     if low < 0:
         raise ValueError(f"{name}: segment ids must be >= 0 (0 = void), got {low}")
-    if high < _LOOKUP_LIMIT:
-        lookup = np.full(high + 1, unlisted, dtype=np.min_scalar_type(-unlisted))
-        in_range = segment_ids <= high
-        lookup[segment_ids[in_range]] = np.flatnonzero(in_range) + 1
-        lookup[VOID] = 0
-        return lookup[ids]
+    if high < _LOOKUP_LIMIT and unlisted < _UNSET:
+        table = _lookup_table(high + 1)
+        listed = segment_ids[segment_ids <= high]
+        table[listed] = np.flatnonzero(segment_ids <= high) + 1
+        table[VOID] = 0
+        try:
+            rows = table.take(ids)
+        finally:  # the table goes back to all-unset for the next frame
+            table[listed] = _UNSET
+            table[VOID] = _UNSET
+        return np.minimum(rows, unlisted, out=rows)
     if not len(segment_ids):
         return np.where(ids == VOID, 0, unlisted)
     order = np.argsort(segment_ids)
@@ -384,6 +425,60 @@ def _row_of_pixel(ids: np.ndarray, segment_ids: np.ndarray, unlisted: int, name:
     position = np.clip(np.searchsorted(sorted_ids, ids), 0, len(sorted_ids) - 1)
     found = sorted_ids[position] == ids
     return np.where(ids == VOID, 0, np.where(found, order[position] + 1, unlisted))
+
+
+def _lookup_table(size: int) -> np.ndarray:
+    """This thread's id -> row table, all entries _UNSET, at least `size` long."""
+    table = getattr(_tables, "table", None)
+    if table is None or table.size < size:
+        table = np.full(min(max(size, 2 * (table.size if table is not None else 0), 1 << 16), _LOOKUP_LIMIT),
+                        _UNSET, dtype=np.int16)
+        _tables.table = table
+    return table
+
+
+def _pipeline_joint_histogram(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Joint pixel counts of two pipeline id maps (-1 void) and the segment ids present in each (panoptic id + 1,
+    sorted, void left out): counts (G + 1, P + 1), rows void then GT segments, columns void then predicted ones."""
+    gt_flat, gt_high = _shifted(gt, "ground truth")
+    pred_flat, pred_high = _shifted(pred, "prediction")
+    gt_present, rows = _compact(gt_flat, gt_high)
+    height = gt_present.size + 1
+    if height * (pred_high + 1) <= _DIRECT_BINS:
+        # Predicted ids are the columns as they are: no second compaction pass over the pixels.
+        counts = np.bincount(rows * np.int32(pred_high + 1) + pred_flat, minlength=height * (pred_high + 1))
+        counts = counts.reshape(height, pred_high + 1)
+        pred_present = np.flatnonzero(counts[:, 1:].any(0)) + 1
+        return counts[:, np.concatenate(([VOID], pred_present))], gt_present, pred_present
+    pred_present, columns = _compact(pred_flat, pred_high)
+    width = pred_present.size + 1
+    counts = np.bincount(rows.astype(np.intp) * width + columns, minlength=height * width).reshape(height, width)
+    return counts, gt_present, pred_present
+
+
+def _shifted(panoptic: np.ndarray, name: str) -> tuple[np.ndarray, int]:
+    """A pipeline id map's segment ids (panoptic id + 1: 0 is void), flat, and the largest."""
+    if panoptic.size == 0:
+        return np.zeros(0, dtype=np.int64), 0
+    low, high = int(panoptic.min()), int(panoptic.max())
+    if low < -1:
+        raise ValueError(f"{name}: panoptic ids must be >= -1 (void), got {low}")
+    dtype = np.int32 if high < np.iinfo(np.int32).max else np.int64
+    return panoptic.astype(dtype, copy=False).ravel() + 1, high + 1
+
+
+def _compact(flat: np.ndarray, high: int) -> tuple[np.ndarray, np.ndarray]:
+    """(segment ids present, sorted, void left out; per pixel 0 for void, else 1 + the position of its id)."""
+    if high < _PRESENCE_LIMIT:  # a presence count is much faster than sorting when ids are small
+        present = np.flatnonzero(np.bincount(flat, minlength=1))
+        present = present[present != VOID]
+        lookup = np.zeros(high + 1, dtype=np.int32)  # int32 rows: half the memory traffic of intp ones
+        lookup[present] = np.arange(1, present.size + 1)
+        return present, lookup.take(flat)
+    present, inverse = np.unique(flat, return_inverse=True)
+    if present.size and present[0] == VOID:
+        return present[1:], inverse
+    return present, inverse + 1
 
 
 def _pct(value: float) -> float:

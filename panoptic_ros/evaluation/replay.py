@@ -15,6 +15,8 @@
 6. stops the node (SIGINT) once it is idle, evaluates the id images against the ground-truth topic by header
    stamp, and writes the report of `eval-bag` plus end-to-end latency (output received - frame published) and
    drops (frames sent - frames processed, broken down with the node's own counters).
+With `tracking`, the node runs with its `tracking` parameter set to that value and the replay scores track ids
+too (STQ, identity switches): its track images when true, its per-frame ids (the id images) when false.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from panoptic_ros.data.rosbag_io import (
 from panoptic_ros.evaluation.pq import PQResult
 from panoptic_ros.pipeline_io import Thresholds
 from panoptic_ros.ros.node_counters import NodeCounters
+from panoptic_ros.tracking.stq import STQAccumulator, STQResult, split_id_map
 
 END_TO_END = "end_to_end"  # latency series name: output received - frame published
 DIAGNOSTICS_PERIOD_S = 0.25  # the node reports this often during a replay, so the end is seen quickly
@@ -95,6 +98,8 @@ class ReplayResult:
     counts: FrameCounts
     latency_ms: dict[str, dict[str, float]]  # per series (node stages, "total", END_TO_END): count, mean, p50, ...
     info: dict[str, Any]
+    tracking: STQResult | None = None  # with `tracking` and a ground-truth topic
+    label_set: LabelSet | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,6 +167,7 @@ class Recorder:
     sent_at: dict[int, float] = field(default_factory=dict)  # stamp ns -> monotonic time published
     received_at: dict[int, float] = field(default_factory=dict)  # stamp ns -> monotonic time its id image arrived
     id_images: dict[int, tuple[tuple[int, int], bytes]] = field(default_factory=dict)  # stamp -> (shape, zlib int32)
+    track_images: dict[int, tuple[tuple[int, int], bytes]] = field(default_factory=dict)  # likewise
     instance_counts: dict[int, int] = field(default_factory=dict)  # stamp ns -> segments in its instance array
     lock: threading.Lock = field(default_factory=threading.Lock)
     clock: Callable[[], float] = time.monotonic  # seconds; injected by tests
@@ -179,17 +185,21 @@ class Recorder:
         with self.lock:
             if stamp not in self.sent_at:
                 return
-        if topic == "id_image":
+        if topic in ("id_image", "track_image"):
             ids = np.ascontiguousarray(image_msg_to_array(msg), dtype=np.int32)
             stored = (ids.shape, zlib.compress(ids, 1))  # id maps are flat regions: 20-100x smaller, ~1 ms
             with self.lock:
-                self.received_at[stamp], self.id_images[stamp] = now, stored
+                if topic == "track_image":
+                    self.track_images[stamp] = stored
+                else:
+                    self.received_at[stamp], self.id_images[stamp] = now, stored
         elif topic == "instances":
             with self.lock:
                 self.instance_counts[stamp] = len(msg.segments)
 
-    def id_image(self, stamp_ns: int) -> np.ndarray:
-        shape, data = self.id_images[stamp_ns]
+    def id_image(self, stamp_ns: int, track: bool = False) -> np.ndarray:
+        """The id image (or with `track`, the track image) of a frame."""
+        shape, data = (self.track_images if track else self.id_images)[stamp_ns]
         return np.frombuffer(zlib.decompress(data), dtype=np.int32).reshape(shape)
 
     def end_to_end_ms(self) -> list[float]:
@@ -206,7 +216,7 @@ class NodeFailed(RuntimeError):
 
 
 def node_arguments(namespace: str, image_topic: str, compressed: bool, params_file: Path,
-                   model_path: Path | None) -> list[str]:
+                   model_path: Path | None, tracking: bool | None = None) -> list[str]:
     """`--ros-args` of the replay's node: private namespace, the bag's topic name inside it, the params file."""
     input_name = "image/compressed" if compressed else "image"
     arguments = ["-r", f"__ns:={namespace}", "-r", f"{input_name}:={image_topic.lstrip('/')}",
@@ -215,6 +225,8 @@ def node_arguments(namespace: str, image_topic: str, compressed: bool, params_fi
                  "-p", f"diagnostics_period:={DIAGNOSTICS_PERIOD_S}"]
     if model_path is not None:
         arguments += ["-p", f"model:={model_path}"]
+    if tracking is not None:
+        arguments += ["-p", f"tracking:={str(tracking).lower()}"]
     return arguments
 
 
@@ -354,7 +366,8 @@ class LiveRun:
 
 
 def run_live(bag: Path, topics: BagTopics, params_file: Path, model_path: Path | None, rate: float,
-             recorder: Recorder, log_path: Path, ready_timeout: float, progress: bool) -> LiveRun:
+             recorder: Recorder, log_path: Path, ready_timeout: float, progress: bool,
+             tracking: bool | None = None) -> LiveRun:
     """Start the node, warm it up, play the bag into it, wait until it has finished, stop it."""
     from rclpy.qos import QoSProfile
     from rclpy.serialization import deserialize_message
@@ -372,13 +385,13 @@ def run_live(bag: Path, topics: BagTopics, params_file: Path, model_path: Path |
     messages.close()
 
     with log_path.open("w") as log:
-        process = start_node(node_arguments(namespace, topics.image.name, compressed, params_file, model_path),
-                             stdout=log, stderr=subprocess.STDOUT)
+        process = start_node(node_arguments(namespace, topics.image.name, compressed, params_file, model_path,
+                                            tracking), stdout=log, stderr=subprocess.STDOUT)
         watch = NodeWatch(process, log_path)
         client = None
         try:
-            client = PanopticClient(namespace, outputs=("id_image", "instances"), timing=True,
-                                    on_output=recorder.on_output)
+            outputs = ("id_image", "instances", *(("track_image",) if tracking else ()))
+            client = PanopticClient(namespace, outputs=outputs, timing=True, on_output=recorder.on_output)
             # The bag's topic name inside the private namespace, where the node's input is remapped to.
             publisher = client.node.create_publisher(msg_type, topics.image.name.lstrip("/"), QoSProfile(depth=10))
             warmups = wait_until_ready(client, publisher, hardware_id, watch, warmup, ready_timeout)
@@ -424,6 +437,7 @@ class Evaluation:
     skipped: dict[str, int]  # frames with an output left out of the metrics, by reason (eval-bag's reasons)
     notes: list[str]  # the first example of each reason, and the ground truth's notes
     overlays: list[np.ndarray]
+    tracking: STQResult | None = None
 
 
 def overlay_stamps(stamps: list[int], count: int) -> list[int]:
@@ -434,9 +448,10 @@ def overlay_stamps(stamps: list[int], count: int) -> list[int]:
 
 
 def evaluate(bag: Path, topics: BagTopics, recorder: Recorder, label_set: LabelSet, label_divisor: int,
-             overlay_count: int) -> Evaluation:
+             overlay_count: int, tracking: bool | None = None) -> Evaluation:
     """PQ of the recorded id images against the ground-truth topic (eval-bag's matching: same header stamp), and
-    side-by-side overlays of a few frames."""
+    side-by-side overlays of a few frames. With `tracking` set, STQ too: of the track images (true; a frame
+    without one is scored as untracked) or of the id images' per-frame ids (false)."""
     from panoptic_ros.evaluation.ground_truth import TopicGroundTruth
     from panoptic_ros.evaluation.report import side_by_side
     from panoptic_ros.evaluation.scoring import FrameEvaluator
@@ -447,11 +462,18 @@ def evaluate(bag: Path, topics: BagTopics, recorder: Recorder, label_set: LabelS
     evaluator = FrameEvaluator(ground_truth, label_set, label_divisor)
     position = {stamp: i for i, stamp in enumerate(recorder.sent_at)}  # the frame's place among those sent
     gt_of_chosen: dict[int, np.ndarray] = {}
+    stq = STQAccumulator(label_set.thing) if tracking is not None and ground_truth is not None else None
     if ground_truth is not None:
         for stamp in stamps:
             gt = evaluator.add(recorder.id_image(stamp), stamp, position[stamp])
             if gt is not None and stamp in chosen:
                 gt_of_chosen[stamp] = gt.as_id_map(label_divisor, label_set)
+            if gt is not None and stq is not None:
+                tracked = tracking and stamp in recorder.track_images
+                predicted = recorder.id_image(stamp, track=tracked)
+                classes, tracks = split_id_map(predicted, label_divisor)
+                stq.add(*split_id_map(gt.as_id_map(label_divisor, label_set), label_divisor), classes,
+                        tracks if tracked or not tracking else np.zeros_like(tracks))
 
     overlays = []
     for frame in read_images(bag, topics.image.name, skipped=[]):
@@ -462,7 +484,7 @@ def evaluate(bag: Path, topics: BagTopics, recorder: Recorder, label_set: LabelS
                 break
     result = evaluator.result()
     return Evaluation(result if result is not None and result.num_frames else None, dict(evaluator.skipped),
-                      evaluator.notes, overlays)
+                      evaluator.notes, overlays, stq.result() if stq is not None and stq.switches_per_frame else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -482,9 +504,11 @@ def params_file_thresholds(params_file: Path) -> Thresholds:
 
 def replay(bag: str | Path, image_topic: str, report_dir: str | Path, *, params_file: str | Path,
            gt_topic: str | None = None, model_path: str | Path | None = None, rate: float = 1.0,
-           overlays: int = 4, ready_timeout: float = 120.0, progress: bool = False) -> ReplayResult:
+           overlays: int = 4, ready_timeout: float = 120.0, progress: bool = False,
+           tracking: bool | None = None) -> ReplayResult:
     """Replay `bag`'s `image_topic` through a live panoptic_node started with `params_file` (and `model_path`
-    instead of its model), evaluate against `gt_topic`, and write the report into `report_dir`.
+    instead of its model), evaluate against `gt_topic`, and write the report into `report_dir`. `tracking`:
+    see the module's doc.
 
     Raises FileNotFoundError / BagError (a ValueError) for a missing bag, topic or file, NodeFailed (a
     RuntimeError) when the node exits or does not become ready, RuntimeError when no output came back.
@@ -503,7 +527,8 @@ def replay(bag: str | Path, image_topic: str, report_dir: str | Path, *, params_
     report_dir.mkdir(parents=True, exist_ok=True)
     log_path = report_dir / "node.log"
     recorder = Recorder()
-    live = run_live(bag, topics, params_file, model_path, rate, recorder, log_path, ready_timeout, progress)
+    live = run_live(bag, topics, params_file, model_path, rate, recorder, log_path, ready_timeout, progress,
+                    tracking)
     counts = live.counts
     if counts.outputs == 0:
         raise RuntimeError(f"no outputs came back from panoptic_node: it received {counts.received} of "
@@ -511,7 +536,7 @@ def replay(bag: str | Path, image_topic: str, report_dir: str | Path, *, params_
                            f"{counts.failed} (last problem: {live.status.get('last_problem') or 'none'}); "
                            f"last lines of {log_path}:\n{log_tail(log_path)}")
 
-    evaluation = evaluate(bag, topics, recorder, live.label_set, live.label_divisor, overlays)
+    evaluation = evaluate(bag, topics, recorder, live.label_set, live.label_divisor, overlays, tracking)
     latencies = {**live.stage_latencies_ms, END_TO_END: recorder.end_to_end_ms()}
     not_evaluated = {"dropped by the node (a newer frame replaced it)": counts.dropped,
                      "lost before the node": counts.lost, "rejected by the node": counts.rejected,
@@ -533,10 +558,22 @@ def replay(bag: str | Path, image_topic: str, report_dir: str | Path, *, params_
             "node exit code": live.exit_code}
     if evaluation.notes:
         info["notes"] = "; ".join(evaluation.notes)
+    mode = tracking_mode(tracking)
+    if mode:
+        info["tracking"] = mode
     paths = write_report(report_dir, result=evaluation.result, latencies_ms=latencies, overlays=evaluation.overlays,
-                         skipped={k: v for k, v in not_evaluated.items() if v}, info=info, label_set=live.label_set)
+                         skipped={k: v for k, v in not_evaluated.items() if v}, info=info, label_set=live.label_set,
+                         tracking=(evaluation.tracking, mode) if evaluation.tracking is not None else None)
     paths["node_log"] = log_path
-    return ReplayResult(paths, evaluation.result, counts, latency_summary(latencies), info)
+    return ReplayResult(paths, evaluation.result, counts, latency_summary(latencies), info, evaluation.tracking,
+                        live.label_set)
+
+
+def tracking_mode(tracking: bool | None) -> str:
+    """Where a replay's track ids come from."""
+    if tracking is None:
+        return ""
+    return "panoptic_node's tracker (tracking: true)" if tracking else "per-frame ids (tracking: false)"
 
 
 def summary(run: ReplayResult) -> str:
@@ -557,5 +594,9 @@ def summary(run: ReplayResult) -> str:
     lines.append(f"dropped frames: {c.not_processed} of {c.sent} (newer frame replaced it: {c.dropped}, lost before "
                  f"the node: {c.lost}, rejected: {c.rejected}, failed: {c.failed})"
                  + ("" if c.consistent else " -- the node's counters do not add up to this; see metrics.json"))
+    if run.tracking is not None:
+        from panoptic_ros.tracking.report import summary_line
+
+        lines.append(summary_line(run.tracking, run.info["tracking"], run.label_set))
     lines.append(f"report: {run.report['markdown']}")
     return "\n".join(lines)

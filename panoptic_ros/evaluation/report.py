@@ -128,11 +128,13 @@ def plot_pq_per_class(result: PQResult, path: Path, label_set: LabelSet | None =
 def write_report(directory: str | Path, *, result: PQResult | None, latencies_ms: Mapping[str, Sequence[float]],
                  overlays: Sequence[np.ndarray] = (), skipped: Mapping[str, int] | None = None,
                  info: Mapping[str, object] | None = None, label_set: LabelSet | None = None,
-                 tracking: tuple[STQResult, str] | None = None) -> dict[str, Path]:
+                 tracking: tuple[STQResult, str] | None = None,
+                 bags: Sequence[Mapping[str, object]] | None = None) -> dict[str, Path]:
     """Write the report folder; returns the paths written by name (metrics, markdown, charts, overlays).
 
     `skipped` counts frames left out by reason (e.g. {"no ground truth": 3}); `info` is shown as is
-    (bag, model, backend, thresholds, ...) and must be JSON-serialisable. `tracking`: the STQ result and
+    (bag, model, backend, thresholds, ...) and must be JSON-serialisable; `bags` (a report over several
+    bags) is a row per bag, shown as a table with the same keys in every row. `tracking`: the STQ result and
     where its track ids came from (tracking.evaluation.SequenceTracking.mode).
     """
     from panoptic_ros.data.formats import write_rgb
@@ -162,18 +164,26 @@ def write_report(directory: str | Path, *, result: PQResult | None, latencies_ms
                "latency_ms": latency, "skipped_frames": {"total": sum(skipped.values()), **skipped},
                "files": {name: path.name for name, path in paths.items()}
                | {"overlays": [str(p.relative_to(directory)) for p in overlay_paths]}}
+    if bags is not None:
+        metrics["bags"] = [dict(row) for row in bags]
     paths["metrics"].write_text(json.dumps(metrics, indent=1))
     paths["markdown"].write_text(_markdown(result, latency, skipped, info, paths, overlay_paths, directory,
-                                           section.markdown if section is not None else []))
+                                           section.markdown if section is not None else [], bags))
     for k, path in enumerate(overlay_paths):
         paths[f"overlay_{k:03d}"] = path
     return paths
 
 
 def _markdown(result: PQResult | None, latency: dict, skipped: dict[str, int], info: dict, paths: dict[str, Path],
-              overlay_paths: list[Path], directory: Path, tracking: list[str]) -> str:
+              overlay_paths: list[Path], directory: Path, tracking: list[str],
+              bags: Sequence[Mapping[str, object]] | None = None) -> str:
     def number(value: float | None) -> str:
         return f"{value:.1f}" if value is not None else "-"
+
+    def cell(value: object) -> str:
+        if value is None:
+            return "-"
+        return f"{value:.1f}" if isinstance(value, float) else str(value).replace("|", "\\|")
 
     lines = ["# Panoptic evaluation report", ""]
     if info:
@@ -202,6 +212,11 @@ def _markdown(result: PQResult | None, latency: dict, skipped: dict[str, int], i
         lines.append(f"| {stage} | {s['count']} | {s['mean']:.2f} | {s['p50']:.2f} | {s['p90']:.2f} | {s['p99']:.2f} "
                      f"| {s['max']:.2f} |")
     lines += ["", f"![latency histogram]({paths['latency_histogram'].name})", ""]
+    if bags:
+        keys = list(bags[0])
+        lines += [f"## Bags ({len(bags)})", "", "| " + " | ".join(keys) + " |",
+                  "|" + "|".join("---" if key in ("bag", "error") else "---:" for key in keys) + "|"]
+        lines += ["| " + " | ".join(cell(row.get(key)) for key in keys) + " |" for row in bags] + [""]
     if overlay_paths:
         lines += ["## Overlays", ""] + [f"![overlay {k}]({p.relative_to(directory)})"
                                         for k, p in enumerate(overlay_paths)] + [""]

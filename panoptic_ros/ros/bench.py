@@ -11,7 +11,8 @@ this process while subscribing to its outputs, and reports:
 - the node's own per-frame overhead: everything except the backend run (convert, resize both ways,
   messages, publishing), from its per-frame timing messages (panoptic/timing), and the cost of receiving (deserializing)
   one frame, which happens in the executor thread before the node's callback runs; also the worker's CPU
-  time for the same work (robust on a shared machine, where wall-clock stages include waiting for a CPU).
+  time for the same work (robust on a shared machine, where wall-clock stages include waiting for a CPU);
+- the tracker's cost per frame at the frame size with 50 thing instances (tracking.bench), in this process.
 Exit status 0 when the freshness, drop and memory checks pass.
 """
 
@@ -237,6 +238,9 @@ def run(args: argparse.Namespace) -> int:
         client.close()
         code = stop_node(process)
     figures["node_exit_code"] = code
+    from panoptic_ros.tracking.bench import tracker_figures  # scipy: only when benchmarking
+
+    figures.update(tracker_figures(args.height, args.width))
     return _report(args, figures)
 
 
@@ -310,6 +314,8 @@ def _figures(args, sent: int, publish_seconds: float, before: NodeCounters, afte
 
 
 def _report(args, figures: dict) -> int:
+    from panoptic_ros.tracking.bench import tracker_report_line
+
     f = figures
     stages = ", ".join(f"{s} {f['latency_ms_p50'][s]:.2f}/{f['latency_ms_mean'][s]:.2f}"
                        for s in ("convert", "resize", "inference", "publish", "total"))
@@ -336,6 +342,7 @@ def _report(args, figures: dict) -> int:
         f"{100 * f['overhead_share_of_frame_time']:.1f}% of the median frame time",
         f"  node overhead per frame as worker CPU time (not inflated by waiting for a busy CPU): p50 "
         f"{f['overhead_cpu_ms_p50']:.2f} ms",
+        tracker_report_line(f),
         "  checks: " + ", ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in f["checks"].items()),
     ]
     print("\n".join(lines), flush=True)
@@ -357,5 +364,6 @@ def _markdown_table(f: dict) -> str:
              f"{f['overhead_with_receive_ms_p50']:.2f}"),
             ("overhead share of the frame time", f"{100 * f['overhead_share_of_frame_time']:.1f}%"),
             ("newer frames sent when the node started a frame, p50", f"{f['lag_frames_p50']:.0f}"),
-            ("node RSS, peak MB", f"{f['rss_mb_peak_vmhwm']:.0f}")]
+            ("node RSS, peak MB", f"{f['rss_mb_peak_vmhwm']:.0f}"),
+            (f"tracker per frame ({f['tracker_frame']}), CPU time p50 ms", f"{f['tracker_cpu_ms_p50']:.2f}")]
     return "\n".join(["| figure | value |", "|---|---:|", *(f"| {name} | {value} |" for name, value in rows)])

@@ -33,7 +33,7 @@ from panoptic_ros.ros.diagnostics import status_values
 from panoptic_ros.ros.frame_output import timing_ms
 
 NODE_NAME = "panoptic_node"
-OUTPUT_TYPES = {"id_image": Image, "semantic": Image, "semantic_color": Image, "overlay": Image,
+OUTPUT_TYPES = {"id_image": Image, "semantic": Image, "semantic_color": Image, "overlay": Image, "track_image": Image,
                 "instances": PanopticInstanceArray, "camera_info": CameraInfo, "timing": PanopticTiming}
 KEEP_PER_TOPIC = 64  # outputs kept per topic for lookup by stamp (bounded: long runs keep no history)
 

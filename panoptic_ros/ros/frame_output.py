@@ -6,7 +6,9 @@ first publish, so a frame gets either its whole set of outputs or a clear reject
 Outputs under `<prefix>`: id_image (32SC1), semantic (mono8 class ids), semantic_color (rgb8 class
 colors, for RViz), overlay (rgb8), instances, camera_info (the driver's CameraInfo re-stamped with
 the frame's header), and timing (PanopticTiming, last). Image outputs are computed only while
-someone subscribes, straight into reusable buffers.
+someone subscribes, straight into reusable buffers. With tracking on, the camera's tracker gives the
+things track ids (instances' track_id), track_image (32SC1, class * label_divisor + track id) is
+published, and the overlay is colored by track, so an object keeps its color.
 """
 
 from __future__ import annotations
@@ -25,8 +27,11 @@ from panoptic_ros.imaging import Resampler, class_colors, overlay_image, segment
 from panoptic_ros.msg import PanopticInstanceArray, PanopticTiming
 from panoptic_ros.ros.image_conversion import ImageBuffer, compressed_to_rgb, image_to_rgb
 from panoptic_ros.ros.outputs import instance_array_msg
+from panoptic_ros.tracking.camera import CameraTracking
+from panoptic_ros.tracking.tracker import TrackIds, track_id_map
 
-IMAGE_TOPICS = {"id_image": "32SC1", "semantic": "mono8", "semantic_color": "rgb8", "overlay": "rgb8"}
+IMAGE_TOPICS = {"id_image": "32SC1", "semantic": "mono8", "semantic_color": "rgb8", "overlay": "rgb8",
+                "track_image": "32SC1"}
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,7 @@ class FrameTiming:
     convert_ms: float
     resize_ms: float
     inference_ms: float
+    tracking_ms: float
     publish_ms: float
     total_ms: float
     end_to_end_ms: float
@@ -47,8 +53,9 @@ class FrameTiming:
 class FrameOutputs:
     """The publishers of one camera and the per-frame work that feeds them."""
 
-    def __init__(self, node: Node, prefix: str, qos: QoSProfile) -> None:
+    def __init__(self, node: Node, prefix: str, qos: QoSProfile, track_ids: TrackIds) -> None:
         self._node = node
+        self.tracking = CameraTracking(track_ids)
         self.images = {topic: node.create_publisher(Image, prefix + topic, qos) for topic in IMAGE_TOPICS}
         self.instances = node.create_publisher(PanopticInstanceArray, prefix + "instances", qos)
         self.camera_info = node.create_publisher(CameraInfo, prefix + "camera_info", qos)
@@ -87,13 +94,17 @@ class FrameOutputs:
         t2, cpu2 = time.perf_counter(), time.thread_time()
         result = backend.run(model_rgb, thresholds, label_divisor)
         t3, cpu3 = time.perf_counter(), time.thread_time()
-        # (A tracker would run here: on `result`, before anything is mapped back or published.)
+        tracks = self.tracking.update(result, backend.label_set, outputs.tracking, outputs.track_max_age)
+        t_tracked = time.perf_counter()
+        # Ids as the images show them: class * label_divisor + track id with tracking on, else the frame's ids.
+        shown = track_id_map(result.panoptic, tracks, label_divisor) if tracks is not None else result.panoptic
 
         camera_hw = resampler.camera_hw
         want = {"id_image": self._wanted("id_image", outputs.publish_id_image),
                 "semantic": self._wanted("semantic", outputs.publish_semantic),
                 "semantic_color": self._wanted("semantic_color", outputs.publish_semantic_color),
-                "overlay": self._wanted("overlay", outputs.publish_overlay)}
+                "overlay": self._wanted("overlay", outputs.publish_overlay),
+                "track_image": self._wanted("track_image", tracks is not None)}
         filled: dict[str, ImageBuffer] = {}
         if want["id_image"]:
             filled["id_image"] = self.buffer("id_image", camera_hw)
@@ -109,15 +120,18 @@ class FrameOutputs:
             resampler.to_camera(class_colors(result.semantic, backend.label_set), out=filled["semantic_color"].pixels)
         if want["overlay"]:  # class colors at the model's size, enlarged into the overlay buffer, then blended
             overlay = filled["overlay"] = self.buffer("overlay", camera_hw)
-            colors = segment_colors(result.panoptic, result.semantic, backend.label_set, label_divisor)
+            colors = segment_colors(shown, result.semantic, backend.label_set, label_divisor)
             resampler.to_camera(colors, out=overlay.pixels)
             overlay_image(rgb, overlay.pixels, semantic.pixels, outputs.overlay_alpha, out=overlay.pixels)
+        if want["track_image"]:
+            filled["track_image"] = self.buffer("track_image", camera_hw)
+            resampler.to_camera(shown, out=filled["track_image"].pixels)
         header = msg.header
         instances = None
         if outputs.publish_instances:
             segments = resampler.segments_to_camera(result.valid_instances, result.panoptic)
             instances = instance_array_msg(segments, backend.label_set, header, camera_hw, label_divisor,
-                                           backend.model_name)
+                                           backend.model_name, tracks)
         info = None
         if camera_info is not None and self.camera_info.get_subscription_count() > 0:
             info = copy.copy(camera_info)
@@ -134,8 +148,9 @@ class FrameOutputs:
         published = now()
         end_to_end_ms = (published - Time.from_msg(header.stamp, clock_type=published.clock_type)).nanoseconds / 1e6
 
-        timing = FrameTiming(queue_ms=queue_ms, convert_ms=(t1 - t0) * 1e3, resize_ms=((t2 - t1) + (t4 - t3)) * 1e3,
-                             inference_ms=(t3 - t2) * 1e3, publish_ms=(t5 - t4) * 1e3, total_ms=(t5 - t0) * 1e3,
+        timing = FrameTiming(queue_ms=queue_ms, convert_ms=(t1 - t0) * 1e3,
+                             resize_ms=((t2 - t1) + (t4 - t_tracked)) * 1e3, inference_ms=(t3 - t2) * 1e3,
+                             tracking_ms=(t_tracked - t3) * 1e3, publish_ms=(t5 - t4) * 1e3, total_ms=(t5 - t0) * 1e3,
                              end_to_end_ms=end_to_end_ms, overhead_cpu_ms=((cpu5 - cpu0) - (cpu3 - cpu2)) * 1e3)
         if outputs.publish_timing:
             self.timing.publish(timing_msg(timing, header))

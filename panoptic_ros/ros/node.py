@@ -51,6 +51,7 @@ from panoptic_ros.ros.frame_slot import NewestFrameSlots, SlotCounters
 from panoptic_ros.ros.image_conversion import ImageRejected, check_image
 from panoptic_ros.ros.outputs import class_map_msg
 from panoptic_ros.ros.qos import QOS_PRESETS, InputSubscription
+from panoptic_ros.tracking.tracker import TrackIds
 
 # Late subscribers (RViz, loggers) still get the class map of the running model.
 CLASS_MAP_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -75,7 +76,7 @@ class Camera:
         self.prefix = f"{name}/" if name else ""
         self.stats = CameraStats(clock=clock)
         self.monitor = InputMonitor("", expected_rate, clock)
-        self.outputs = FrameOutputs(node, f"{self.prefix}panoptic/", output_qos)
+        self.outputs = FrameOutputs(node, f"{self.prefix}panoptic/", output_qos, node.track_ids)
         self.class_map = node.create_publisher(PanopticClassMap, f"{self.prefix}panoptic/class_map", CLASS_MAP_QOS)
         self.image: InputSubscription | None = None
         self.info: InputSubscription | None = None
@@ -129,6 +130,7 @@ class PanopticNode(LifecycleNode):
         # The backend and the settings it was loaded from always change together, under this lock.
         self._model_lock = threading.Lock()
         self._models_dir = params.default_models_dir()
+        self.track_ids = TrackIds()  # one counter for all cameras and the node's whole run: ids never repeat
         params.declare_parameters(self)
         self._revert_guard = self.create_guard_condition(self._revert_model_parameters)
         self.add_on_set_parameters_callback(self._check_parameters)

@@ -21,8 +21,11 @@ def _segment_order(rows: np.ndarray, label_set: LabelSet) -> np.ndarray:
 
 
 def instance_array_msg(rows: np.ndarray, label_set: LabelSet, header: Header, camera_hw: tuple[int, int],
-                       label_divisor: int, model_name: str) -> PanopticInstanceArray:
-    """PanopticInstanceArray of valid instance-table rows already in camera pixels (things and stuff)."""
+                       label_divisor: int, model_name: str, track_ids: dict[int, int] | None = None
+                       ) -> PanopticInstanceArray:
+    """PanopticInstanceArray of valid instance-table rows already in camera pixels (things and stuff);
+    `track_ids` ({segment id: track id}, the tracker's) fill track_id, 0 for the others."""
+    track_ids = track_ids or {}
     segments = []
     for row in rows[_segment_order(rows, label_set)]:
         class_id = int(row[COL["class_id"]])
@@ -33,7 +36,7 @@ def instance_array_msg(rows: np.ndarray, label_set: LabelSet, header: Header, ca
             score=float(row[COL["score"]]) if is_thing else 1.0,
             bbox=RegionOfInterest(x_offset=x1, y_offset=y1, width=x2 - x1 + 1, height=y2 - y1 + 1),
             area=int(row[COL["area"]]), centroid_x=float(row[COL["centroid_x"]]),
-            centroid_y=float(row[COL["centroid_y"]])))
+            centroid_y=float(row[COL["centroid_y"]]), track_id=track_ids.get(int(row[COL["id"]]), 0)))
     return PanopticInstanceArray(header=header, width=camera_hw[1], height=camera_hw[0], label_divisor=label_divisor,
                                  model_name=model_name, segments=segments)
 

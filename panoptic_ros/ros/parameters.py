@@ -90,6 +90,11 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("publish_timing", True, "publish panoptic/timing (PanopticTiming: the frame's header, ms per "
                   "stage and end to end)"),
     ParameterSpec("overlay_alpha", 0.5, "weight of the class colors in panoptic/overlay", bounds=(0.0, 1.0)),
+    # Tracking (tracking.tracker; both apply from the next frame).
+    ParameterSpec("tracking", True, "give thing instances track ids that stay the same across frames "
+                  "(PanopticInstance.track_id, panoptic/track_image, overlay colored by track); false: track_id 0"),
+    ParameterSpec("track_max_age", 30, "frames a track may go unseen (occluded) and still keep its id",
+                  bounds=(0, 100_000)),
     ParameterSpec("resize_mode", "stretch", "how a camera image fits the model input: stretch (fill, aspect "
                   "ratio changes) or letterbox (keep the aspect ratio, pad); outputs are at the camera's size",
                   choices=RESIZE_MODES),
@@ -179,6 +184,8 @@ class OutputSettings:
     publish_instances: bool
     publish_timing: bool
     overlay_alpha: float
+    tracking: bool
+    track_max_age: int
 
 
 def _existing_file(path: Path, what: str) -> Path:

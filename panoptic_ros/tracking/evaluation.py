@@ -14,7 +14,7 @@ from panoptic_ros.classes import LabelSet
 from panoptic_ros.pipeline_io import COL, PanopticResult
 from panoptic_ros.tracking.config import TrackerConfig
 from panoptic_ros.tracking.stq import STQAccumulator, STQResult, split_id_map
-from panoptic_ros.tracking.tracker import Tracker
+from panoptic_ros.tracking.tracker import Tracker, map_ids
 
 TRACKER = "tracker"
 PER_FRAME = "per-frame ids (tracker off)"
@@ -54,9 +54,5 @@ class SequenceTracking:
 
 def track_map(panoptic: np.ndarray, tracks: dict[int, int]) -> np.ndarray:
     """Track id of every pixel of an id map (0: stuff, void, untracked), int64."""
-    panoptic = np.asarray(panoptic)
-    top = int(max(panoptic.max(initial=0), max(tracks, default=0)))
-    lookup = np.zeros(top + 2, dtype=np.int64)  # shifted by one: void (-1) reads entry 0
-    for segment, track in tracks.items():
-        lookup[segment + 1] = track
-    return lookup[np.maximum(panoptic, -1) + 1]
+    return map_ids(panoptic, np.fromiter(tracks, dtype=np.int64, count=len(tracks)),
+                   np.fromiter(tracks.values(), dtype=np.int64, count=len(tracks)), 0)

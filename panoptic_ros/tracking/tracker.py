@@ -34,6 +34,7 @@ from panoptic_ros.pipeline_io import COL
 from panoptic_ros.tracking.config import TrackerConfig
 
 GRID_PIXELS = 1 << 17
+DENSE_IDS = 1 << 20  # ids below this are looked up in a table
 _FORBIDDEN = 1e6  # cost of a pair that may not be matched (other class, overlap below the thresholds)
 
 
@@ -164,10 +165,27 @@ class Tracker:
 
 def _index_map(grid: np.ndarray, segment_ids: np.ndarray) -> np.ndarray:
     """1 + the index of each grid pixel's segment in `segment_ids` (0: not one of them, void included)."""
-    top = int(max(grid.max(initial=0), segment_ids.max(initial=0)))
-    lookup = np.zeros(top + 2, dtype=np.int64)  # shifted by one: void (-1) reads entry 0
-    lookup[segment_ids + 1] = np.arange(1, segment_ids.size + 1)
-    return lookup[np.maximum(grid, -1) + 1]
+    return map_ids(grid, segment_ids, np.arange(1, segment_ids.size + 1), 0)
+
+
+def map_ids(ids: np.ndarray, keys: np.ndarray, values: np.ndarray, default: int | None) -> np.ndarray:
+    """values[k] where ids == keys[k]; elsewhere `default`, or (None) the id itself. int64, the shape of `ids`.
+
+    A lookup table indexed by id where ids are small (class * 1000 + n: a few thousand entries), a binary
+    search among the keys where a large label divisor would make the table too big."""
+    ids = np.asarray(ids)
+    keys, values = np.asarray(keys, dtype=np.int64), np.asarray(values, dtype=np.int64)
+    top = int(max(ids.max(initial=0), keys.max(initial=0)))
+    if top < DENSE_IDS:
+        lookup = np.arange(-1, top + 1) if default is None else np.full(top + 2, default, dtype=np.int64)
+        lookup[keys + 1] = values  # shifted by one: void (-1) reads entry 0
+        return lookup[np.maximum(ids, -1) + 1]
+    order = np.argsort(keys)
+    sorted_keys = keys[order]
+    position = np.minimum(np.searchsorted(sorted_keys, ids), max(keys.size - 1, 0))
+    found = sorted_keys[position] == ids if keys.size else np.zeros(ids.shape, dtype=bool)
+    others = ids.astype(np.int64) if default is None else default
+    return np.where(found, values[order][position] if keys.size else 0, others)
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -188,12 +206,7 @@ def track_id_map(panoptic: np.ndarray, tracks: dict[int, int], label_divisor: in
     or more wraps to (id - 1) % (label_divisor - 1) + 1, so the image still decodes (PanopticInstance.track_id
     carries the full id).
     """
-    panoptic = np.asarray(panoptic)
-    top = int(max(panoptic.max(initial=0), max(tracks, default=0)))
-    lookup = np.arange(-1, top + 1, dtype=np.int64)  # identity, shifted by one for void
-    if tracks:
-        segments = np.fromiter(tracks, dtype=np.int64, count=len(tracks))
-        track_ids = np.fromiter(tracks.values(), dtype=np.int64, count=len(tracks))
-        wrapped = np.where(track_ids > 0, (track_ids - 1) % (label_divisor - 1) + 1, 0)
-        lookup[segments + 1] = segments // label_divisor * label_divisor + wrapped
-    return lookup.astype(np.int32)[np.maximum(panoptic, -1) + 1]
+    segments = np.fromiter(tracks, dtype=np.int64, count=len(tracks))
+    track_ids = np.fromiter(tracks.values(), dtype=np.int64, count=len(tracks))
+    wrapped = np.where(track_ids > 0, (track_ids - 1) % (label_divisor - 1) + 1, 0)
+    return map_ids(panoptic, segments, segments // label_divisor * label_divisor + wrapped, None).astype(np.int32)

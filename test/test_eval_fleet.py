@@ -1,0 +1,253 @@
+"""eval-bag over many bags: sequential, --jobs and Ray runs give one combined report with the same numbers; a bag
+that cannot be read is a row with its error and loses nothing else; decoding, inference and scoring overlap
+without changing a result. Real bags (rosbags), a real exported model on ONNX Runtime, a real local Ray cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+from test_eval_bag import (  # noqa: F401  (backend, model_path: fixtures)
+    DIVISOR,
+    GT_TOPIC,
+    IMAGE_TOPIC,
+    backend,
+    direct_metrics,
+    model_path,
+    scene_frames,
+    write_bag_with_undecodable,
+    write_folder,
+)
+
+from panoptic_ros.classes import SYNTHETIC
+from panoptic_ros.cli import main
+from panoptic_ros.data.rosbag_io import write_frames
+from panoptic_ros.evaluation.bag_eval import evaluate_bag
+from panoptic_ros.evaluation.fleet import (
+    BagTask,
+    GroundTruthSpec,
+    ModelSpec,
+    evaluate_bags,
+    find_bags,
+    overlay_shares,
+)
+from panoptic_ros.evaluation.ground_truth import FolderGroundTruth, TopicGroundTruth
+from panoptic_ros.evaluation.overlap import ahead
+from panoptic_ros.evaluation.pq import PQAccumulator
+from panoptic_ros.evaluation.scoring import UNDECODABLE_IMAGE
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def bags(tmp_path_factory, backend):  # noqa: F811
+    """Three bags of 3, 2 and 4 frames, the third with an undecodable message; and their frames."""
+    root = tmp_path_factory.mktemp("bags")
+    frames = [scene_frames(backend, 3, first_seed=0), scene_frames(backend, 2, first_seed=10),
+              scene_frames(backend, 4, first_seed=20)]
+    paths = [root / "a.mcap", root / "b.db3", root / "c.mcap"]
+    write_frames(paths[0], frames[0])
+    write_frames(paths[1], frames[1], storage="sqlite3", compressed=True)
+    write_bag_with_undecodable(paths[2], frames[2], undecodable=1)
+    return paths, frames
+
+
+def tasks_of(paths, model_path, **options) -> list[BagTask]:  # noqa: F811
+    model = ModelSpec("onnxruntime", str(model_path), "cpu", (("threads", 1),))
+    return [BagTask(str(path), IMAGE_TOPIC, model, GroundTruthSpec(topic=GT_TOPIC), label_divisor=DIVISOR, **options)
+            for path in paths]
+
+
+def without_latency(rows: list[dict]) -> list[dict]:
+    return [{key: value for key, value in row.items() if key != "total p50 ms"} for row in rows]
+
+
+def test_combined_report_is_every_frame_together_and_a_row_per_bag(bags, backend, model_path, tmp_path):  # noqa: F811
+    paths, frames = bags
+    fleet = evaluate_bags(tasks_of(paths, model_path))
+    per_bag = [evaluate_bag(path, IMAGE_TOPIC, backend, ground_truth=TopicGroundTruth(path, GT_TOPIC),
+                            label_divisor=DIVISOR) for path in paths]
+    merged = PQAccumulator.from_label_set(SYNTHETIC)
+    for evaluation in per_bag:
+        merged.merge(evaluation.accumulator)
+    assert fleet.result.to_dict() == merged.result().to_dict()
+    assert fleet.result.num_frames == 3 + 2 + 3
+    rows = fleet.rows()
+    assert [(r["bag"], r["frames run"], r["frames evaluated"], r["skipped"], r["error"]) for r in rows] == [
+        (str(paths[0]), 3, 3, 0, None), (str(paths[1]), 2, 2, 0, None), (str(paths[2]), 3, 3, 1, None)]
+    assert [r["pq"] for r in rows] == [e.result.all.pq for e in per_bag]
+
+    paths_written = fleet.write_report(tmp_path / "report", SYNTHETIC)
+    metrics = json.loads(paths_written["metrics"].read_text())
+    assert metrics["metrics"] == merged.result().to_dict()
+    assert metrics["skipped_frames"] == {"total": 1, UNDECODABLE_IMAGE: 1}
+    assert metrics["latency_ms"]["total"]["count"] == 8
+    assert metrics["info"]["bags"] == 3 and metrics["info"]["frames run"] == 8
+    assert without_latency(metrics["bags"]) == without_latency(rows)
+    markdown = paths_written["markdown"].read_text()
+    assert "## Bags (3)" in markdown and f"| {paths[2]} | 3 | 3 | 1 |" in markdown
+
+
+def test_jobs_give_the_sequential_report(bags, model_path, tmp_path, capsys):  # noqa: F811
+    paths, _ = bags
+    reports = {}
+    for jobs in (1, 2):
+        report = tmp_path / f"jobs{jobs}"
+        code = main(["eval-bag", *map(str, paths), "--image-topic", IMAGE_TOPIC, "--gt-topic", GT_TOPIC,
+                     "--onnx", str(model_path), "--device", "cpu", "--report", str(report), "--jobs", str(jobs),
+                     "--overlays", "4"])
+        assert code == 0, capsys.readouterr()
+        reports[jobs] = json.loads((report / "metrics.json").read_text())
+    one, two = reports[1], reports[2]
+    assert one["metrics"] == two["metrics"] and one["metrics"]["num_frames"] == 8
+    assert without_latency(one["bags"]) == without_latency(two["bags"])
+    assert one["skipped_frames"] == two["skipped_frames"]
+    assert len(one["files"]["overlays"]) == len(two["files"]["overlays"]) == 4
+    assert two["info"]["workers"] == "2 processes"
+    printed = capsys.readouterr().out
+    assert f"{paths[2]}: PQ" in printed and "3 bags, 8 frames run" in printed
+
+
+def test_a_bag_that_cannot_be_read_is_a_row_and_the_others_are_kept(bags, model_path, tmp_path, capsys):  # noqa: F811
+    paths, _ = bags
+    broken = tmp_path / "broken.mcap"
+    broken.write_bytes(paths[0].read_bytes()[:300])
+    missing_topic = tmp_path / "other.mcap"
+    write_frames(missing_topic, [], image_topic="/other/image_raw", gt_topic="/other/gt")
+    report = tmp_path / "report"
+    code = main(["eval-bag", str(paths[0]), str(broken), str(missing_topic), str(paths[1]), "--image-topic",
+                 IMAGE_TOPIC, "--gt-topic", GT_TOPIC, "--onnx", str(model_path), "--report", str(report)])
+    assert code == 1
+    assert "2 of 4 bags could not be read in full" in capsys.readouterr().err
+    metrics = json.loads((report / "metrics.json").read_text())
+    rows = {row["bag"]: row for row in metrics["bags"]}
+    assert f"cannot open bag {broken}" in rows[str(broken)]["error"]
+    assert f"is not in bag {missing_topic}; its topics: none" in rows[str(missing_topic)]["error"]
+    assert rows[str(paths[0])]["error"] is None and rows[str(paths[1])]["frames run"] == 2
+    good = evaluate_bags(tasks_of([paths[0], paths[1]], model_path))
+    assert metrics["metrics"] == good.result.to_dict() and metrics["info"]["bags with errors"] == 2
+
+
+def test_an_unreadable_ground_truth_file_names_the_bag_and_frame_and_keeps_the_frames_before(tmp_path, backend):  # noqa: F811
+    bag = tmp_path / "bag.mcap"
+    frames = scene_frames(backend, 3)
+    write_frames(bag, frames)
+    write_folder(tmp_path, frames, lambda i, frame: f"{i:04d}.png")
+    (tmp_path / "panoptic" / "0001.png").write_bytes(b"not a png")
+    folder = FolderGroundTruth(tmp_path / "panoptic", SYNTHETIC, match="index")
+    evaluation = evaluate_bag(bag, IMAGE_TOPIC, backend, ground_truth=folder, label_divisor=DIVISOR)
+    assert evaluation.bag_error.startswith(f"bag {bag}, image message 1 (stamp {frames[1].stamp_ns}): scoring failed")
+    assert "0001.png" in evaluation.bag_error
+    assert evaluation.result.to_dict() == direct_metrics(backend, [(frames[0].image, frames[0].ground_truth)])
+
+
+def test_overlapped_stages_give_the_plain_loop_results(bags, backend):  # noqa: F811
+    paths, _ = bags
+    runs = [evaluate_bag(paths[2], IMAGE_TOPIC, backend, ground_truth=TopicGroundTruth(paths[2], GT_TOPIC),
+                         label_divisor=DIVISOR, num_overlays=2, overlap=overlap) for overlap in (False, True)]
+    plain, overlapped = runs
+    assert plain.result.to_dict() == overlapped.result.to_dict()
+    assert (plain.frames, plain.skipped, plain.notes) == (overlapped.frames, overlapped.skipped, overlapped.notes)
+    assert all(np.array_equal(a, b) for a, b in zip(plain.overlays, overlapped.overlays, strict=True))
+    assert {stage: len(v) for stage, v in plain.latencies_ms.items()} == \
+        {stage: len(v) for stage, v in overlapped.latencies_ms.items()}
+
+
+def test_ahead_is_bounded_ordered_and_raises_in_place():
+    depth, produced, consumed = 3, [0], [0]
+    lock = threading.Lock()
+    gaps = []
+
+    def numbers():
+        for i in range(50):
+            with lock:
+                gaps.append(produced[0] - consumed[0])  # how far ahead of the consumer the producer is
+                produced[0] += 1
+            yield i
+        raise ValueError("damage after 50")
+
+    received = []
+    with pytest.raises(ValueError, match="damage after 50"):
+        for item in ahead(numbers(), depth):
+            received.append(item)
+            with lock:
+                consumed[0] += 1
+    assert received == list(range(50))
+    # Items in the queue (depth) plus the one being handed over: never more ahead than that.
+    assert max(gaps) <= depth + 1
+
+
+def test_closing_ahead_early_stops_and_closes_its_producer():
+    closed = threading.Event()
+
+    def endless():
+        try:
+            i = 0
+            while True:
+                yield i
+                i += 1
+        finally:
+            closed.set()
+
+    stage = ahead(endless(), 2)
+    assert [next(stage) for _ in range(5)] == [0, 1, 2, 3, 4]
+    stage.close()
+    assert closed.is_set()
+
+
+def test_folders_of_bags_and_overlay_shares(tmp_path):
+    (tmp_path / "b.mcap").write_bytes(b"")
+    (tmp_path / "a.db3").write_bytes(b"")
+    (tmp_path / "c_dir").mkdir()
+    (tmp_path / "c_dir" / "metadata.yaml").write_text("rosbag2_bagfile_information: {}\n")
+    (tmp_path / "notes.txt").write_text("not a bag")
+    assert find_bags([tmp_path]) == [tmp_path / "a.db3", tmp_path / "b.mcap", tmp_path / "c_dir"]
+    assert find_bags([tmp_path / "c_dir", tmp_path / "b.mcap"]) == [tmp_path / "c_dir", tmp_path / "b.mcap"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no bags in folder"):
+        find_bags([tmp_path / "empty"])
+    with pytest.raises(FileNotFoundError, match="bag not found"):
+        find_bags([tmp_path / "nope.mcap"])
+    assert overlay_shares(4, 3) == [2, 1, 1] and overlay_shares(2, 3) == [1, 1, 0] and sum(overlay_shares(7, 7)) == 7
+
+
+def test_several_bags_refuse_options_for_one(bags, model_path, tmp_path, capsys):  # noqa: F811
+    paths, _ = bags
+    common = ["eval-bag", str(paths[0]), str(paths[1]), "--image-topic", IMAGE_TOPIC, "--onnx", str(model_path),
+              "--report", str(tmp_path / "report")]
+    assert main([*common, "--output-bag", str(tmp_path / "out.mcap")]) == 2
+    assert "--output-bag takes one bag" in capsys.readouterr().err
+    assert main([*common, "--gt-dir", str(tmp_path), "--gt-match", "index"]) == 2
+    assert "with several bags match by stamp" in capsys.readouterr().err
+    assert main([*common, "--jobs", "0"]) == 2
+    assert "--jobs must be >= 1" in capsys.readouterr().err
+
+
+def test_without_ray_the_error_says_how_to_get_it(bags, model_path, monkeypatch):  # noqa: F811
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed: `import ray` raises ImportError
+    with pytest.raises(RuntimeError, match=r"--ray needs Ray, which is not installed: pip install "
+                                           r"'panoptic_ros\[cluster\]'"):
+        evaluate_bags(tasks_of(bags[0], model_path), ray_address="auto")
+
+
+def test_three_bags_through_a_local_ray_cluster_equal_the_sequential_run(bags, model_path):  # noqa: F811
+    ray = pytest.importorskip("ray", reason="Ray (the cluster extra) is not installed")
+    paths, _ = bags
+    tasks = tasks_of(paths, model_path, num_overlays=1)
+    sequential = evaluate_bags(tasks)
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 1024**2, log_to_driver=False)
+    try:
+        distributed = evaluate_bags(tasks, ray_address="auto")  # joins the cluster started above
+    finally:
+        ray.shutdown()
+    assert distributed.result.to_dict() == sequential.result.to_dict()
+    assert distributed.accumulator.iou_sum.tobytes() == sequential.accumulator.iou_sum.tobytes()  # bit for bit
+    assert without_latency(distributed.rows()) == without_latency(sequential.rows())
+    assert all(np.array_equal(a.overlays[0], b.overlays[0])
+               for a, b in zip(distributed.evaluations, sequential.evaluations, strict=True))
+    assert distributed.info["workers"] == "ray auto"
