@@ -20,7 +20,6 @@ import os
 import platform
 import re
 import shlex
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -138,8 +137,9 @@ def publish(args: argparse.Namespace, name: str, machine: Machine, body: str, no
     markdown, update = getattr(args, "markdown", False), getattr(args, "update", None) or []
     if not (markdown or update):
         return
-    argv = getattr(args, "argv", None)  # set by panoptic_ros.cli.main
-    block = markdown_block(machine, shown_command(argv if argv is not None else sys.argv[1:]), body, note)
+    argv = getattr(args, "argv", None)  # set by panoptic_ros.cli.main; absent when run() is called from Python
+    command = shown_command(argv) if argv is not None else f"the {name} benchmark called from Python"
+    block = markdown_block(machine, command, body, note)
     if markdown:
         print(block)
     for path in update:

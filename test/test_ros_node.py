@@ -395,7 +395,7 @@ def test_load_benchmark_runs_and_its_checks_hold(models, tmp_path, capsys):
     bench.add_arguments(parser)
     report = tmp_path / "bench.json"
     args = parser.parse_args(["--model", str(models["psn"]), "--height", "256", "--width", "512", "--rate", "20",
-                              "--duration", "3", "--json", str(report)])
+                              "--duration", "3", "--json", str(report), "--markdown"])
     assert bench.run(args) == 0, capsys.readouterr().out
     figures = json.loads(report.read_text())
     # How many frames reach the node depends on the machine's load (its input keeps the newest only); what it
@@ -404,7 +404,9 @@ def test_load_benchmark_runs_and_its_checks_hold(models, tmp_path, capsys):
     assert figures["node_dropped"] == figures["node_received"] - figures["node_processed"]
     assert figures["outputs_received"] == figures["node_processed"] > 0
     assert figures["rss_mb_peak_vmhwm"] > 50 and figures["overhead_ms_p50"] > 0
-    assert "panoptic_node under load" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "panoptic_node under load" in out
+    assert "| overhead share of the frame time |" in out and "logical cores usable, threads used: the node's" in out
 
 
 def test_lifecycle_transitions_and_immediate_warning_of_a_failed_device_change(models, tmp_path):
