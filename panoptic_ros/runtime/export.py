@@ -38,20 +38,32 @@ from panoptic_ros.pipeline_io import (
     OUTPUT_NAMES,
     thresholds_to_json,
 )
-from panoptic_ros.runtime.onnx_audit import audit_model
+from panoptic_ros.runtime.mixed_precision import to_mixed_precision
+from panoptic_ros.runtime.onnx_audit import audit_model, releases
 
 OPSET = 17
+EXPORT_PRECISIONS = ("fp32", "fp16")
+# The TensorRT releases an export must parse on: all audited ones, 8.5 (JetPack 5.1) included now
+# that the fusion gives TopK/ArgMax/ArgMin float inputs (fusion/static_ops.index_op_input).
+EXPORT_AUDITED = releases()
 FOLD_SIZE_LIMIT = 4096  # elements: shape-sized constants only
 _NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Bernoulli",
                      "Multinomial"}
 
 
-def export_onnx(pipeline: PanopticPipeline, path: str | Path, opset: int = OPSET) -> Path:
+def export_onnx(pipeline: PanopticPipeline, path: str | Path, opset: int = OPSET, precision: str = "fp32") -> Path:
     """Write `pipeline` to `path` as one ONNX file; returns the path. Raises ValueError if the
-    graph would not build in TensorRT (see runtime.onnx_audit)."""
+    graph would not parse in every supported TensorRT (see runtime.onnx_audit).
+
+    `precision` "fp16" writes a mixed-precision graph (network FP16, fusion FP32; see
+    runtime.mixed_precision) for strongly typed TensorRT builds."""
+    if precision not in EXPORT_PRECISIONS:
+        raise ValueError(f"unknown export precision {precision!r}; valid: {', '.join(EXPORT_PRECISIONS)}")
     path = Path(path)
     model = to_onnx_model(pipeline, opset)
-    problems = audit_model(model)
+    if precision == "fp16":
+        model = to_mixed_precision(model)
+    problems = audit_model(model, only=EXPORT_AUDITED)
     if problems:
         raise ValueError(f"{pipeline.model}: exported graph fails the TensorRT audit:\n  " + "\n  ".join(problems))
     path.parent.mkdir(parents=True, exist_ok=True)
