@@ -7,6 +7,7 @@ interface, so it lives apart from all of them.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -19,8 +20,25 @@ LABEL_DIVISOR_INPUT = "label_divisor"
 INPUT_NAMES = (IMAGE_INPUT, *THRESHOLD_INPUTS, LABEL_DIVISOR_INPUT)
 
 # Outputs: panoptic id map int32 (H, W) (-1 void), semantic map uint8 (H, W) (255 void),
-# instance table float32 (K, len(INSTANCE_COLUMNS)), number of valid rows int32 scalar.
-OUTPUT_NAMES = ("panoptic", "semantic", "instances", "num_instances")
+# instance table float32 (K, len(INSTANCE_COLUMNS)), number of valid rows int32 scalar,
+# converged int32 scalar (1: every unrolled sequential rule - greedy NMS, pasting by confidence -
+# reached its fixed point, so the result is exactly the sequential rule's), candidates_dropped int32
+# scalar (valid candidates that did not fit the K slots; their pixels are void).
+OUTPUT_NAMES = ("panoptic", "semantic", "instances", "num_instances", "converged", "candidates_dropped")
+
+# Network head outputs the fusions read (each network's forward returns a dict with some of these).
+HEAD_SEMANTIC = "semantic"  # (1, C, h, w) class logits
+HEAD_CENTER = "center"  # PSN: (1, 1, H, W) centre heatmap
+HEAD_OFFSET = "offset"  # PSN: (1, 2, H, W) (dy, dx) to the instance centre, pixels
+HEAD_BOX_CLS = "box_cls"  # per level (1, T or A*T, h, w) class logits
+HEAD_BOX_REG = "box_reg"  # per level (1, 4 or A*4, h, w) box distances / deltas
+HEAD_CENTERNESS = "centerness"  # RTPS: per level (1, 1, h, w)
+HEAD_LEVELNESS = "levelness"  # RTPS: (1, L + 1, h, w)
+HEAD_BORDERNESS = "borderness"  # LPSNet: per level (1, 1, h, w)
+HEAD_FEATURES = "features"  # FPSNet: (1, F, H/8, W/8) panoptic head input
+HEAD_CLASS_LOGITS = "class_logits"  # SPINet: per level (1, T, h, w)
+HEAD_FILTERS = "filters"  # SPINet: per level (1, D, h, w) dynamic filters
+HEAD_PANOPTIC_FEATURE = "panoptic_feature"  # SPINet: (1, F, H/4, W/4)
 
 # Columns of the instance table. Valid rows come first; box corners are inclusive pixel
 # coordinates (x = column, y = row) in the graph's input resolution.
@@ -95,6 +113,8 @@ class PanopticResult:
     semantic: np.ndarray  # uint8 (H, W), 255 void
     instances: np.ndarray  # float32 (K, len(INSTANCE_COLUMNS))
     num_instances: int
+    converged: bool = True  # every sequential rule reached its fixed point
+    candidates_dropped: int = 0  # valid candidates beyond K (their pixels are void)
 
     @property
     def valid_instances(self) -> np.ndarray:
@@ -107,3 +127,21 @@ class PanopticResult:
 META_MODEL = "panoptic_ros.model"  # network name, e.g. "psn"
 META_LABEL_SET = "panoptic_ros.label_set"  # JSON of LabelSet.to_dict()
 META_MAX_INSTANCES = "panoptic_ros.max_instances"  # K, the build-time number of thing rows
+# JSON {field: value} of the model's default Thresholds (its paper's, fusion/reference/defaults.py);
+# runtimes use them unless a parameter overrides them. Optional: older files have none.
+META_DEFAULT_THRESHOLDS = "panoptic_ros.default_thresholds"
+
+
+def thresholds_to_json(thresholds: Thresholds) -> str:
+    return json.dumps(thresholds.as_dict(), sort_keys=True)
+
+
+def thresholds_from_json(text: str) -> Thresholds:
+    """Thresholds from META_DEFAULT_THRESHOLDS text; ValueError when unreadable or out of range."""
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"default thresholds are not JSON: {error}") from None
+    if not isinstance(values, dict) or set(values) - set(THRESHOLD_INPUTS):
+        raise ValueError(f"default thresholds must be an object with keys among {THRESHOLD_INPUTS}, got {values!r}")
+    return Thresholds(**values)

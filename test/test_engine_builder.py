@@ -14,19 +14,18 @@ from onnx import TensorProto, helper
 
 from panoptic_ros.classes import SYNTHETIC
 from panoptic_ros.fusion.pipeline import build_pipeline
+from panoptic_ros.runtime import mixed_precision
 from panoptic_ros.runtime.engine_builder import (
     BuildProgress,
     LayerFacts,
     PrecisionPlan,
     ProgressPrinter,
+    is_learned,
     layers_to_keep_fp32,
     onnx_is_mixed_precision,
     plan_precision,
-    uint8_conversion_problems,
 )
 from panoptic_ros.runtime.export import export_onnx
-
-FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16)
 
 
 @pytest.fixture(scope="module")
@@ -37,20 +36,7 @@ def pipeline_onnx(tmp_path_factory):
 
 
 def onnx_layer_facts(model: onnx.ModelProto) -> list[LayerFacts]:
-    """LayerFacts of ONNX nodes, by the rule tensorrt_layer_facts applies to TensorRT layers."""
-    graph = onnx.shape_inference.infer_shapes(model).graph
-    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.output]}
-    constants = {t.name for t in graph.initializer}
-    constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
-    facts = []
-    for node in graph.node:
-        learned = node.op_type in ("Conv", "ConvTranspose") or (
-            node.op_type in ("MatMul", "Gemm") and any(t in constants for t in node.input))
-        float_outputs = tuple(types.get(o) in FLOATS for o in node.output)
-        facts.append(LayerFacts(node.name, tuple(node.input), tuple(node.output), learned, float_outputs,
-                                settable=node.op_type != "Constant",
-                                selects=node.op_type in ("TopK", "ArgMax", "ArgMin")))
-    return facts
+    return mixed_precision.onnx_layer_facts(onnx.shape_inference.infer_shapes(model))
 
 
 F, N = True, False  # an output is float / an output is not (an index, an integer)
@@ -91,6 +77,13 @@ def test_fp32_rule_needs_an_output_and_a_settable_layer():
     assert layers_to_keep_fp32(layers) == ["after"]
 
 
+def test_weight_ops_of_the_fusion_are_not_learned():
+    assert is_learned("/network/backbone/conv1/Conv", True, False) and not is_learned("/network/Relu", False, False)
+    assert is_learned("/network/head/MatMul", False, True)
+    assert not is_learned("/fusion/assembler/MatMul", False, True)  # constant 0/1 matrices: per-cell sums
+    assert is_learned("/fusion/classifier/Conv", True, False)  # FPSNet's panoptic head, called by the fusion
+
+
 def test_fp32_rule_keeps_selected_candidates_that_feed_a_learned_layer():
     """FPSNet: boxes are selected by top-k, turned into masks, and go through a conv again."""
     layers = [
@@ -119,30 +112,6 @@ def test_fp32_layers_of_the_pipeline_are_its_post_processing(pipeline_onnx):
     network_ops = {name for name in ops if name.startswith("/network/backbone/")}
     assert network_ops and not network_ops & kept
     assert "ReduceSum" in {ops[name] for name in kept}
-
-
-def test_uint8_conversions_are_checked_for_tensorrt_8():
-    def graph_with_cast(src: int, dst: int) -> onnx.ModelProto:
-        node = helper.make_node("Cast", ["x"], ["y"], to=dst, name="cast_me")
-        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", src, [4])],
-                                  [helper.make_tensor_value_info("y", dst, [4])])
-        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-    assert uint8_conversion_problems(graph_with_cast(TensorProto.FLOAT, TensorProto.UINT8), 8) == []
-    assert uint8_conversion_problems(graph_with_cast(TensorProto.UINT8, TensorProto.FLOAT16), 8) == []
-    problems = uint8_conversion_problems(graph_with_cast(TensorProto.INT32, TensorProto.UINT8), 8)
-    assert len(problems) == 1 and "'cast_me'" in problems[0] and "x: int32" in problems[0]
-    assert uint8_conversion_problems(graph_with_cast(TensorProto.INT32, TensorProto.UINT8), 10) == []
-    transpose = helper.make_node("Transpose", ["x"], ["y"], perm=[0], name="t")
-    graph = helper.make_graph([transpose], "g", [helper.make_tensor_value_info("x", TensorProto.UINT8, [4])],
-                              [helper.make_tensor_value_info("y", TensorProto.UINT8, [4])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    assert "Transpose node 't'" in uint8_conversion_problems(model, 8)[0]
-
-
-def test_pipeline_graph_builds_on_tensorrt_8(pipeline_onnx):
-    """JetPack 5 ships TensorRT 8.6: the pipeline's uint8 conversions must all be float casts."""
-    assert uint8_conversion_problems(onnx.load(str(pipeline_onnx)), 8) == []
 
 
 def test_progress_line_shows_open_phases_and_steps():

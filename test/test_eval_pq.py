@@ -517,3 +517,17 @@ def test_add_id_maps_rejects_bad_maps(rng):
     with pytest.raises(ValueError, match="label_divisor"):
         accumulator.add_id_maps(good, good, 0)
     assert accumulator.num_frames == 0
+
+
+def test_frames_with_hundreds_of_segments_count_every_pair():
+    """400 segments a side: histogram keys (row * width + column) far beyond a 16-bit row index still add up."""
+    ids = np.arange(1, 401, dtype=np.int64).reshape(20, 20)
+    gt = PanopticAnnotation(ids, {int(i): Segment(int(i), CAR) for i in ids.ravel()})
+    pred = PanopticAnnotation(ids + 1000, {int(i) + 1000: Segment(int(i) + 1000, CAR) for i in ids.ravel()})
+    result = single(gt, pred)
+    assert (metrics_of(result, CAR).tp, metrics_of(result, CAR).fp, result.all.pq) == (400, 0, 100.0)
+    pipeline = PQAccumulator.from_label_set(SYNTHETIC)
+    car = SYNTHETIC.names.index("car")
+    panoptic = (car * 1000 + ids).astype(np.int32)  # 400 car instances
+    pipeline.add_id_maps(panoptic, panoptic, 1000)
+    assert (pipeline.result().per_class[car].tp, pipeline.result().all.pq) == (400, 100.0)

@@ -97,3 +97,27 @@ def test_eval_bag_tracking_options_are_checked(tmp_path, sequence_bag, capsys):
     assert "--tracker off goes with --tracking" in capsys.readouterr().err
     assert main(["eval-bag", *common, "--tracking", "--track-max-age", "-1"]) == 2
     assert "track_max_age must be an integer >= 0" in capsys.readouterr().err
+
+
+def test_folder_ground_truth_brings_its_track_ids(tmp_path):
+    from panoptic_ros.data import formats
+    from panoptic_ros.evaluation.ground_truth import FolderGroundTruth
+    from panoptic_ros.tracking.evaluation import ground_truth_tracks
+
+    for sequence, out in ((True, tmp_path / "seq"), (False, tmp_path / "scenes")):
+        assert main(["synth", *(["--sequence"] if sequence else []), "--frames", "3", "--seed", "4", "--height",
+                     "64", "--width", "128", "--out", str(out)]) == 0
+        _, png_dir = formats.cityscapes_panoptic_paths(out, "val")
+        folder = FolderGroundTruth(png_dir, SYNTHETIC, match="index")
+        frames = list(generate_sequence(4, 3, 64, 128))
+        for index, frame in enumerate(frames):
+            tracks = ground_truth_tracks(folder.lookup(0, index), DIVISOR, SYNTHETIC)
+            if sequence:
+                assert np.array_equal(tracks, frame.panoptic(DIVISOR))  # as the bag's topic has it
+            else:
+                assert tracks is None  # independent scenes have no tracks
+    tracking = SequenceTracking(SYNTHETIC, DIVISOR)
+    gt = FolderGroundTruth(png_dir, SYNTHETIC, match="index").lookup(0, 0)
+    result = detections(gt.as_id_map(DIVISOR, SYNTHETIC))
+    tracking.score_frame(gt, result.panoptic, tracking.track(result))
+    assert tracking.result() is None and "1 frames not scored for tracking" in tracking.note

@@ -2,6 +2,7 @@
 TensorRT audit (supported ops, static shapes), metadata and names follow pipeline_io, and the CLI."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -13,6 +14,7 @@ from test_pipeline import spread_weights
 
 from panoptic_ros.classes import SYNTHETIC, LabelSet
 from panoptic_ros.cli import main
+from panoptic_ros.fusion.model_defaults import model_defaults
 from panoptic_ros.fusion.pipeline import MODEL_NAMES, build_pipeline
 from panoptic_ros.networks import build_network
 from panoptic_ros.pipeline_io import (
@@ -23,8 +25,15 @@ from panoptic_ros.pipeline_io import (
     OUTPUT_NAMES,
     Thresholds,
 )
-from panoptic_ros.runtime.export import export_onnx
-from panoptic_ros.runtime.onnx_audit import audit_file, audit_model, tensorrt_ops
+from panoptic_ros.runtime.backends.model_info import read_onnx_info
+from panoptic_ros.runtime.export import EXPORT_AUDITED, export_onnx
+from panoptic_ros.runtime.onnx_audit import (
+    audit_file,
+    audit_model,
+    releases,
+    tensorrt_parsers,
+    uint8_conversion_problems,
+)
 
 H, W, K = 128, 256, 16
 
@@ -50,21 +59,22 @@ def test_onnx_runtime_equals_eager_pytorch(exported, model, rng):
         image = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
         feeds = {name: t.numpy() for name, t in zip(INPUT_NAMES, pipeline.make_inputs(image, thresholds),
                                                     strict=True)}
-        panoptic, semantic, instances, num = session.run(list(OUTPUT_NAMES), feeds)
+        panoptic, semantic, instances, num, converged, dropped = session.run(list(OUTPUT_NAMES), feeds)
         expected = pipeline.run(image, thresholds)
         assert (panoptic == expected.panoptic).mean() >= 0.999
         assert (semantic == expected.semantic).mean() >= 0.999
         assert int(num) == expected.num_instances
+        assert (bool(converged), int(dropped)) == (expected.converged, expected.candidates_dropped)
         np.testing.assert_allclose(instances, expected.instances, rtol=1e-4, atol=1e-3)
 
 
 @pytest.mark.parametrize("model", MODEL_NAMES)
 def test_exported_graph_passes_the_tensorrt_audit_and_follows_the_contract(exported, model):
     _, path = exported[model]
-    assert audit_file(path) == []
+    assert audit_file(path, only=EXPORT_AUDITED) == []  # these TensorRTs' parsers import every node
     graph = onnx.load(str(path))
-    supported = tensorrt_ops()["supported"]
-    assert {node.op_type for node in graph.graph.node} <= set(supported)
+    for release in releases():
+        assert {node.op_type for node in graph.graph.node} <= set(tensorrt_parsers()["releases"][release]["operators"])
     assert graph.opset_import[0].version == 17
     assert [i.name for i in graph.graph.input] == list(INPUT_NAMES)
     assert [o.name for o in graph.graph.output] == list(OUTPUT_NAMES)
@@ -81,11 +91,77 @@ def test_exported_graph_passes_the_tensorrt_audit_and_follows_the_contract(expor
                                               for t in graph.graph.initializer)  # self-contained
 
 
-def test_operator_list_names_its_tensorrt_version_and_source():
-    ops = tensorrt_ops()
-    assert ops["tensorrt_version"].startswith("10.")
-    assert ops["source"].startswith("https://github.com/onnx/onnx-tensorrt/")
-    assert "Conv" in ops["supported"] and "Unique" in ops["unsupported"]
+SHIPPED = sorted((Path(__file__).resolve().parents[1] / "models").glob("*.onnx"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_models_pass_the_audit_of_tensorrt_8_6_and_later(path):
+    assert audit_file(path, only=EXPORT_AUDITED) == []
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_models_pass_the_audit_of_tensorrt_8_5(path):
+    assert audit_file(path, only=("8.5",)) == []
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_exported_graph_passes_the_audit_of_tensorrt_8_5(exported, model):
+    assert audit_file(exported[model][1], only=("8.5",)) == []
+
+
+def test_parser_tables_name_their_release_and_source():
+    assert releases() == ("8.5", "8.6", "10.3", "10.15")
+    for release, table in tensorrt_parsers()["releases"].items():
+        assert table["source"]["repository"] == "https://github.com/onnx/onnx-tensorrt", release
+        assert table["source"]["ref"] and table["source"]["note"]
+        assert {"Conv", "TopK", "ArgMax", "Cast"} <= set(table["operators"]) and "Unique" not in table["operators"]
+        assert "UINT8" in table["invalid_input_types"]["TopK"]["0"]
+    tables = tensorrt_parsers()["releases"]
+    # onnx-tensorrt 8.5-GA's TopK importer and argMinMaxHelper refuse INT32; 8.6 added INT32 input
+    assert tables["8.5"]["invalid_input_types"]["TopK"]["0"] == ["INT32", "UINT8"]
+    assert tables["8.5"]["invalid_input_types"]["ArgMax"]["0"] == ["INT32", "UINT8"]
+    assert tables["8.6"]["invalid_input_types"]["TopK"]["0"] == ["UINT8"]
+    assert [tables[r]["int64_read_as_int32"] for r in releases()] == [True, True, False, False]
+
+
+def _selection_graph(op: str, elem_type: int) -> onnx.ModelProto:
+    """One TopK (K=2) or ArgMax over a (1, 8) tensor of `elem_type`."""
+    x = helper.make_tensor_value_info("x", elem_type, [1, 8])
+    if op == "TopK":
+        k = helper.make_tensor("k", TensorProto.INT64, [1], [2])
+        node = helper.make_node("TopK", ["x", "k"], ["v", "i"], name="select")
+        outputs = [helper.make_tensor_value_info("v", elem_type, [1, 2]),
+                   helper.make_tensor_value_info("i", TensorProto.INT64, [1, 2])]
+        return _graph([node], [x], outputs, [k])
+    node = helper.make_node("ArgMax", ["x"], ["i"], axis=1, keepdims=0, name="select")
+    return _graph([node], [x], [helper.make_tensor_value_info("i", TensorProto.INT64, [1])])
+
+
+@pytest.mark.parametrize("op", ["TopK", "ArgMax"])
+def test_integer_selections_fail_on_tensorrt_8_5_only(op):
+    """TensorRT 8 reads INT64 as INT32 and the 8.5 parser refuses INT32 into TopK/ArgMax/ArgMin
+    (JetPack 5.1, onnx/onnx-tensorrt#918); 8.6 and later take it. A float input passes everywhere."""
+    for elem_type, name in ((TensorProto.INT64, "INT64 (read as INT32)"), (TensorProto.INT32, "INT32")):
+        problems = audit_model(_selection_graph(op, elem_type))
+        assert len(problems) == 1, problems
+        assert problems[0].startswith(f"TensorRT 8.5: {op} node 'select': input 0 'x' is {name}, which its ONNX "
+                                      "parser refuses there (onnx-tensorrt df60e73")
+        assert audit_model(_selection_graph(op, elem_type), only=("8.6", "10.3", "10.15")) == []
+    assert audit_model(_selection_graph(op, TensorProto.FLOAT)) == []
+
+
+def test_uint8_conversions_are_checked_for_tensorrt_8():
+    def graph_with_cast(src: int, dst: int) -> onnx.ModelProto:
+        node = helper.make_node("Cast", ["x"], ["y"], to=dst, name="cast_me")
+        return _graph([node], [helper.make_tensor_value_info("x", src, [4])],
+                      [helper.make_tensor_value_info("y", dst, [4])])
+
+    assert audit_model(graph_with_cast(TensorProto.FLOAT, TensorProto.UINT8)) == []
+    assert audit_model(graph_with_cast(TensorProto.UINT8, TensorProto.FLOAT16)) == []
+    problems = audit_model(graph_with_cast(TensorProto.INT32, TensorProto.UINT8))
+    assert [p.split(":")[0] for p in problems] == ["TensorRT 8.5", "TensorRT 8.6"]
+    assert "Cast node 'cast_me' (x: INT32, y: UINT8): converts uint8 only by a Cast" in problems[0]
+    assert len(uint8_conversion_problems(graph_with_cast(TensorProto.INT32, TensorProto.UINT8))) == 1
 
 
 def _graph(nodes, inputs, outputs, initializers=()):
@@ -138,3 +214,21 @@ def test_export_cli_writes_a_graph_that_runs(tmp_path, capsys):
 def test_export_cli_reports_bad_arguments(tmp_path, capsys, args, message):
     code = main(["export", *args, "--height", "128", "--width", "128", "--output", str(tmp_path / "x.onnx")])
     assert code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_index_ops_take_float_inputs_for_tensorrt_8_5(exported, model):
+    # TensorRT 8.5's parser rejects INT32 (and INT64, read as INT32) inputs to TopK and ArgMax/ArgMin.
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(exported[model][1])))
+    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.graph.value_info, *graph.graph.input)}
+    types.update({t.name: t.data_type for t in graph.graph.initializer})
+    index_ops = [node for node in graph.graph.node if node.op_type in ("TopK", "ArgMax", "ArgMin")]
+    assert index_ops
+    assert {node.name: types[node.input[0]] for node in index_ops} == {node.name: TensorProto.FLOAT
+                                                                       for node in index_ops}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_export_writes_the_papers_default_thresholds(exported, model):
+    info = read_onnx_info(exported[model][1])
+    assert info.default_thresholds == model_defaults(model)

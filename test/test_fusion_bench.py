@@ -74,3 +74,8 @@ def test_bench_times_network_fusion_and_fpsnet_head(tmp_path, capsys, monkeypatc
 def test_bench_refuses_bad_arguments(argv, message):
     with pytest.raises(ValueError, match=message):
         bench.run(parse(*argv))
+
+
+def test_bench_ideal_reports_psn_pq_on_ideal_heads(capsys):
+    assert bench.run(parse("--ideal", "1", "--sizes", "256x512")) == 0
+    assert "| 256x512 | 1 | 100.0 | 100.0 |" in capsys.readouterr().out

@@ -3,12 +3,22 @@
 import numpy as np
 import pytest
 import torch
+from fusion_cases import chain_keep, iou_matrix, nms_chain, paste_chain
 
 from panoptic_ros.classes import SYNTHETIC
-from panoptic_ros.fusion.core import PanopticAssembler, Segments
-from panoptic_ros.fusion.reference.assemble import Thing, assemble_reference
+from panoptic_ros.fusion.core import PanopticAssembler, Segments, label_counts_per_row
+from panoptic_ros.fusion.reference.assemble import Thing, assemble
+from panoptic_ros.fusion.reference.common import greedy_nms as nms_reference
 from panoptic_ros.fusion.reference.common import paste_by_confidence as paste_reference
-from panoptic_ros.fusion.static_ops import block_upsample, greedy_nms, paste_by_confidence, top_candidates
+from panoptic_ros.fusion.static_ops import (
+    FLOAT_EXACT_INTEGERS,
+    NMS_SWEEPS,
+    PASTE_SWEEPS,
+    block_upsample,
+    greedy_nms,
+    paste_by_confidence,
+    top_candidates,
+)
 from panoptic_ros.pipeline_io import COL, PanopticResult
 
 LS = SYNTHETIC
@@ -16,12 +26,13 @@ STUFF = len(LS.stuff_ids)  # road, sidewalk, building, vegetation, sky = classes
 PERSON, CAR = 5, 6
 
 
-def assemble(labels, thing_class, thing_score, thing_valid, max_instances=4, min_stuff_area=0.0, divisor=1000):
+def assemble_graph(labels, thing_class, thing_score, thing_valid, max_instances=4, min_stuff_area=0.0, divisor=1000,
+                   stride=4):
     kc = len(thing_class)
     segments = Segments(torch.tensor(labels), torch.tensor(thing_class), torch.tensor(thing_score, dtype=torch.float32),
-                        torch.tensor(thing_valid))
-    out = PanopticAssembler(LS, kc, max_instances)(segments, torch.tensor(float(min_stuff_area)),
-                                                   torch.tensor(divisor, dtype=torch.int32))
+                        torch.tensor(thing_valid), torch.tensor(True), torch.tensor(0))
+    out = PanopticAssembler(LS, kc, max_instances, stride)(segments, torch.tensor(float(min_stuff_area)),
+                                                           torch.tensor(divisor, dtype=torch.int32))
     return PanopticResult(*(t.numpy() for t in out[:3]), int(out[3]))
 
 
@@ -31,16 +42,16 @@ def test_table_rows_ids_and_maps_follow_the_contract():
     labels = np.array([[sky, sky, 1, 1],
                        [0, 0, 1, 1],
                        [road, road, road, void]])
-    result = assemble(labels, [PERSON, CAR, CAR], [0.5, 0.9, 0.7], [True, True, True])
+    result = assemble_graph(labels, [PERSON, CAR, CAR], [0.5, 0.9, 0.7], [True, True, True])
     # Things by descending score (candidate 1, then 0; candidate 2 has no cells), then stuff by class id.
     rows = result.valid_instances
     assert result.num_instances == 4 and result.instances.shape == (4 + STUFF, 11)
-    assert rows[:, COL["id"]].tolist() == [6001, 5002, 0, 4000]
+    assert rows[:, COL["id"]].tolist() == [6001, 5001, 0, 4000]  # numbered within each class
     assert rows[:, COL["score"]].tolist() == pytest.approx([0.9, 0.5, 1.0, 1.0])
     assert not result.instances[4:].any()  # rows after num_instances are zeros
     # Maps at input resolution (4x4 blocks), void = -1 / 255.
     assert result.panoptic.shape == (12, 16) and result.panoptic.dtype == np.int32
-    assert result.panoptic[0, 8] == 6001 and result.panoptic[4, 0] == 5002 and result.panoptic[0, 0] == 4000
+    assert result.panoptic[0, 8] == 6001 and result.panoptic[4, 0] == 5001 and result.panoptic[0, 0] == 4000
     assert result.panoptic[11, 15] == -1 and result.semantic[11, 15] == 255 and result.semantic[4, 0] == PERSON
     # The car's cells (rows 0-1, columns 2-3) are pixels x 8..15, y 0..7.
     car = rows[0]
@@ -51,39 +62,54 @@ def test_table_rows_ids_and_maps_follow_the_contract():
 def test_small_stuff_becomes_void_and_things_beyond_k_are_dropped():
     kc = 3
     labels = np.array([[0, 1, 2, kc + 1]])  # three single-cell things, one sidewalk cell (16 px)
-    result = assemble(labels, [CAR, CAR, PERSON], [0.3, 0.8, 0.5], [True, True, True], max_instances=2,
-                      min_stuff_area=17)
-    assert result.valid_instances[:, COL["id"]].tolist() == [6001, 5002]
+    result = assemble_graph(labels, [CAR, CAR, PERSON], [0.3, 0.8, 0.5], [True, True, True], max_instances=2,
+                            min_stuff_area=17)
+    assert result.valid_instances[:, COL["id"]].tolist() == [6001, 5001]
     assert result.panoptic[0, 0] == -1  # the lowest-scored thing did not fit in K = 2 rows
     assert result.panoptic[0, 12] == -1 and result.semantic[0, 12] == 255  # 16 px < 17
-    assert assemble(labels, [CAR, CAR, PERSON], [0.3, 0.8, 0.5], [True] * 3, min_stuff_area=16).panoptic[0, 12] == 1000
+    kept_stuff = assemble_graph(labels, [CAR, CAR, PERSON], [0.3, 0.8, 0.5], [True] * 3, min_stuff_area=16)
+    assert kept_stuff.panoptic[0, 12] == 1000
 
 
 def test_equal_scores_keep_candidate_order_and_label_divisor_is_an_input():
-    result = assemble(np.array([[1, 0]]), [CAR, CAR], [0.5, 0.5], [True, True], divisor=256)
+    result = assemble_graph(np.array([[1, 0]]), [CAR, CAR], [0.5, 0.5], [True, True], divisor=256)
     assert result.valid_instances[:, COL["id"]].tolist() == [6 * 256 + 1, 6 * 256 + 2]
     assert result.panoptic[0, 4] == 6 * 256 + 1
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_assembler_equals_reference_on_random_label_maps(seed):
+@pytest.mark.parametrize("stride", [1, 4])
+def test_assembler_equals_reference_on_random_label_maps(seed, stride):
     rng = np.random.default_rng(seed)
-    kc = 6
+    kc, k = 6, 4
     labels = rng.integers(0, kc + STUFF + 1, size=(8, 12))
     classes = rng.choice(LS.thing_ids, size=kc)
     scores = rng.choice([0.2, 0.5, 0.9], size=kc).astype(np.float32)  # ties on purpose
     valid = rng.random(kc) < 0.8
-    result = assemble(labels, classes, scores, valid, max_instances=4, min_stuff_area=160)
-    things = [Thing(int(c), float(s), (labels == k) & v)
-              for k, (c, s, v) in enumerate(zip(classes, scores, valid, strict=True))]
-    stuff = np.full(labels.shape, -1)
+    result = assemble_graph(labels, classes, scores, valid, max_instances=k, min_stuff_area=10 * stride**2,
+                            stride=stride)
+    pixels = block_upsample(torch.tensor(labels), stride).numpy()
+    present = [n for n in range(kc) if valid[n] and (labels == n).any()]
+    ranked = sorted(present, key=lambda n: (-scores[n], n))[:k]  # the reference takes the capped things
+    things = [Thing(int(classes[n]), float(scores[n]), pixels == n) for n in sorted(ranked)]
+    stuff = np.full(pixels.shape, -1)
     for s, class_id in enumerate(LS.stuff_ids):
-        stuff[labels == kc + s] = class_id
-    expected = assemble_reference(things, stuff, LS, 160, 1000, 4)
+        stuff[pixels == kc + s] = class_id
+    expected = assemble(things, stuff, LS, 10 * stride**2, 1000, k, 0).result
     np.testing.assert_array_equal(result.panoptic, expected.panoptic)
     np.testing.assert_array_equal(result.semantic, expected.semantic)
     assert result.num_instances == expected.num_instances
     np.testing.assert_allclose(result.instances, expected.instances, atol=1e-4)
+
+
+def test_label_counts_per_row_is_a_histogram_of_every_row():
+    labels = torch.tensor([[0, 2, 2, 10], [10, 10, 1, 0]])
+    counts = label_counts_per_row(labels, 11)
+    expected = np.zeros((11, 2))
+    for row in range(2):
+        for value in labels[row].tolist():
+            expected[value, row] += 1
+    np.testing.assert_array_equal(counts.numpy(), expected)
 
 
 def test_block_upsample_repeats_cells_as_blocks():
@@ -96,32 +122,97 @@ def test_top_candidates_orders_ties_by_index_and_invalid_last():
     valid = torch.tensor([True, True, True, True, False])
     index, score, ok = top_candidates(scores, valid, 4)
     assert index.tolist() == [1, 3, 0, 2] and ok.all()
+    index, _, ok = top_candidates(scores, valid, 5)
+    assert index.tolist()[:4] == [1, 3, 0, 2] and ok.tolist() == [True] * 4 + [False]
 
 
-def greedy_reference(overlap: np.ndarray, valid: np.ndarray, threshold: float) -> np.ndarray:
-    kept = []
-    for j in range(len(valid)):
-        if valid[j] and not any(overlap[i, j] > threshold for i in kept):
-            kept.append(j)
-    return np.isin(np.arange(len(valid)), kept)
+@pytest.mark.parametrize("seed", range(5))
+def test_top_candidates_are_exactly_the_best_by_score_then_index(seed):
+    rng = np.random.default_rng(seed)
+    scores = rng.choice([0.1, 0.3, 0.3000001, 0.7, 1.0], size=300).astype(np.float32)  # many ties, near-ties
+    valid = rng.random(300) < 0.7
+    index, _, ok = top_candidates(torch.tensor(scores), torch.tensor(valid), 50)
+    expected = sorted(np.flatnonzero(valid), key=lambda n: (-scores[n], n))[:50]
+    assert index.tolist() == expected and ok.all()
+
+
+def test_index_ranges_stay_exact_in_float32():
+    assert float(np.float32(FLOAT_EXACT_INTEGERS - 1)) == FLOAT_EXACT_INTEGERS - 1
+
+
+def overlap_graph(overlap: np.ndarray, valid: np.ndarray, threshold: float, sweeps: int = NMS_SWEEPS):
+    keep, converged = greedy_nms(torch.tensor(overlap, dtype=torch.float32), torch.tensor(valid),
+                                 torch.tensor(threshold), sweeps)
+    return np.flatnonzero(keep.numpy()).tolist(), bool(converged)
 
 
 def test_greedy_nms_keeps_a_box_whose_only_suppressor_was_suppressed():
     # 0 suppresses 1, 1 would suppress 2: greedy NMS keeps 0 and 2 (one-pass "fast NMS" would drop 2).
-    overlap = torch.tensor([[0, 0.8, 0.1], [0.8, 0, 0.8], [0.1, 0.8, 0]])
-    keep = greedy_nms(overlap, torch.tensor([True, True, True]), torch.tensor(0.5))
-    assert keep.tolist() == [True, False, True]
+    overlap = np.array([[0, 0.8, 0.1], [0.8, 0, 0.8], [0.1, 0.8, 0]])
+    assert overlap_graph(overlap, np.ones(3, bool), 0.5) == ([0, 2], True)
+
+
+@pytest.mark.parametrize("length", [10, 16, 32])
+def test_greedy_nms_is_exact_on_adversarial_chains(length):
+    boxes, _ = nms_chain(length)
+    kept, converged = overlap_graph(iou_matrix(boxes), np.ones(length, bool), 0.5)
+    assert kept == chain_keep(length) and converged
+    assert kept[:5] == [0, 2, 4, 6, 8]
+
+
+def test_greedy_nms_says_when_its_sweeps_do_not_reach_the_fixed_point():
+    boxes, _ = nms_chain(12)
+    kept, converged = overlap_graph(iou_matrix(boxes), np.ones(12, bool), 0.5, sweeps=6)
+    assert kept != chain_keep(12) and not converged
+    assert overlap_graph(iou_matrix(boxes), np.ones(12, bool), 0.5, sweeps=12)[1]
+
+
+def test_a_pair_at_exactly_nms_iou_is_not_suppressed():
+    overlap = np.array([[0, 0.5], [0.5, 0]], dtype=np.float32)
+    assert overlap_graph(overlap, np.ones(2, bool), 0.5)[0] == [0, 1]
+    assert overlap_graph(overlap, np.ones(2, bool), float(np.nextafter(np.float32(0.5), np.float32(0))))[0] == [0]
 
 
 @pytest.mark.parametrize("seed", range(10))
 def test_greedy_nms_equals_sequential_greedy(seed):
     rng = np.random.default_rng(seed)
     m = 40
-    overlap = rng.random((m, m)) * (rng.random((m, m)) < 0.15)
-    overlap = np.maximum(overlap, overlap.T)
-    valid = rng.random(m) < 0.9
-    keep = greedy_nms(torch.tensor(overlap, dtype=torch.float32), torch.tensor(valid), torch.tensor(0.4))
-    np.testing.assert_array_equal(keep.numpy(), greedy_reference(overlap, valid, 0.4))
+    x1, y1 = rng.uniform(0, 60, size=(2, m))
+    boxes = np.stack([x1, y1, x1 + rng.uniform(5, 30, m), y1 + rng.uniform(5, 30, m)], axis=1)
+    scores = np.sort(rng.random(m))[::-1]
+    classes = rng.integers(0, 2, size=m)
+    overlap = iou_matrix(boxes) * (classes[:, None] == classes[None, :])
+    kept, converged = overlap_graph(overlap, np.ones(m, bool), 0.4)
+    assert kept == sorted(nms_reference(boxes, scores, classes, 0.4)) and converged
+
+
+def paste_graph(masks: list[np.ndarray], valid: np.ndarray, threshold: float, sweeps: int = PASTE_SWEEPS):
+    k = len(masks)
+    keep, owner, converged = paste_by_confidence(torch.tensor(np.stack(masks).reshape(k, -1)), torch.tensor(valid),
+                                                 torch.tensor(threshold), sweeps)
+    owner = np.where(owner.numpy() < k, owner.numpy(), -1).reshape(masks[0].shape)
+    return np.flatnonzero(keep.numpy()).tolist(), owner, bool(converged)
+
+
+@pytest.mark.parametrize("length", [8, 16, 32])
+def test_pasting_is_exact_on_adversarial_chains(length):
+    masks = paste_chain(length)
+    kept, owner, converged = paste_graph(masks, np.ones(length, bool), 0.3)
+    expected_owner, pasted = paste_reference(masks, 0.3)
+    assert kept == pasted == chain_keep(length) and converged
+    np.testing.assert_array_equal(owner, expected_owner)
+
+
+def test_pasting_says_when_its_sweeps_do_not_reach_the_fixed_point():
+    kept, _, converged = paste_graph(paste_chain(10), np.ones(10, bool), 0.3, sweeps=5)
+    assert kept != chain_keep(10) and not converged
+
+
+def test_a_mask_taken_exactly_at_the_overlap_threshold_is_kept():
+    first, second = np.zeros((1, 10), bool), np.zeros((1, 10), bool)
+    first[0, :3], second[0, :] = True, True  # 3 of the second's 10 pixels are taken: exactly 0.3
+    assert paste_graph([first, second], np.ones(2, bool), 0.3)[0] == [0, 1]
+    assert paste_graph([first, second], np.ones(2, bool), 0.29)[0] == [0]
 
 
 @pytest.mark.parametrize("seed", range(10))
@@ -133,7 +224,7 @@ def test_paste_by_confidence_equals_sequential_pasting(seed):
         y, x = rng.integers(0, 20, size=2)
         masks[n, y:y + rng.integers(2, 10), x:x + rng.integers(2, 10)] = True
     valid = rng.random(k) < 0.9
-    keep, owner = paste_by_confidence(torch.tensor(masks.reshape(k, -1)), torch.tensor(valid), torch.tensor(0.3))
+    kept, owner, converged = paste_graph(list(masks), valid, 0.3)
     expected_owner, pasted = paste_reference([m & v for m, v in zip(masks, valid, strict=True)], 0.3)
-    assert np.flatnonzero(keep.numpy()).tolist() == pasted
-    np.testing.assert_array_equal(np.where(owner.numpy() < k, owner.numpy(), -1), expected_owner.reshape(-1))
+    assert kept == pasted and converged
+    np.testing.assert_array_equal(owner, expected_owner)

@@ -3,6 +3,7 @@ equal, plus the behaviour the paper describes) and random structured scenes (>= 
 
 import numpy as np
 import pytest
+import torch
 from test_fusion_scenes import (
     ANCHOR_RATIOS,
     ANCHOR_SIZES,
@@ -25,16 +26,21 @@ from test_fusion_scenes import (
 
 from panoptic_ros.data.formats import Segment
 from panoptic_ros.evaluation.pq import PQAccumulator
+from panoptic_ros.fusion.detections import PRE_NMS_TOP
 from panoptic_ros.fusion.fpsnet import FPSNetFusion
+from panoptic_ros.fusion.ideal_heads import ideal_psn_heads
+from panoptic_ros.fusion.ideal_pq import ideal_psn_pq
 from panoptic_ros.fusion.lpsnet import LPSNetFusion
-from panoptic_ros.fusion.psn import PSNFusion
+from panoptic_ros.fusion.psn import Grouping, PSNFusion, find_instance_centres, group_pixels, vote_classes
 from panoptic_ros.fusion.reference.fpsnet import fpsnet_reference
 from panoptic_ros.fusion.reference.lpsnet import lpsnet_reference
-from panoptic_ros.fusion.reference.psn import psn_reference
+from panoptic_ros.fusion.reference.psn import find_centres, psn_reference
+from panoptic_ros.fusion.reference.psn import group_pixels as reference_group_pixels
+from panoptic_ros.fusion.reference.psn import vote_classes as reference_vote
 from panoptic_ros.fusion.reference.rtps import rtps_reference
 from panoptic_ros.fusion.reference.spinet import spinet_reference
 from panoptic_ros.fusion.rtps import RTPSFusion
-from panoptic_ros.fusion.spinet import SPINetFusion
+from panoptic_ros.fusion.spinet import SAMPLES_PER_INSTANCE, SPINetFusion
 from panoptic_ros.pipeline_io import COL, PanopticResult, Thresholds
 
 K = 12
@@ -45,29 +51,48 @@ BANDS = [(4, 31), (2, 63), (0, 127)]  # sky, building, road on a 128 x 256 frame
 
 def run_method(method: str, heads: dict, thresholds: Thresholds = THRESHOLDS,
                k: int = K) -> tuple[PanopticResult, PanopticResult]:
-    """(static graph, reference) results of `method` on the same heads."""
+    """(static graph, reference) results of `method` on the same heads; the reference caps its
+    candidate pools as the graph does, and both count the same dropped candidates."""
     if method == "psn":
-        return (run_fusion(PSNFusion(LABEL_SET, k, 7), heads, thresholds),
-                psn_reference(heads, LABEL_SET, thresholds, DIVISOR, k, 7))
-    if method == "rtps":
-        return (run_fusion(RTPSFusion(LABEL_SET, FCOS_STRIDES, k), heads, thresholds),
-                rtps_reference(heads, LABEL_SET, FCOS_STRIDES, thresholds, DIVISOR, k))
-    if method == "lpsnet":
-        return (run_fusion(LPSNetFusion(LABEL_SET, FCOS_STRIDES, k), heads, thresholds),
-                lpsnet_reference(heads, LABEL_SET, FCOS_STRIDES, thresholds, DIVISOR, k))
-    if method == "fpsnet":
+        graph = run_fusion(PSNFusion(LABEL_SET, k, 7), heads, thresholds)
+        reference = psn_reference(heads, LABEL_SET, thresholds, DIVISOR, k, 7)
+    elif method == "rtps":
+        graph = run_fusion(RTPSFusion(LABEL_SET, FCOS_STRIDES, k), heads, thresholds)
+        reference = rtps_reference(heads, LABEL_SET, FCOS_STRIDES, thresholds, DIVISOR, k, PRE_NMS_TOP)
+    elif method == "lpsnet":
+        graph = run_fusion(LPSNetFusion(LABEL_SET, FCOS_STRIDES, k), heads, thresholds)
+        reference = lpsnet_reference(heads, LABEL_SET, FCOS_STRIDES, thresholds, DIVISOR, k, PRE_NMS_TOP)
+    elif method == "fpsnet":
         head = AnalyticFPSNetHead(num_attention=16)
         fusion = FPSNetFusion(LABEL_SET, FCOS_STRIDES, ANCHOR_SIZES, ANCHOR_RATIOS, 16, 50.0, k)
-        return (run_fusion(fusion, heads, thresholds, head),
-                fpsnet_reference(heads, head, LABEL_SET, FCOS_STRIDES, ANCHOR_SIZES, ANCHOR_RATIOS, thresholds,
-                                 DIVISOR, k))
-    head = AnalyticSPINetHead()
-    return (run_fusion(SPINetFusion(LABEL_SET, k), heads, thresholds, head),
-            spinet_reference(heads, head, LABEL_SET, thresholds, DIVISOR, k))
+        graph = run_fusion(fusion, heads, thresholds, head)
+        reference = fpsnet_reference(heads, head, LABEL_SET, FCOS_STRIDES, ANCHOR_SIZES, ANCHOR_RATIOS, thresholds,
+                                     DIVISOR, k, PRE_NMS_TOP)
+    else:
+        head = AnalyticSPINetHead()
+        graph = run_fusion(SPINetFusion(LABEL_SET, k), heads, thresholds, head)
+        reference = spinet_reference(heads, head, LABEL_SET, thresholds, DIVISOR, k, SAMPLES_PER_INSTANCE * k)
+    assert graph.candidates_dropped == reference.candidates_dropped
+    assert graph.converged
+    return graph, reference.result
 
 
 HEADS = {"psn": psn_heads, "rtps": rtps_heads, "lpsnet": lpsnet_heads, "fpsnet": fpsnet_heads,
          "spinet": spinet_heads}
+# Methods whose graph still decides on the stride-4 grid while their references decide per input
+# pixel (issue #12): they agree with the reference on most, not all, pixels.
+STRIDE4_METHODS = ("rtps", "lpsnet", "spinet")
+STRIDE4_AGREEMENT = 0.985
+STILL_ON_THE_GRID = pytest.mark.xfail(strict=True, reason="#12: rtps/lpsnet/spinet graphs still decide on the "
+                                                          "stride-4 grid; their references decide per input pixel")
+
+
+def agreement_for(method: str) -> float:
+    return STRIDE4_AGREEMENT if method in STRIDE4_METHODS else 1.0
+
+
+def by_method(methods) -> list:
+    return [pytest.param(m, marks=STILL_ON_THE_GRID) if m in STRIDE4_METHODS else m for m in methods]
 
 
 def instance_of(result: PanopticResult, x: int, y: int) -> int:
@@ -83,7 +108,7 @@ def test_hand_made_street_gives_one_instance_per_object(method):
                (BICYCLE, 200, 80, 231, 111)]
     scene = make_scene(128, 256, BANDS, objects)
     graph, reference = run_method(method, HEADS[method](scene, np.random.default_rng(3), noise=0.05))
-    assert_same_result(graph, reference)
+    assert_same_result(graph, reference, agreement_for(method))
     rows = graph.valid_instances
     things = rows[[LABEL_SET.thing[int(c)] for c in rows[:, COL["class_id"]]]]
     assert sorted(things[:, COL["class_id"]].astype(int).tolist()) == [PERSON, CAR, CAR, BICYCLE]
@@ -125,7 +150,7 @@ def test_rtps_mask_sigma_decides_which_pixels_join_the_query():
     scene = make_scene(128, 256, BANDS, [(CAR, 64, 64, 127, 111)])
     heads = rtps_heads(scene, np.random.default_rng(0), noise=0.05)
     strict, reference = run_method("rtps", heads, Thresholds(mask_sigma=0.999, min_stuff_area=64))
-    assert_same_result(strict, reference)
+    assert_same_result(strict, reference, STRIDE4_AGREEMENT)
     assert thing_ids(strict) == [] and (strict.panoptic[64:112, 64:128] == -1).all()
     loose, _ = run_method("rtps", heads, Thresholds(mask_sigma=0.3, min_stuff_area=64))
     assert thing_ids(loose) == [CAR * DIVISOR + 1]
@@ -146,10 +171,10 @@ def test_lpsnet_drops_a_box_whose_mask_is_mostly_taken():
     heads = lpsnet_heads(scene, np.random.default_rng(1), noise=0.05)
     _stretch_boxes(heads, scene, 0, right=64.0, boost=2.0)
     strict, reference = run_method("lpsnet", heads, Thresholds(overlap_threshold=0.3, min_stuff_area=64))
-    assert_same_result(strict, reference)
+    assert_same_result(strict, reference, STRIDE4_AGREEMENT)
     assert thing_ids(strict) == [CAR * DIVISOR + 1]  # B overlapped 100% > 0.3: dropped, A takes all
     lenient, reference = run_method("lpsnet", heads, Thresholds(overlap_threshold=1.0, min_stuff_area=64))
-    assert_same_result(lenient, reference)
+    assert_same_result(lenient, reference, STRIDE4_AGREEMENT)
     assert len(thing_ids(lenient)) == 2
 
 
@@ -160,7 +185,7 @@ def test_lpsnet_overlapping_boxes_of_one_class_are_split_by_borderness():
     heads = lpsnet_heads(scene, np.random.default_rng(2), noise=0.05)
     _stretch_boxes(heads, scene, 0, right=48.0, boost=2.0)
     graph, reference = run_method("lpsnet", heads, Thresholds(overlap_threshold=0.7, min_stuff_area=64))
-    assert_same_result(graph, reference)
+    assert_same_result(graph, reference, STRIDE4_AGREEMENT)
     a, b = instance_of(graph, 60, 90), instance_of(graph, 180, 90)
     assert a == CAR * DIVISOR + 1 and b == CAR * DIVISOR + 2
     assert instance_of(graph, 108, 90) == a and instance_of(graph, 124, 90) == instance_of(graph, 150, 90) == b
@@ -181,14 +206,14 @@ def test_spinet_mask_nms_keeps_one_instance_per_object():
     # A second, weaker confidence peak on the car (P2 location (9, 5) is pixel (44, 76)): a duplicate filter.
     heads["class_logits"][0][0, LABEL_SET.thing_ids.index(CAR), 9, 5] = 2.5
     graph, reference = run_method("spinet", heads, Thresholds(score_threshold=0.45, min_stuff_area=64))
-    assert_same_result(graph, reference)
+    assert_same_result(graph, reference, STRIDE4_AGREEMENT)
     assert len(thing_ids(graph)) == 2
     assert instance_of(graph, 60, 90) // DIVISOR == CAR and instance_of(graph, 170, 80) // DIVISOR == PERSON
 
 
 # --- random structured scenes --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method", list(HEADS))
+@pytest.mark.parametrize("method", by_method(HEADS))
 def test_random_scenes_match_the_reference(method):
     rng = np.random.default_rng(100)
     for _ in range(4):
@@ -210,6 +235,7 @@ def _ground_truth(scene) -> tuple[np.ndarray, dict[int, Segment]]:
     return ids, {int(i): Segment(int(i), int((i - 1) // DIVISOR)) for i in np.unique(ids)}
 
 
+@STILL_ON_THE_GRID
 def test_lpsnet_sequential_pasting_pq_matches_the_reference_over_50_scenes():
     rng = np.random.default_rng(7)
     graph_pq, reference_pq = PQAccumulator.from_label_set(LABEL_SET), PQAccumulator.from_label_set(LABEL_SET)
@@ -222,3 +248,89 @@ def test_lpsnet_sequential_pasting_pq_matches_the_reference_over_50_scenes():
     graph_value, reference_value = graph_pq.result().all.pq, reference_pq.result().all.pq
     assert reference_value > 50  # the scenes are solvable
     assert abs(graph_value - reference_value) <= 0.5
+
+
+# --- PSN's steps against the reference's, ideal heads, overflow ------------------------------------------
+
+def graph_centres(heatmap: np.ndarray, threshold: float, kernel: int, count: int = 50) -> list[tuple[int, int]]:
+    centres, _ = find_instance_centres(torch.from_numpy(heatmap), torch.tensor(threshold, dtype=torch.float32),
+                                       kernel, count)
+    valid = centres.valid.numpy()
+    return [(int(y), int(x)) for y, x in zip(centres.y.numpy()[valid], centres.x.numpy()[valid], strict=True)]
+
+
+def test_psn_centres_are_the_references_window_maxima():
+    heatmap = np.zeros((10, 20), dtype=np.float32)
+    heatmap[2, 3:6] = 0.8  # a flat top: its first pixel in raster order
+    heatmap[8, 4] = 0.9
+    heatmap[2, 8] = 0.7  # inside the plateau's 7 x 7 window: suppressed
+    heatmap[5, 15] = 0.5
+    expected = [c[1:] for c in find_centres(heatmap, 0.1, 7)]
+    assert graph_centres(heatmap, 0.1, 7) == expected == [(8, 4), (2, 3), (5, 15)]
+
+
+def test_psn_centre_nms_window_is_nms_kernel():
+    heatmap = np.zeros((9, 20), dtype=np.float32)
+    heatmap[4, 4], heatmap[4, 7] = 0.9, 0.8  # 3 columns apart: one window at kernel 7, two at kernel 5
+    assert graph_centres(heatmap, 0.1, 7) == [(4, 4)]
+    assert graph_centres(heatmap, 0.1, 5) == [(4, 4), (4, 7)]
+
+
+def test_psn_centre_exactly_at_the_threshold_is_not_a_centre():
+    heatmap = np.zeros((9, 9), dtype=np.float32)
+    heatmap[4, 4] = 0.1
+    assert graph_centres(heatmap, 0.1, 3) == []
+    heatmap[4, 4] = np.nextafter(np.float32(0.1), np.float32(1))
+    assert graph_centres(heatmap, 0.1, 3) == [(4, 4)]
+
+
+def test_psn_pixels_join_the_centre_their_offset_points_closest_to(rng):
+    scene = random_scene(rng, count=8)
+    heads = psn_heads(scene, rng, noise=1.0)
+    centres, _ = find_instance_centres(torch.from_numpy(heads["center"][0, 0]), torch.tensor(0.1), 7, 24)
+    valid = centres.valid.numpy()
+    listed = [(0.0, int(y), int(x)) for y, x in zip(centres.y.numpy(), centres.x.numpy(), strict=True)]
+    owner = group_pixels(torch.from_numpy(heads["offset"][0]), centres).nearest.numpy()
+    everywhere = np.ones(scene.shape, dtype=bool)
+    expected = reference_group_pixels(everywhere, heads["offset"][0], [c for c, v in zip(listed, valid, strict=True)
+                                                                        if v])
+    positions = np.flatnonzero(valid)
+    assert (positions[expected] == owner).mean() >= 0.999
+
+
+def test_psn_vote_is_the_majority_and_ties_go_to_the_lower_class():
+    # Two 8 x 8 cells, one instance each: 40 person / 24 car pixels, and a 32 / 32 car-bicycle tie.
+    semantic = np.full((8, 16), CAR)
+    semantic[:5, :8] = PERSON
+    semantic[4:, 8:] = BICYCLE
+    owner = np.repeat([[0] * 8 + [1] * 8], 8, axis=0)
+    thing_index = torch.tensor([LABEL_SET.thing_ids.index(c) for c in semantic.reshape(-1)]).reshape(8, 16)
+    grouping = Grouping(torch.from_numpy(owner), torch.tensor([[[0, 1]]]), torch.zeros(8, 16, dtype=torch.int64))
+    classes = vote_classes(grouping, torch.tensor([0, 1]), thing_index, torch.tensor(LABEL_SET.thing_ids), 2)
+    assert classes.tolist() == reference_vote(semantic, owner, 2, LABEL_SET.num_classes) == [PERSON, CAR]
+
+
+def test_psn_overflow_counts_dropped_centres_and_voids_their_pixels():
+    scene = make_scene(64, 128, [(4, 31), (0, 63)],
+                       [(PERSON, 4, 20, 27, 60), (CAR, 40, 20, 79, 60), (CAR, 90, 20, 123, 60)])
+    heads = ideal_psn_heads(scene.semantic, np.where(scene.instance >= 0, scene.instance + 1, 0), LABEL_SET)
+    ys, xs = np.mgrid[0:64, 0:128]
+    heads["center"][0, 0] = 0.0
+    for k, peak in enumerate([0.9, 0.5, 0.8]):  # the first car's centre is the weakest
+        cy, cx = (np.floor(np.mean(np.nonzero(scene.instance == k), axis=1) + 0.5))
+        heads["center"][0, 0] = np.maximum(heads["center"][0, 0], peak * np.exp(-((ys - cy) ** 2 + (xs - cx) ** 2)
+                                                                                / 200.0))
+    full, _ = run_method("psn", heads, k=3)
+    capped, capped_reference = run_method("psn", heads, k=2)
+    assert full.candidates_dropped == 0 and capped.candidates_dropped == 1
+    expected = np.where(scene.instance >= 0, np.array([5001, 6002, 6001])[scene.instance], scene.semantic * DIVISOR)
+    np.testing.assert_array_equal(full.panoptic, expected)
+    # The weakest car's pixels become void, not part of the other car or the person.
+    np.testing.assert_array_equal(capped.panoptic, np.where(scene.instance == 1, -1, expected))
+    assert_same_result(capped, capped_reference)
+
+
+@pytest.mark.parametrize("height,width,frames", [(256, 512, 3), (512, 1024, 2)])
+def test_psn_graph_reproduces_ground_truth_from_ideal_heads(height, width, frames):
+    pq, things = ideal_psn_pq(height, width, frames)
+    assert pq >= 99.0 and things >= 99.0

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from panoptic_ros.classes import SYNTHETIC
 from panoptic_ros.fusion.base import RuntimeThresholds
+from panoptic_ros.fusion.pipeline import result_from_tensors
 from panoptic_ros.networks.box_coding import encode_deltas, level_points, retinanet_anchors
 from panoptic_ros.pipeline_io import COL, PanopticResult, Thresholds
 
@@ -287,7 +288,7 @@ def run_fusion(fusion: nn.Module, heads: dict, thresholds: Thresholds, network: 
     with torch.no_grad():
         out = fusion(network, to_torch(heads), RuntimeThresholds.from_thresholds(thresholds),
                      torch.tensor(label_divisor, dtype=torch.int32))
-    return PanopticResult(*(t.numpy() for t in out[:3]), int(out[3]))
+    return result_from_tensors(out)
 
 
 def assert_same_result(graph: PanopticResult, reference: PanopticResult, min_agreement: float = 1.0) -> None:

@@ -3,6 +3,9 @@
 import itertools
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -241,3 +244,23 @@ def test_shipped_lpsnet_checkpoint_loads_with_fixed_statistics_pooling():
     branch_norm = network.fpn.c5_context.branches[0][1]
     assert isinstance(branch_norm, FixedStatsBatchNorm2d)
     assert not torch.equal(branch_norm.running_var, torch.ones_like(branch_norm.running_var))  # its trained stats
+
+
+def test_two_processes_share_the_batch_and_stop_together_under_ddp(tmp_path):
+    """A real torchrun job on CPU (gloo): each process takes half the batch, rank 0 writes the run."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "panoptic_ros.cli", "train", "--preset", "lpsnet-cityscapes", "--dataset", "synthetic",
+               "--scene-size", "128", "256", "--train-frames", "4", "--eval-frames", "1", "--width-mult", "0.125",
+               "--backbone", "resnet18", "--height", "128", "--width", "256", "--steps", "2", "--milestones", "1",
+               "--batch-size", "2", "--workers", "0", "--output", str(out), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2]  # one writer
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["config"]["batch_size"] == 2
+    assert summary["config"]["extra"]["batch_per_process"] == 1
+    network, _ = load_network(out / "final.pt")
+    assert network.backbone_name == "resnet18"

@@ -4,7 +4,8 @@ One in-memory form for all of them, `PanopticAnnotation`: an (H, W) map of segme
 plus the segments' categories. COCO panoptic stores the map as an RGB PNG (id = R + 256 G + 256^2 B)
 next to one JSON; Cityscapes panoptic is the same layout with Cityscapes label ids as categories,
 and Cityscapes also ships `*_instanceIds.png` / `*_labelIds.png`. Our pipeline's output is
-id = class * label_divisor + instance with -1 void; `from_id_map` / `to_id_map` bridge the two.
+id = class * label_divisor + n (n = 1, 2, ... within each class, as Cityscapes' instanceIds count)
+with -1 void; `from_id_map` / `to_id_map` bridge the two.
 """
 
 from __future__ import annotations
@@ -440,7 +441,7 @@ def read_cityscapes_instance_ids(path: str | Path) -> PanopticAnnotation:
 
 
 # --------------------------------------------------------------------------------------------
-# Our pipeline's id maps (id = class * label_divisor + instance, -1 void)
+# Our pipeline's id maps (id = class * label_divisor + n, n = 1, 2, ... per class; -1 void)
 
 
 def from_id_map(panoptic: np.ndarray, label_divisor: int, label_set: LabelSet,

@@ -164,7 +164,7 @@ def evaluate_bag(bag: str | Path, image_topic: str, backend, *, ground_truth: Gr
     if output_bag is not None:
         info["output bag"] = str(output_bag)
     if tracking is not None:
-        info["tracking"] = tracking.mode
+        info["tracking"] = "; ".join(filter(None, (tracking.mode, tracking.note)))
     return BagEvaluation(accumulator=run.evaluator.accumulator if ground_truth is not None else None,
                          latencies_ms={stage: run.latencies[stage] for stage in STAGES if stage in run.latencies},
                          skipped=dict(run.evaluator.skipped), frames=run.frames, overlays=run.overlays,
@@ -276,8 +276,7 @@ class _BagRun:
             gt = self.evaluator.add(item.panoptic, frame.stamp_ns, read.index, times)
             if gt is not None and self.tracking is not None:
                 tick = time.perf_counter()
-                self.tracking.score(gt.as_id_map(self.label_divisor, self.backend.label_set), item.panoptic,
-                                    item.tracks)
+                self.tracking.score_frame(gt, item.panoptic, item.tracks)
                 times["evaluation"] += time.perf_counter() - tick
             if writer is not None:
                 tick = time.perf_counter()

@@ -391,9 +391,10 @@ def _joint_histogram(gt_ids: np.ndarray, gt_segment_ids: np.ndarray, pred_ids: n
     gt_rows = _row_of_pixel(gt_ids, gt_segment_ids, unlisted=num_gt + 1, name="ground truth")
     pred_rows = _row_of_pixel(pred_ids, pred_segment_ids, unlisted=num_pred + 1, name="prediction")
     width = num_pred + 2
-    key_type = np.int32 if (num_gt + 2) * width < np.iinfo(np.int32).max else np.intp  # int32: half the traffic
-    key = gt_rows.astype(key_type) * key_type(width) + pred_rows
-    counts = np.bincount(key.ravel(), minlength=(num_gt + 2) * width).reshape(num_gt + 2, width)
+    key = _scratch("key", gt_rows.size)
+    np.multiply(gt_rows.ravel(), width, out=key, dtype=np.intp)  # in intp: int16 rows would overflow
+    np.add(key, pred_rows.ravel(), out=key)
+    counts = np.bincount(key, minlength=(num_gt + 2) * width).reshape(num_gt + 2, width)
     if counts[:, -1].any():
         unlisted = np.unique(pred_ids[pred_rows == num_pred + 1])
         raise ValueError(f"prediction id map has segment ids {unlisted[:10].tolist()} that its segments do not list")
@@ -440,45 +441,60 @@ def _lookup_table(size: int) -> np.ndarray:
 def _pipeline_joint_histogram(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Joint pixel counts of two pipeline id maps (-1 void) and the segment ids present in each (panoptic id + 1,
     sorted, void left out): counts (G + 1, P + 1), rows void then GT segments, columns void then predicted ones."""
-    gt_flat, gt_high = _shifted(gt, "ground truth")
-    pred_flat, pred_high = _shifted(pred, "prediction")
-    gt_present, rows = _compact(gt_flat, gt_high)
+    gt_flat, gt_high = _shifted(gt, "ground truth", "gt")
+    pred_flat, pred_high = _shifted(pred, "prediction", "pred")
+    gt_present, key = _compact(gt_flat, gt_high, "key")
     height = gt_present.size + 1
     if height * (pred_high + 1) <= _DIRECT_BINS:
         # Predicted ids are the columns as they are: no second compaction pass over the pixels.
-        counts = np.bincount(rows * np.int32(pred_high + 1) + pred_flat, minlength=height * (pred_high + 1))
-        counts = counts.reshape(height, pred_high + 1)
+        np.multiply(key, pred_high + 1, out=key)
+        np.add(key, pred_flat, out=key)
+        counts = np.bincount(key, minlength=height * (pred_high + 1)).reshape(height, pred_high + 1)
         pred_present = np.flatnonzero(counts[:, 1:].any(0)) + 1
         return counts[:, np.concatenate(([VOID], pred_present))], gt_present, pred_present
-    pred_present, columns = _compact(pred_flat, pred_high)
+    pred_present, columns = _compact(pred_flat, pred_high, "columns")
     width = pred_present.size + 1
-    counts = np.bincount(rows.astype(np.intp) * width + columns, minlength=height * width).reshape(height, width)
-    return counts, gt_present, pred_present
+    np.multiply(key, width, out=key)
+    np.add(key, columns, out=key)
+    return np.bincount(key, minlength=height * width).reshape(height, width), gt_present, pred_present
 
 
-def _shifted(panoptic: np.ndarray, name: str) -> tuple[np.ndarray, int]:
-    """A pipeline id map's segment ids (panoptic id + 1: 0 is void), flat, and the largest."""
+def _scratch(name: str, size: int) -> np.ndarray:
+    """This thread's scratch array `name` (intp) of `size` elements, reused from frame to frame: a fresh 16 MiB
+    array costs more in page faults than the pass that fills it. intp, so that bincount needs no copy."""
+    buffers = _tables.__dict__.setdefault("scratch", {})
+    buffer = buffers.get(name)
+    if buffer is None or buffer.size < size:
+        buffer = buffers[name] = np.empty(size, dtype=np.intp)
+    return buffer[:size]
+
+
+def _shifted(panoptic: np.ndarray, name: str, scratch: str) -> tuple[np.ndarray, int]:
+    """A pipeline id map's segment ids (panoptic id + 1: 0 is void), flat, in scratch array `scratch`, and the
+    largest."""
     if panoptic.size == 0:
-        return np.zeros(0, dtype=np.int64), 0
+        return np.zeros(0, dtype=np.intp), 0
     low, high = int(panoptic.min()), int(panoptic.max())
     if low < -1:
         raise ValueError(f"{name}: panoptic ids must be >= -1 (void), got {low}")
-    dtype = np.int32 if high < np.iinfo(np.int32).max else np.int64
-    return panoptic.astype(dtype, copy=False).ravel() + 1, high + 1
+    flat = _scratch(scratch, panoptic.size)
+    np.add(panoptic.ravel(), 1, out=flat, dtype=np.intp, casting="unsafe")
+    return flat, high + 1
 
 
-def _compact(flat: np.ndarray, high: int) -> tuple[np.ndarray, np.ndarray]:
-    """(segment ids present, sorted, void left out; per pixel 0 for void, else 1 + the position of its id)."""
+def _compact(flat: np.ndarray, high: int, scratch: str) -> tuple[np.ndarray, np.ndarray]:
+    """(segment ids present, sorted, void left out; per pixel 0 for void, else 1 + the position of its id, in
+    scratch array `scratch`)."""
     if high < _PRESENCE_LIMIT:  # a presence count is much faster than sorting when ids are small
         present = np.flatnonzero(np.bincount(flat, minlength=1))
         present = present[present != VOID]
-        lookup = np.zeros(high + 1, dtype=np.int32)  # int32 rows: half the memory traffic of intp ones
+        lookup = np.zeros(high + 1, dtype=np.intp)
         lookup[present] = np.arange(1, present.size + 1)
-        return present, lookup.take(flat)
+        return present, lookup.take(flat, out=_scratch(scratch, flat.size))
     present, inverse = np.unique(flat, return_inverse=True)
-    if present.size and present[0] == VOID:
-        return present[1:], inverse
-    return present, inverse + 1
+    rows = _scratch(scratch, flat.size)
+    np.add(inverse.ravel(), 0 if present.size and present[0] == VOID else 1, out=rows)
+    return (present[1:] if present.size and present[0] == VOID else present), rows
 
 
 def _pct(value: float) -> float:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from panoptic_ros.classes import LabelSet
-from panoptic_ros.fusion.core import PanopticAssembler, Segments, SemanticLabels
+from panoptic_ros.fusion.core import FUSION_STRIDE, PanopticAssembler, Segments, SemanticLabels
 from panoptic_ros.pipeline_io import Thresholds
 
 Heads = dict[str, "Tensor | list[Tensor]"]
@@ -34,20 +34,21 @@ class RuntimeThresholds(NamedTuple):
 class Fusion(nn.Module):
     """Base class of the five fusions: `segments` (the method's front half) + PanopticAssembler.
 
-    Subclasses set `num_candidates` (Kc, thing candidates per frame) and implement `segments`.
+    Subclasses set `num_candidates` (Kc, thing candidates per frame) and `label_stride` (input
+    pixels per cell of their label map: 1 when every input pixel is decided) and implement `segments`.
     The network is passed in because FPSNet runs its panoptic head inside the fusion.
     """
 
-    def __init__(self, label_set: LabelSet, num_candidates: int, max_instances: int) -> None:
+    def __init__(self, label_set: LabelSet, num_candidates: int, max_instances: int,
+                 label_stride: int = FUSION_STRIDE) -> None:
         super().__init__()
         if max_instances < 1:
             raise ValueError(f"max_instances must be >= 1, got {max_instances}")
         self.label_set = label_set
         self.num_candidates = num_candidates
         self.max_instances = max_instances
-        self.void_label = num_candidates + len(label_set.stuff_ids)
         self.semantic_labels = SemanticLabels(label_set, num_candidates)
-        self.assembler = PanopticAssembler(label_set, num_candidates, max_instances)
+        self.assembler = PanopticAssembler(label_set, num_candidates, max_instances, label_stride)
         self.register_buffer("thing_ids", torch.tensor(label_set.thing_ids, dtype=torch.int64), persistent=False)
         self.register_buffer("is_thing", torch.tensor(label_set.thing, dtype=torch.bool), persistent=False)
 
@@ -60,8 +61,12 @@ class Fusion(nn.Module):
         raise NotImplementedError
 
     def forward(self, network: nn.Module, heads: Heads, thresholds: RuntimeThresholds,
-                label_divisor: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        return self.assembler(self.segments(network, heads, thresholds), thresholds.min_stuff_area, label_divisor)
+                label_divisor: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """-> the pipeline_io.OUTPUT_NAMES: (panoptic, semantic, instances, num_instances, converged,
+        candidates_dropped)."""
+        segments = self.segments(network, heads, thresholds)
+        maps = self.assembler(segments, thresholds.min_stuff_area, label_divisor)
+        return (*maps, segments.converged.to(torch.int32), segments.candidates_dropped.to(torch.int32))
 
 
 class DenseBoxFusion(Fusion):

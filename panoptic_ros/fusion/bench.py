@@ -34,11 +34,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=bench_report.usable_cores(),
                         help="PyTorch and ONNX Runtime intra-op threads (default: the usable cores, %(default)s here)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    parser.add_argument("--ideal", type=int, nargs="?", const=5, metavar="FRAMES",
+                        help="instead of timing: PQ of PSN's fusion on ideal heads of FRAMES (default 5) held-out "
+                             "synthetic frames at each size")
     bench_report.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
+
+    if args.ideal is not None:
+        return _run_ideal(args)
 
     from panoptic_ros.classes import SYNTHETIC
     from panoptic_ros.fusion.pipeline import MODEL_NAMES, build_pipeline
@@ -77,6 +83,16 @@ def run(args: argparse.Namespace) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"width_mult": args.width_mult, "max_instances": args.max_instances,
                                          "iterations": args.iterations, "results": rows}, indent=1))
+    return 0
+
+
+def _run_ideal(args: argparse.Namespace) -> int:
+    from panoptic_ros.fusion.ideal_pq import ideal_psn_pq
+
+    print("| size | frames | PQ | things PQ |\n|---|---:|---:|---:|")
+    for height, width in (_parse_size(s) for s in args.sizes):
+        pq, things = ideal_psn_pq(height, width, args.ideal)
+        print(f"| {height}x{width} | {args.ideal} | {pq:.1f} | {things:.1f} |", flush=True)
     return 0
 
 

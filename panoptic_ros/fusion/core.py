@@ -1,49 +1,55 @@
 """The shared back half of every fusion: per-cell segment labels -> panoptic id map, semantic map,
 instance table.
 
-Every method's front half ends in the same thing: a label per cell of the stride-4 fusion grid,
-naming one of Kc thing candidates, one of the label set's stuff classes, or void, plus each
-candidate's class, score and validity (`Segments`). From there the assembly is common:
+Every method's front half ends in the same thing: a label per cell of its label map (one cell per
+input pixel, or per stride x stride block), naming one of Kc thing candidates, one of the label
+set's stuff classes, or void, plus each candidate's class, score and validity (`Segments`). From
+there the assembly is common:
 
-- per-segment cell counts, row/column occupancy -> area, inclusive box, centroid (in input pixels),
+- per-segment row/column pixel counts -> area, inclusive box, centroid (in input pixels),
 - stuff segments smaller than `min_stuff_area` pixels and candidates without pixels become void,
-- table rows: valid things by descending score (ties, also scores closer than static_ops.SCORE_STEP:
-  lower candidate index first), then valid stuff by class id; rows after `num_instances` are zeros,
-- panoptic id = class * label_divisor + (row + 1) for things (a 1-based index that is global over
-  the table, so unique in the frame), class * label_divisor for stuff, -1 for void; semantic map =
-  the segment's class (a PSN thing takes its instance's voted class), 255 for void,
-- the grid is upsampled to input pixels in blocks, which keeps the statistics exact.
+- table rows: valid things by descending score (equal scores: lower candidate index first), then
+  valid stuff by class id; rows after `num_instances` are zeros,
+- panoptic id = class * label_divisor + n for things, n = 1, 2, ... numbering the things of each
+  class by descending score (as Panoptic-DeepLab and Cityscapes do), class * label_divisor for
+  stuff, -1 for void; semantic map = the segment's class (a PSN thing takes its instance's voted
+  class), 255 for void,
+- a label map coarser than the input is upsampled in blocks, which keeps the statistics exact.
 
-All statistics come from one-hot sums at the grid (no scatter-add: TensorRT has none without a
-plugin) and stay int32 until the final float32 table.
+All statistics come from per-row label histograms (`label_counts_per_row`: no scatter-add, which
+TensorRT has only as a plugin), exact in float32.
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from panoptic_ros.classes import VOID_CLASS, VOID_ID, LabelSet
-from panoptic_ros.fusion.static_ops import block_upsample, score_steps
+from panoptic_ros.fusion.static_ops import block_upsample
 from panoptic_ros.pipeline_io import INSTANCE_COLUMNS
 
 FUSION_STRIDE = 4  # every fusion works on the stride-4 grid of the input
 
 
 class Segments(NamedTuple):
-    """A front half's result on the fusion grid.
+    """A front half's result.
 
     labels: (h, w) int64: k < Kc for thing candidate k, Kc + s for the s-th stuff class of the label
     set, Kc + S for void. thing_class (Kc,) int64 class ids, thing_score (Kc,) float32,
-    thing_valid (Kc,) bool.
+    thing_valid (Kc,) bool. converged: 0-d bool, every unrolled sequential rule reached its fixed
+    point; candidates_dropped: 0-d int64, valid candidates that did not fit the Kc slots.
     """
 
     labels: Tensor
     thing_class: Tensor
     thing_score: Tensor
     thing_valid: Tensor
+    converged: Tensor
+    candidates_dropped: Tensor
 
 
 class SemanticLabels(nn.Module):
@@ -63,7 +69,10 @@ class SemanticLabels(nn.Module):
 
 
 class PanopticAssembler(nn.Module):
-    """The back half: Segments on the fusion grid -> (panoptic, semantic, instances, num_instances)."""
+    """The back half: Segments -> (panoptic, semantic, instances, num_instances).
+
+    `stride` is the side, in input pixels, of one cell of the label map (1: labels per input pixel).
+    """
 
     def __init__(self, label_set: LabelSet, num_candidates: int, max_instances: int,
                  stride: int = FUSION_STRIDE) -> None:
@@ -85,26 +94,25 @@ class PanopticAssembler(nn.Module):
         kc, num_segments = self.num_candidates, self.num_candidates + self.num_stuff
         s = self.stride
 
-        # Per-segment occupancy of grid rows and columns, from a one-hot of the label map.
-        segment = torch.arange(num_segments, device=device)
-        one_hot = (labels[None] == segment[:, None, None]).to(torch.int32)
-        rows = one_hot.sum(dim=2, dtype=torch.int32)  # (segments, h)
-        cols = one_hot.sum(dim=1, dtype=torch.int32)  # (segments, w)
-        cells = rows.sum(dim=1, dtype=torch.int32)  # (segments,)
-        area = cells.to(torch.float32) * float(s * s)
+        # Per-segment pixel counts in every row and column of the label map (void is the last label).
+        rows = label_counts_per_row(labels, num_segments + 1)[:num_segments]  # (segments, h)
+        cols = label_counts_per_row(labels.T.contiguous(), num_segments + 1)[:num_segments]  # (segments, w)
+        cells = rows.sum(dim=1)
+        area = cells * float(s * s)
 
+        segment = torch.arange(num_segments, device=device)
         is_thing = segment < kc
         # (Logical ops, not Where: ONNX Runtime has no bool Where.)
         no_stuff = torch.zeros(self.num_stuff, dtype=torch.bool, device=device)
         valid_thing = is_thing & torch.cat((segments.thing_valid, no_stuff))
         valid = (valid_thing | (~is_thing & (area >= min_stuff_area))) & (cells > 0)
-        row = self._table_rows(segments.thing_score, valid)
+        row, number = self._table_rows(segments.thing_score, segments.thing_class, valid)
         valid = valid & (row < self.num_rows)
 
         seg_class = torch.cat((segments.thing_class, self.stuff_class))
         divisor = label_divisor.to(torch.int64)
-        seg_id = seg_class * divisor + torch.where(is_thing, row + 1, torch.zeros_like(row))
-        stats = self._statistics(rows, cols, cells, area, seg_id, seg_class, segments.thing_score)
+        seg_id = seg_class * divisor + torch.where(is_thing, number, torch.zeros_like(number))
+        stats = self._statistics(rows, cols, area, seg_id, seg_class, segments.thing_score)
 
         # Table: row r holds the valid segment whose row is r (a one-hot pick, exact in any precision).
         picks = valid[None, :] & (row[None, :] == torch.arange(self.num_rows, device=device)[:, None])
@@ -124,15 +132,18 @@ class PanopticAssembler(nn.Module):
         semantic = block_upsample(class_of[labels], s).to(torch.float32).to(torch.uint8)
         return panoptic, semantic, instances, num_instances
 
-    def _table_rows(self, thing_score: Tensor, valid: Tensor) -> Tensor:
-        """Row of each segment: valid things by descending score (in SCORE_STEPs, ties by index), then valid stuff."""
+    def _table_rows(self, thing_score: Tensor, thing_class: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+        """(row, number) of each segment. Rows: valid things by descending score (equal scores: lower
+        candidate index first), the first max_instances of them, then valid stuff by class. number:
+        a thing's 1-based rank among the valid things of its class (0 for stuff)."""
         kc = self.num_candidates
         valid_thing = valid[:kc]
         index = torch.arange(kc, device=valid.device)
-        steps = score_steps(thing_score)
-        tie = (steps[:, None] == steps[None, :]) & (index[:, None] < index[None, :])
-        better = (steps[:, None] > steps[None, :]) | tie
-        thing_rank = (better & valid_thing[:, None]).to(torch.int64).sum(dim=0)  # [j]: valid things before j
+        tie = (thing_score[:, None] == thing_score[None, :]) & (index[:, None] < index[None, :])
+        better = ((thing_score[:, None] > thing_score[None, :]) | tie) & valid_thing[:, None]  # [i, j]: i before j
+        thing_rank = better.to(torch.int64).sum(dim=0)
+        same_class = thing_class[:, None] == thing_class[None, :]
+        number = (better & same_class).to(torch.int64).sum(dim=0) + 1
         # Things beyond K rows are dropped; the stuff rows follow the kept things.
         kept_things = valid_thing & (thing_rank < self.max_instances)
         num_things = kept_things.to(torch.int64).sum()
@@ -140,11 +151,11 @@ class PanopticAssembler(nn.Module):
         stuff_before = (stuff[:, None] < stuff[None, :]) & valid[kc:, None]  # [s', s]: valid stuff s' before s
         stuff_rank = num_things + stuff_before.to(torch.int64).sum(dim=0)
         thing_row = torch.where(kept_things, thing_rank, torch.full_like(thing_rank, self.num_rows))
-        return torch.cat((thing_row, stuff_rank))
+        return torch.cat((thing_row, stuff_rank)), torch.cat((number, torch.zeros_like(stuff)))
 
-    def _statistics(self, rows: Tensor, cols: Tensor, cells: Tensor, area: Tensor, seg_id: Tensor,
-                    seg_class: Tensor, thing_score: Tensor) -> Tensor:
-        """(segments, len(INSTANCE_COLUMNS)) float32, in input pixels."""
+    def _statistics(self, rows: Tensor, cols: Tensor, area: Tensor, seg_id: Tensor, seg_class: Tensor,
+                    thing_score: Tensor) -> Tensor:
+        """(segments, len(INSTANCE_COLUMNS)) float32, in input pixels, from float per-row/column counts."""
         s = self.stride
         h, w = rows.shape[1], cols.shape[1]
         device = rows.device
@@ -157,9 +168,9 @@ class PanopticAssembler(nn.Module):
         # A cell's pixels centre on i * s + (s - 1) / 2.
         y_centre = y_index.to(torch.float32) * s + (s - 1) / 2
         x_centre = x_index.to(torch.float32) * s + (s - 1) / 2
-        count = cells.to(torch.float32).clamp(min=1.0)
-        centroid_y = (rows.to(torch.float32) * y_centre).sum(dim=1) / count
-        centroid_x = (cols.to(torch.float32) * x_centre).sum(dim=1) / count
+        count = (area / float(s * s)).clamp(min=1.0)
+        centroid_y = (rows * y_centre).sum(dim=1) / count
+        centroid_x = (cols * x_centre).sum(dim=1) / count
         score = torch.cat((thing_score, torch.ones(self.num_stuff, device=device)))
         columns = {
             "valid": torch.ones_like(area), "id": seg_id.to(torch.float32), "class_id": seg_class.to(torch.float32),
@@ -167,3 +178,22 @@ class PanopticAssembler(nn.Module):
             "y2": y2.to(torch.float32), "area": area, "centroid_x": centroid_x, "centroid_y": centroid_y,
         }
         return torch.stack([columns[name] for name in INSTANCE_COLUMNS], dim=1)
+
+
+def label_counts_per_row(labels: Tensor, num_labels: int) -> Tensor:
+    """(h, w) labels in [0, num_labels) -> (num_labels, h) float32: how many cells of each row hold each label.
+
+    A histogram without scatter-add (TensorRT has none without a plugin) and without a
+    (num_labels, h, w) one-hot: each label is written as two digits, hi * base + lo, and one batched
+    mat-mul of the two digits' one-hots (h, base, w) x (h, w, base) counts every (hi, lo) pair per
+    row. Counts are exact in float32 (at most w per row).
+    """
+    base = math.isqrt(num_labels - 1) + 1
+    device = labels.device
+    hi = torch.div(labels, base, rounding_mode="floor")
+    lo = labels - hi * base
+    digits = torch.arange(base, device=device)
+    hi_one_hot = (hi[:, None, :] == digits[None, :, None]).to(torch.float32)  # (h, base, w)
+    lo_one_hot = (lo[:, :, None] == digits[None, None, :]).to(torch.float32)  # (h, w, base)
+    counts = torch.matmul(hi_one_hot, lo_one_hot).reshape(labels.shape[0], base * base)
+    return counts[:, :num_labels].T

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from panoptic_ros.fusion.static_ops import greedy_nms, pairwise_box_iou, top_candidates
+from panoptic_ros.fusion.static_ops import greedy_nms, index_op_input, pairwise_box_iou, top_candidates
 from panoptic_ros.networks.box_coding import level_points, ltrb_to_boxes
 
 PRE_NMS_TOP = 1000  # candidates entering NMS (FCOS keeps 1000 per level; one pool is enough here)
@@ -22,13 +22,16 @@ PRE_NMS_TOP = 1000  # candidates entering NMS (FCOS keeps 1000 per level; one po
 
 class Detections(NamedTuple):
     """K boxes best first: boxes (K, 4) x1y1x2y2 pixels, thing index (K,) into thing_ids, score (K,),
-    valid (K,) bool, level (K,) int64 index of the level the box came from."""
+    valid (K,) bool, level (K,) int64 index of the level the box came from; converged (0-d bool)
+    NMS reached its fixed point; dropped (0-d int64) NMS survivors beyond K."""
 
     boxes: Tensor
     thing: Tensor
     score: Tensor
     valid: Tensor
     level: Tensor
+    converged: Tensor
+    dropped: Tensor
 
 
 def flatten_locations(maps: list[Tensor]) -> Tensor:
@@ -59,20 +62,23 @@ def level_boxes(box_reg: list[Tensor], strides: tuple[int, ...], image_size: tup
 def select_detections(boxes: Tensor, class_prob: Tensor, rank_score: Tensor, level: Tensor, score_threshold: Tensor,
                       nms_iou: Tensor, k: int) -> Detections:
     """boxes (N, 4) clipped, class_prob (N, T), rank_score (N,) >= 0, level (N,) -> the K best after NMS."""
-    probability, thing = class_prob.max(dim=1)
+    probability, thing = index_op_input(class_prob).max(dim=1)
     pre_nms = min(PRE_NMS_TOP, boxes.shape[0])
     index, score, valid = top_candidates(rank_score, probability > score_threshold, pre_nms)
     boxes = boxes[index]
     thing = thing[index]
     same_class = thing[:, None] == thing[None, :]
-    keep = greedy_nms(pairwise_box_iou(boxes, boxes) * same_class.to(boxes.dtype), valid, nms_iou)
-    best, _, kept = top_candidates(score, keep, min(k, pre_nms))
-    detections = Detections(boxes[best], thing[best], score[best], kept, level[index][best])
+    keep, converged = greedy_nms(pairwise_box_iou(boxes, boxes) * same_class.to(boxes.dtype), valid, nms_iou)
+    slots = min(k, pre_nms)
+    best, _, kept = top_candidates(score, keep, slots)
+    dropped = torch.maximum(keep.to(torch.int64).sum() - slots, torch.zeros((), dtype=torch.int64))
+    detections = Detections(boxes[best], thing[best], score[best], kept, level[index][best], converged, dropped)
     return _pad(detections, k) if best.shape[0] < k else detections
 
 
 def _pad(detections: Detections, k: int) -> Detections:
     """Fewer locations than K (tiny images): append invalid all-zero rows."""
     missing = k - detections.valid.shape[0]
-    return Detections(*(torch.cat((t, torch.zeros((missing, *t.shape[1:]), dtype=t.dtype, device=t.device)))
-                        for t in detections))
+    padded = (torch.cat((t, torch.zeros((missing, *t.shape[1:]), dtype=t.dtype, device=t.device)))
+              for t in detections[:5])
+    return Detections(*padded, detections.converged, detections.dropped)

@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from panoptic_ros.fusion.base import DenseBoxFusion, Heads, RuntimeThresholds
 from panoptic_ros.fusion.core import FUSION_STRIDE, Segments
 from panoptic_ros.fusion.detections import flatten_locations, level_boxes, level_index, select_detections
-from panoptic_ros.fusion.static_ops import block_upsample, cell_centres, paste_by_confidence
+from panoptic_ros.fusion.static_ops import block_upsample, cell_centres, index_op_input, paste_by_confidence
+from panoptic_ros.pipeline_io import HEAD_BORDERNESS, HEAD_BOX_CLS, HEAD_BOX_REG, HEAD_SEMANTIC
 
 
 def borderness(left: Tensor, top: Tensor, right: Tensor, bottom: Tensor) -> Tensor:
@@ -32,38 +33,38 @@ def borderness(left: Tensor, top: Tensor, right: Tensor, bottom: Tensor) -> Tens
 
 class LPSNetFusion(DenseBoxFusion):
     def segments(self, network: nn.Module, heads: Heads, thresholds: RuntimeThresholds) -> Segments:
-        semantic = heads["semantic"][0]
+        semantic = heads[HEAD_SEMANTIC][0]
         h, w = semantic.shape[-2:]
         k, s = self.num_candidates, FUSION_STRIDE
 
         # 1. Boxes.
-        per_level = level_boxes(heads["box_reg"], self.strides, (h * s, w * s))
-        class_prob = torch.sigmoid(flatten_locations(heads["box_cls"]))
-        predicted = torch.sigmoid(flatten_locations(heads["borderness"]))[:, 0]
+        per_level = level_boxes(heads[HEAD_BOX_REG], self.strides, (h * s, w * s))
+        class_prob = torch.sigmoid(flatten_locations(heads[HEAD_BOX_CLS]))
+        predicted = torch.sigmoid(flatten_locations(heads[HEAD_BORDERNESS]))[:, 0]
         levels = level_index([b.shape[0] for b in per_level], semantic.device)
-        boxes = select_detections(torch.cat(per_level), class_prob, class_prob.max(dim=1).values * predicted, levels,
+        boxes = select_detections(torch.cat(per_level), class_prob, class_prob.amax(dim=1) * predicted, levels,
                                   thresholds.score_threshold, thresholds.nms_iou, k)
         box_class = self.thing_ids[boxes.thing]
 
         # 2. Masks (cells inside the box with the box's class), pasted by confidence.
-        semantic_class = semantic.argmax(dim=0)
+        semantic_class = index_op_input(semantic).argmax(dim=0)
         cell_y, cell_x = cell_centres(h, w, s, (s - 1) / 2, semantic.device)
         x1, y1, x2, y2 = (c[:, None, None] for c in boxes.boxes.unbind(dim=1))
         inside = (cell_x >= x1) & (cell_x <= x2) & (cell_y >= y1) & (cell_y <= y2)
         masks = (inside & (semantic_class[None] == box_class[:, None, None])).reshape(k, -1)
-        keep, _ = paste_by_confidence(masks, boxes.valid, thresholds.overlap_threshold)
+        keep, _, pasted = paste_by_confidence(masks, boxes.valid, thresholds.overlap_threshold)
 
         # 3. Border-ness tie-break among the kept boxes claiming a cell.
         computed = borderness(cell_x - x1, cell_y - y1, x2 - cell_x, y2 - cell_y).reshape(k, -1)
         predicted_grid = torch.stack([block_upsample(torch.sigmoid(b[0, 0]), stride // s)
-                                      for b, stride in zip(heads["borderness"], self.strides, strict=True)])
+                                      for b, stride in zip(heads[HEAD_BORDERNESS], self.strides, strict=True)])
         expected = predicted_grid.reshape(len(self.strides), -1)[boxes.level]
         claims = masks & keep[:, None]
         # A 0-d fill value: a full-size one would be folded into a K x HW constant in the ONNX file.
         mismatch = torch.where(claims, (computed - expected).abs(), computed.new_tensor(float("inf")))
-        owner = torch.argmin(mismatch, dim=0).reshape(h, w)
+        owner = torch.argmin(index_op_input(mismatch), dim=0).reshape(h, w)
         claimed = (claims.to(torch.int32).amax(dim=0) > 0).reshape(h, w)
 
         # 4. Stuff from the semantic map.
         labels = torch.where(claimed, owner, self.semantic_labels(semantic_class))
-        return Segments(labels, box_class, boxes.score, keep)
+        return Segments(labels, box_class, boxes.score, keep, boxes.converged & pasted, boxes.dropped)

@@ -1,7 +1,8 @@
 """The whole per-frame computation as one static-shape module:
 
     uint8 image (H, W, 3) + runtime thresholds -> normalise -> network -> fusion
-        -> panoptic (H, W) int32, semantic (H, W) uint8, instances (K + N_stuff, 11) float32, num_instances int32
+        -> panoptic (H, W) int32, semantic (H, W) uint8, instances (K + N_stuff, 11) float32, num_instances int32,
+           converged int32, candidates_dropped int32
 
 Inputs and outputs are those of panoptic_ros.pipeline_io. The same module runs eagerly (CPU or
 CUDA), exports to ONNX (panoptic_ros.runtime.export) and builds into one TensorRT engine.
@@ -39,7 +40,8 @@ MODEL_NAMES = tuple(FUSIONS)
 
 class PanopticPipeline(nn.Module):
     """forward(image, score_threshold, center_threshold, nms_iou, mask_sigma, overlap_threshold,
-    min_stuff_area, label_divisor) -> (panoptic, semantic, instances, num_instances).
+    min_stuff_area, label_divisor) -> (panoptic, semantic, instances, num_instances, converged,
+    candidates_dropped).
 
     Eager calls check their inputs first (`check_inputs`); traced/exported graphs do not (the
     runtime checks names, shapes and dtypes against the graph's, and Thresholds validates values).
@@ -71,17 +73,18 @@ class PanopticPipeline(nn.Module):
 
     def forward(self, image: Tensor, score_threshold: Tensor, center_threshold: Tensor, nms_iou: Tensor,
                 mask_sigma: Tensor, overlap_threshold: Tensor, min_stuff_area: Tensor,
-                label_divisor: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                label_divisor: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         thresholds = RuntimeThresholds(score_threshold, center_threshold, nms_iou, mask_sigma, overlap_threshold,
                                        min_stuff_area)
         if not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()):
             self.check_inputs(image, *thresholds, label_divisor)
         heads = self.network(self.normalize(image))
-        panoptic, semantic, instances, num_instances = self.fusion(self.network, heads, thresholds, label_divisor)
+        panoptic, semantic, instances, num_instances, converged, dropped = self.fusion(
+            self.network, heads, thresholds, label_divisor)
         # Every method ignores some thresholds, and exporters drop inputs nothing consumes; a zero
         # term keeps all of them graph inputs, so every model has the same interface.
         unused = (torch.stack(thresholds).sum() * 0).to(torch.int32)
-        return panoptic, semantic, instances, num_instances + unused
+        return panoptic, semantic, instances, num_instances + unused, converged, dropped
 
     def check_inputs(self, image: Tensor, *scalars: Tensor) -> None:
         """Raise ValueError naming what was expected unless the inputs fit this pipeline."""
@@ -128,8 +131,15 @@ class PanopticPipeline(nn.Module):
     def run(self, image: np.ndarray, thresholds: Thresholds | None = None,
             label_divisor: int = DEFAULT_LABEL_DIVISOR) -> PanopticResult:
         """One frame, NumPy in and out (eager PyTorch)."""
-        panoptic, semantic, instances, num = self(*self.make_inputs(image, thresholds or Thresholds(), label_divisor))
-        return PanopticResult(panoptic.cpu().numpy(), semantic.cpu().numpy(), instances.cpu().numpy(), int(num))
+        outputs = self(*self.make_inputs(image, thresholds or Thresholds(), label_divisor))
+        return result_from_tensors(outputs)
+
+
+def result_from_tensors(outputs: tuple[Tensor, ...]) -> PanopticResult:
+    """A PanopticResult from the pipeline's outputs (OUTPUT_NAMES order)."""
+    panoptic, semantic, instances, num, converged, dropped = (t.cpu() for t in outputs)
+    return PanopticResult(panoptic.numpy(), semantic.numpy(), instances.numpy(), int(num), bool(converged),
+                          int(dropped))
 
 
 def _describe(value: object) -> str:

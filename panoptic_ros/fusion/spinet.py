@@ -22,7 +22,8 @@ from panoptic_ros.classes import LabelSet
 from panoptic_ros.fusion.base import Fusion, Heads, RuntimeThresholds
 from panoptic_ros.fusion.core import Segments
 from panoptic_ros.fusion.detections import flatten_locations
-from panoptic_ros.fusion.static_ops import greedy_nms, paste_by_confidence, top_candidates
+from panoptic_ros.fusion.static_ops import greedy_nms, index_op_input, paste_by_confidence, top_candidates
+from panoptic_ros.pipeline_io import HEAD_CLASS_LOGITS, HEAD_FILTERS, HEAD_PANOPTIC_FEATURE
 
 SAMPLES_PER_INSTANCE = 2  # sampled filters per output instance slot, before mask NMS
 PEAK_WINDOW = 3  # cells
@@ -47,7 +48,7 @@ def sampling_confidence(class_logits: list[Tensor]) -> tuple[Tensor, Tensor]:
         probability = torch.sigmoid(logits)
         pooled = F.max_pool2d(probability, PEAK_WINDOW, stride=1, padding=PEAK_WINDOW // 2)
         peaks.append(probability * (probability == pooled).to(probability.dtype))
-    confidence, thing = flatten_locations(peaks).max(dim=1)
+    confidence, thing = index_op_input(flatten_locations(peaks)).max(dim=1)
     return confidence, thing
 
 
@@ -60,13 +61,13 @@ class SPINetFusion(Fusion):
         return cls(network.label_set, max_instances)
 
     def segments(self, network: nn.Module, heads: Heads, thresholds: RuntimeThresholds) -> Segments:
-        feature = heads["panoptic_feature"]
+        feature = heads[HEAD_PANOPTIC_FEATURE]
         h, w = feature.shape[-2:]
         k = self.num_candidates
 
         # 1. Filter sampling.
-        confidence, thing = sampling_confidence(heads["class_logits"])
-        filters = flatten_locations(heads["filters"])
+        confidence, thing = sampling_confidence(heads[HEAD_CLASS_LOGITS])
+        filters = flatten_locations(heads[HEAD_FILTERS])
         samples = min(SAMPLES_PER_INSTANCE * k, confidence.shape[0])
         index, score, valid = top_candidates(confidence, confidence > thresholds.score_threshold, samples)
         thing = thing[index]
@@ -77,16 +78,18 @@ class SPINetFusion(Fusion):
 
         # 3. Mask NMS within each class, then the best K.
         same_class = (thing[:, None] == thing[None, :]).to(torch.float32)
-        keep = greedy_nms(mask_iou(masks) * same_class, valid & (masks.to(torch.int32).amax(dim=1) > 0),
-                          thresholds.nms_iou)
-        best, _, kept = top_candidates(score, keep, min(k, samples))
+        keep, nms_converged = greedy_nms(mask_iou(masks) * same_class,
+                                         valid & (masks.to(torch.int32).amax(dim=1) > 0), thresholds.nms_iou)
+        slots = min(k, samples)
+        best, _, kept = top_candidates(score, keep, slots)
+        dropped = torch.maximum(keep.to(torch.int64).sum() - slots, torch.zeros((), dtype=torch.int64))
         masks, thing, score = masks[best], thing[best], score[best]
 
         # 4. Merge: instances by confidence, then stuff where no instance is.
-        keep, owner = paste_by_confidence(masks, kept, thresholds.overlap_threshold)
-        stuff = network.stuff_mask_logits(feature)[0].argmax(dim=0) + k
+        keep, owner, pasted = paste_by_confidence(masks, kept, thresholds.overlap_threshold)
+        stuff = index_op_input(network.stuff_mask_logits(feature)[0]).argmax(dim=0) + k
         labels = torch.where(owner.reshape(h, w) < masks.shape[0], owner.reshape(h, w), stuff)
-        return _pad_segments(Segments(labels, self.thing_ids[thing], score, keep), k)
+        return _pad_segments(Segments(labels, self.thing_ids[thing], score, keep, nms_converged & pasted, dropped), k)
 
 
 def _pad_segments(segments: Segments, k: int) -> Segments:
@@ -94,5 +97,5 @@ def _pad_segments(segments: Segments, k: int) -> Segments:
     missing = k - segments.thing_valid.shape[0]
     if missing <= 0:
         return segments
-    pad = [torch.zeros(missing, dtype=t.dtype, device=t.device) for t in segments[1:]]
-    return Segments(segments.labels, *(torch.cat((t, p)) for t, p in zip(segments[1:], pad, strict=True)))
+    padded = (torch.cat((t, torch.zeros(missing, dtype=t.dtype, device=t.device))) for t in segments[1:4])
+    return Segments(segments.labels, *padded, segments.converged, segments.candidates_dropped)

@@ -4,16 +4,17 @@ confidence-ordered pasting, written so that they export to ONNX and build into T
 Rules every function here keeps: shapes depend only on Python ints (never on tensor values); no
 NonZero, Loop, If or data-dependent Python branching; no ScatterElements/ScatterND with a
 reduction (TensorRT only has those as a plugin); pixel counts are summed as int32 or float32, never
-FP16 (which overflows at 65504: engines keep the fusion FP32); ArgMax/ArgMin only on float or int32
-tensors (TensorRT has no bool ArgMax).
+FP16 (which overflows at 65504: engines keep the fusion FP32); TopK, ArgMax and ArgMin only see
+float32 inputs (`index_op_input`: TensorRT 8.5's parser rejects INT32 inputs to them, TensorRT has
+no bool ArgMax, and float32 is exact for integers below 2^24).
 
-Inherently sequential rules (greedy NMS, pasting masks by confidence) are computed as a fixed
-number of unrolled Jacobi sweeps of the sequential recurrence. Sweep t makes the decisions of the
-first t candidates exact, and a decision only changes when one earlier in its chain did, so the
-sweeps needed are the longest such chain, not the number of candidates: 300 dense random frames
-of 30 overlapping masks needed at most 5 paste sweeps, and 300 frames of 200 boxes needed fewer
-than 8 NMS sweeps. The references in panoptic_ros/fusion/reference are the literal sequential
-versions the tests compare with.
+Inherently sequential rules (greedy NMS, pasting masks by confidence) are computed as unrolled
+Jacobi sweeps of the sequential recurrence. Sweep t makes the decisions of the first t candidates
+exact, and a fixed point is the sequential result (decision j depends only on decisions before j),
+so the sweeps needed are the longest chain of flipping decisions, not the number of candidates.
+NMS_SWEEPS and PASTE_SWEEPS cover adversarial chains of 32; each function also says whether its
+last sweep changed nothing (`converged`), which the graph outputs. The references in
+panoptic_ros/fusion/reference are the literal sequential versions the tests compare with.
 """
 
 from __future__ import annotations
@@ -21,15 +22,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-# Unrolled sweeps of the sequential rules (see above). Each costs one (M, M) mat-vec for NMS and a
-# few (K, cells) compares and sums for pasting.
-NMS_SWEEPS = 8
-PASTE_SWEEPS = 6
-# Candidate ranking keys (top_candidates): score steps of 2^-20 up to 2^11, indices below 2^24;
-# together 55 bits of an int64.
-SCORE_STEP = 2.0**-20
-MAX_SCORE = 2.0**11
-INDEX_RANGE = 2**24
+# Unrolled sweeps of the sequential rules (see above): a chain of n decisions, each flipping the
+# next, needs n - 1 sweeps; one more shows the fixed point. NMS costs one (M, M) mat-vec a sweep,
+# pasting a few (K, cells) compares and sums.
+NMS_SWEEPS = 34
+PASTE_SWEEPS = 34
+# Float32 represents every integer below 2^24 exactly: the largest index TopK/ArgMax may rank by.
+FLOAT_EXACT_INTEGERS = 2**24
+
+
+def index_op_input(x: Tensor) -> Tensor:
+    """`x` as the float32 input of a TopK, ArgMax or ArgMin (see the module docstring); integer
+    inputs must stay below FLOAT_EXACT_INTEGERS in magnitude."""
+    return x.to(torch.float32)
 
 
 def block_upsample(x: Tensor, stride: int) -> Tensor:
@@ -71,53 +76,82 @@ def pairwise_box_iou(a: Tensor, b: Tensor) -> Tensor:
 def top_candidates(scores: Tensor, valid: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     """The k best of `scores` (N,) among `valid` ones, best first: (index, score, valid), each (k,).
 
-    Ranking uses one int64 key per entry: the score in steps of SCORE_STEP, then the lower index
-    first. Keys are unique, so every runtime picks and orders the same candidates, whatever its
-    TopK does with ties and whatever float rounding separates nearly equal scores. Scores must be
-    in [0, MAX_SCORE] where valid; invalid entries rank below all valid ones.
+    Order: descending score, equal scores by lower index, compared exactly. Runtimes' TopK differ
+    in how they order ties, so TopK only supplies the k-th best value: every entry above it is in,
+    the entries equal to it are taken lowest index first (a second TopK, on -index, which has no
+    ties), and the k picked are put in order by pairwise comparison. Scores must be >= 0 where
+    valid; invalid entries come last (valid False). N must stay below FLOAT_EXACT_INTEGERS.
     """
     n = scores.shape[0]
-    key = score_steps(scores) * INDEX_RANGE + (INDEX_RANGE - 1 - torch.arange(n, device=scores.device))
-    key = torch.where(valid, key, torch.full_like(key, -1))
-    _, index = torch.topk(key, k)
+    position = torch.arange(n, device=scores.device)
+    masked = torch.where(valid, scores, scores.new_tensor(-1.0))
+    top_value, top_index = torch.topk(index_op_input(masked), k)
+    kth = top_value[k - 1]
+    above = top_value > kth
+    tied = masked == kth
+    tie_key = torch.where(tied, -position.to(torch.float32), torch.full((), -float(n), device=scores.device))
+    _, tie_index = torch.topk(index_op_input(tie_key), k)
+    needed = k - above.to(torch.int64).sum()
+    tie_taken = (position[:k] < needed) & tied[tie_index]
+    picked = torch.cat((top_index, tie_index))
+    taken = torch.cat((above, tie_taken))
+    order = rank_order(masked[picked], picked, taken, k)
+    index = picked[order]
     return index, scores[index], valid[index]
 
 
-def score_steps(scores: Tensor) -> Tensor:
-    """Scores as int64 multiples of SCORE_STEP: what candidates are ranked by (ties: lower index first)."""
-    return torch.floor(scores.clamp(0.0, MAX_SCORE) / SCORE_STEP).to(torch.int64)
+def rank_order(score: Tensor, index: Tensor, taken: Tensor, k: int) -> Tensor:
+    """Positions (k,) into `score` (M,) of the k `taken` entries (exactly k are), by descending
+    score, equal scores by lower `index`: a pairwise rank, then a one-hot pick of rank r."""
+    tie = (score[:, None] == score[None, :]) & (index[:, None] < index[None, :])
+    before = (score[:, None] > score[None, :]) | tie
+    rank = (before & taken[:, None]).to(torch.int32).sum(dim=0, dtype=torch.int32)
+    wanted = torch.arange(k, device=score.device, dtype=torch.int32)
+    pick = (rank[None, :] == wanted[:, None]) & taken[None, :]
+    # Positions < 2^24 are exact as a float sum with one non-zero term (no integer ReduceSum needed;
+    # and no MatMul with a constant, which engine building would take for a learned layer).
+    position = torch.arange(score.shape[0], device=score.device, dtype=torch.float32)
+    return (pick.to(torch.float32) * position[None, :]).sum(dim=1).to(torch.int64)
 
 
-def greedy_nms(overlap: Tensor, valid: Tensor, threshold: Tensor, sweeps: int = NMS_SWEEPS) -> Tensor:
-    """Greedy NMS over candidates sorted best first: keep (M,) bool.
+def greedy_nms(overlap: Tensor, valid: Tensor, threshold: Tensor, sweeps: int = NMS_SWEEPS) -> tuple[Tensor, Tensor]:
+    """Greedy NMS over candidates sorted best first: (keep (M,) bool, converged 0-d bool).
 
     overlap (M, M) is the pairwise IoU (zero between candidates that must not suppress each other,
     e.g. of different classes). Candidate j is suppressed when a kept candidate i < j overlaps it
-    by more than `threshold`.
+    by more than `threshold` (exactly at it is no suppression).
     """
     m = overlap.shape[0]
     order = torch.arange(m, device=overlap.device)
     earlier = order[:, None] < order[None, :]
     suppresses = ((overlap > threshold) & earlier & valid[:, None]).to(torch.float32)  # [i, j]: i suppresses j
-    keep = valid
+    keep = previous = valid
     for _ in range(sweeps):
+        previous = keep
         # Counts <= M stay exact in FP16 too.
         suppressed = torch.matmul(keep.to(torch.float32)[None, :], suppresses)[0] > 0
         keep = valid & ~suppressed
-    return keep
+    return keep, unchanged(keep, previous)
+
+
+def unchanged(new: Tensor, old: Tensor) -> Tensor:
+    """0-d bool: the last sweep changed no decision."""
+    # Xor, not Equal: TensorRT compares no bool tensors.
+    return (new ^ old).to(torch.int32).amax() == 0
 
 
 def first_true(mask: Tensor) -> Tensor:
     """Index of the first True along dim 0 of mask (K, N) -> (N,) int64; K where none."""
     k = mask.shape[0]
-    as_int = mask.to(torch.int32)
-    first = torch.argmax(as_int, dim=0)
-    return torch.where(as_int.amax(dim=0) > 0, first, torch.full_like(first, k))
+    as_float = index_op_input(mask)
+    first = torch.argmax(as_float, dim=0)
+    return torch.where(as_float.amax(dim=0) > 0, first, torch.full_like(first, k))
 
 
 def paste_by_confidence(masks: Tensor, valid: Tensor, overlap_threshold: Tensor,
-                        sweeps: int = PASTE_SWEEPS) -> tuple[Tensor, Tensor]:
-    """Paste masks (K, N) bool, sorted best first, as Panoptic FPN / LPSNet do: (keep (K,), owner (N,)).
+                        sweeps: int = PASTE_SWEEPS) -> tuple[Tensor, Tensor, Tensor]:
+    """Paste masks (K, N) bool, sorted best first, as Panoptic FPN / LPSNet do:
+    (keep (K,), owner (N,), converged 0-d bool).
 
     A mask is dropped when more than `overlap_threshold` of its pixels are already taken by kept
     masks before it; otherwise it takes its pixels not yet taken. owner[n] is the first kept mask
@@ -128,10 +162,11 @@ def paste_by_confidence(masks: Tensor, valid: Tensor, overlap_threshold: Tensor,
     as_float = masks.to(torch.float32)
     area = as_float.sum(dim=1)
     candidate = valid & (area > 0)
-    keep = candidate
+    keep = previous = candidate
     for _ in range(sweeps):
+        previous = keep
         kept = as_float * keep.to(torch.float32)[:, None]
         covered_before = (torch.cumsum(kept, dim=0) - kept) > 0  # [k, n]: a kept mask before k covers n
         taken_before = (covered_before.to(torch.float32) * as_float).sum(dim=1)
         keep = candidate & (taken_before <= overlap_threshold * area)
-    return keep, first_true(masks & keep[:, None])
+    return keep, first_true(masks & keep[:, None]), unchanged(keep, previous)

@@ -162,7 +162,7 @@ class PanopticHeadGraph(nn.Module):
 
 
 class FusionGraph(nn.Module):
-    """(flat heads, six thresholds, label divisor) -> the pipeline's four outputs."""
+    """(flat heads, six thresholds, label divisor) -> the pipeline's outputs (OUTPUT_NAMES)."""
 
     def __init__(self, pipeline: PanopticPipeline, layout: HeadsLayout) -> None:
         super().__init__()

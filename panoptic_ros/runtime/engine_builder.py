@@ -13,6 +13,7 @@ Beyond the TensorRT builder defaults:
   at 65504), id arithmetic. Those layers get FP32 precision and FP32 float outputs (an index
   output keeps its integer type), and the builder is told to obey. Layers inside a loop (CumSum
   becomes one in parsers before TensorRT 10.8) take no precision and are left alone;
+- when TensorRT refuses the file, the per-release audit (onnx_audit) names likely causes;
 - a check of the parsed network's I/O against the ONNX contract (no GPU needed), and of the
   deserialized engine's I/O where a GPU is present;
 - a timing cache (shared by all models of one TensorRT/GPU, written atomically) and a progress
@@ -54,6 +55,17 @@ class LayerFacts:
     float_outputs: tuple[bool, ...]  # per output: float32/float16 (TopK: values yes, indices no)
     settable: bool = True  # takes a precision (not a constant, a shape, or a layer inside a loop)
     selects: bool = False  # top-k / argmax: picks candidates, everything after it is post-processing
+
+
+# Layers (ONNX nodes, and the TensorRT layers the parser names after them) of the fusion module.
+FUSION_SCOPE = "/fusion/"
+
+
+def is_learned(name: str, convolution: bool, constant_matmul: bool) -> bool:
+    """Convolutions are learned layers wherever they are (FPSNet's panoptic head runs inside the
+    fusion's scope); a matrix multiply by a constant is one only outside the fusion's scope: the
+    fusion multiplies by constant 0/1 matrices (per-cell sums), arithmetic on counts and scores."""
+    return convolution or (constant_matmul and not name.startswith(FUSION_SCOPE))
 
 
 def layers_to_keep_fp32(layers: Sequence[LayerFacts]) -> list[str]:
@@ -99,8 +111,8 @@ def tensorrt_layer_facts(network, trt: ModuleType) -> list[LayerFacts]:
     for index, layer in enumerate(layers):
         inputs = tuple(t.name for t in (layer.get_input(j) for j in range(layer.num_inputs)) if t is not None)
         outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
-        learned = layer.type in (types.CONVOLUTION, types.DECONVOLUTION) or (
-            layer.type == types.MATRIX_MULTIPLY and any(t in constant_outputs for t in inputs))
+        learned = is_learned(layer.name, layer.type in (types.CONVOLUTION, types.DECONVOLUTION),
+                             layer.type == types.MATRIX_MULTIPLY and any(t in constant_outputs for t in inputs))
         settable = layer.type not in (types.CONSTANT, types.SHAPE) and index not in in_loop
         facts.append(LayerFacts(layer.name, inputs, tuple(t.name for t in outputs), learned,
                                 tuple(t.dtype in float_types for t in outputs), settable,
@@ -141,39 +153,6 @@ def keep_fusion_fp32(network, config, trt: ModuleType) -> int:
                     layer.set_output_type(j, trt.float32)
     config.set_flag(precision_constraint_flag(trt))
     return len(names)
-
-
-# --- uint8 conversions TensorRT 8.x cannot do (checked on the ONNX graph) ---
-
-def uint8_conversion_problems(model, tensorrt_major: int) -> list[str]:
-    """Nodes that read or write uint8 other than as a Cast to or from float32/float16, for TensorRT 8.x
-    (named in a failed build's error, as a likely cause).
-
-    Before TensorRT 10, UINT8 exists only for network I/O, converted from/to float32 or float16
-    ("uint8 conversions are not supported for {int8, int32, bool}", TensorRT 8.6 DataType docs);
-    an int32 class map cast straight to uint8 fails the build with an obscure message. TensorRT
-    10's ICastLayer converts between all its types, so there is nothing to check.
-    """
-    import onnx
-    from onnx import TensorProto
-
-    if tensorrt_major >= 10:
-        return []
-    graph = onnx.shape_inference.infer_shapes(model).graph
-    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input, *graph.output]}
-    types.update({t.name: t.data_type for t in graph.initializer})
-    floats = (TensorProto.FLOAT, TensorProto.FLOAT16)
-    problems = []
-    for node in graph.node:
-        tensors = [t for t in (*node.input, *node.output) if t]
-        if not any(types.get(t) == TensorProto.UINT8 for t in tensors):
-            continue
-        if node.op_type == "Cast" and (types.get(node.input[0]) in floats or types.get(node.output[0]) in floats):
-            continue
-        names = ", ".join(f"{t}: {TensorProto.DataType.Name(types[t]).lower()}" for t in tensors if t in types)
-        problems.append(f"{node.op_type} node {node.name!r} ({names}): TensorRT {tensorrt_major} converts uint8 "
-                        "only by a Cast from/to float32 or float16")
-    return problems
 
 
 # --- progress display ---
@@ -420,6 +399,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, precision: str 
 
     from panoptic_ros.runtime.backends.model_info import read_onnx_info
     from panoptic_ros.runtime.backends.trt_api import gpu_identity, import_tensorrt
+    from panoptic_ros.runtime.onnx_audit import audit_model
 
     check_precision(precision)
     if precision == "int8" and calibrator is None:
@@ -431,8 +411,10 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, precision: str 
     plan = plan_precision(precision, trt, onnx_is_mixed_precision(model))
     gpu_name, capability = gpu or gpu_identity(device_index)
 
-    def explain() -> list[str]:  # likely causes, named only when TensorRT fails
-        return [f"if this is TensorRT 8.x: {p}" for p in uint8_conversion_problems(model, 8)]
+    def explain() -> list[str]:  # likely causes from the per-release parser tables, named only when TensorRT fails
+        problems = audit_model(model)
+        more = [f"... {len(problems) - 10} more"] if len(problems) > 10 else []
+        return [f"audit: {p}" for p in problems[:10]] + more
 
     cuda = torch.cuda.device(device_index) if torch.cuda.is_available() else nullcontext()
     with cuda:  # TensorRT works on the current device

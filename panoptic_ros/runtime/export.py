@@ -9,7 +9,8 @@ graph then goes through onnxscript's optimizer, which folds the exporter's shape
 has a static shape that ONNX shape inference can see.
 
 The written graph has the pipeline_io input/output names, metadata_props META_MODEL,
-META_LABEL_SET and META_MAX_INSTANCES, and passes the TensorRT audit (runtime.onnx_audit).
+META_LABEL_SET, META_MAX_INSTANCES and META_DEFAULT_THRESHOLDS (fusion/model_defaults.py: the paper's thresholds of the
+model, fusion/reference/defaults.py), and passes the TensorRT audit (runtime.onnx_audit).
 """
 
 from __future__ import annotations
@@ -26,22 +27,43 @@ import torch
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+from panoptic_ros.fusion.model_defaults import model_defaults
 from panoptic_ros.fusion.pipeline import PanopticPipeline
-from panoptic_ros.pipeline_io import INPUT_NAMES, META_LABEL_SET, META_MAX_INSTANCES, META_MODEL, OUTPUT_NAMES
-from panoptic_ros.runtime.onnx_audit import audit_model
+from panoptic_ros.pipeline_io import (
+    INPUT_NAMES,
+    META_DEFAULT_THRESHOLDS,
+    META_LABEL_SET,
+    META_MAX_INSTANCES,
+    META_MODEL,
+    OUTPUT_NAMES,
+    thresholds_to_json,
+)
+from panoptic_ros.runtime.mixed_precision import to_mixed_precision
+from panoptic_ros.runtime.onnx_audit import audit_model, releases
 
 OPSET = 17
+EXPORT_PRECISIONS = ("fp32", "fp16")
+# The TensorRT releases an export must parse on: all audited ones, 8.5 (JetPack 5.1) included now
+# that the fusion gives TopK/ArgMax/ArgMin float inputs (fusion/static_ops.index_op_input).
+EXPORT_AUDITED = releases()
 FOLD_SIZE_LIMIT = 4096  # elements: shape-sized constants only
 _NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Bernoulli",
                      "Multinomial"}
 
 
-def export_onnx(pipeline: PanopticPipeline, path: str | Path, opset: int = OPSET) -> Path:
+def export_onnx(pipeline: PanopticPipeline, path: str | Path, opset: int = OPSET, precision: str = "fp32") -> Path:
     """Write `pipeline` to `path` as one ONNX file; returns the path. Raises ValueError if the
-    graph would not build in TensorRT (see runtime.onnx_audit)."""
+    graph would not parse in every supported TensorRT (see runtime.onnx_audit).
+
+    `precision` "fp16" writes a mixed-precision graph (network FP16, fusion FP32; see
+    runtime.mixed_precision) for strongly typed TensorRT builds."""
+    if precision not in EXPORT_PRECISIONS:
+        raise ValueError(f"unknown export precision {precision!r}; valid: {', '.join(EXPORT_PRECISIONS)}")
     path = Path(path)
     model = to_onnx_model(pipeline, opset)
-    problems = audit_model(model)
+    if precision == "fp16":
+        model = to_mixed_precision(model)
+    problems = audit_model(model, only=EXPORT_AUDITED)
     if problems:
         raise ValueError(f"{pipeline.model}: exported graph fails the TensorRT audit:\n  " + "\n  ".join(problems))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -71,6 +93,7 @@ def to_onnx_model(pipeline: PanopticPipeline, opset: int = OPSET) -> onnx.ModelP
         META_MODEL: pipeline.model,
         META_LABEL_SET: json.dumps(pipeline.label_set.to_dict()),
         META_MAX_INSTANCES: str(pipeline.max_instances),
+        META_DEFAULT_THRESHOLDS: thresholds_to_json(model_defaults(pipeline.model)),
     })
     onnx.checker.check_model(model, full_check=True)
     return model

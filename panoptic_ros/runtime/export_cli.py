@@ -20,6 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--width", type=int, required=True, help="input width in pixels (multiple of 128)")
     parser.add_argument("--max-instances", type=int, default=100, help="K, thing rows of the table (default 100)")
     parser.add_argument("--nms-kernel", type=int, default=7, help="PSN centre NMS window in pixels (default 7)")
+    parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                        help="fp16: network in FP16, fusion in FP32, for strongly typed TensorRT builds "
+                             "(10.x, 11, TensorRT for RTX); default fp32")
     parser.add_argument("--output", type=Path, required=True, help="the .onnx file to write")
     parser.add_argument("--golden", type=Path, help="also write golden outputs (.npz) for `panoptic-ros verify-engine`")
     parser.set_defaults(func=run)
@@ -42,12 +45,12 @@ def run(args: argparse.Namespace) -> int:
         pipeline = build_pipeline(args.model, get_label_set(args.label_set), args.height, args.width,
                                   width_mult=args.width_mult, max_instances=args.max_instances,
                                   nms_kernel=args.nms_kernel)
-    path = export_onnx(pipeline, args.output)
+    path = export_onnx(pipeline, args.output, precision=args.precision)
     # Files derived from the export (e.g. golden outputs for checking a TensorRT engine) go here.
     if args.golden is not None:
         from panoptic_ros.runtime.golden import write_golden
 
         print(f"wrote {write_golden(path, args.golden)} (golden input and ONNX Runtime outputs)")
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): {args.model}, {args.height}x{args.width}, "
-          f"label set {pipeline.label_set.name}, K={pipeline.max_instances}")
+          f"label set {pipeline.label_set.name}, K={pipeline.max_instances}, {args.precision}")
     return 0

@@ -155,7 +155,7 @@ def _train(args: argparse.Namespace, config: TrainConfig, dataset_name: str, bat
                    dataset, generator=torch.Generator().manual_seed(config.seed)))
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, collate_fn=collate,
                                          num_workers=args.workers, drop_last=True, persistent_workers=False)
-    config.extra["dataset"] = dataset_name
+    config.extra.update(dataset=dataset_name, batch_per_process=batch)
 
     evaluate = None
     if dataset_name == "synthetic":

@@ -1,5 +1,7 @@
-"""Literal, sequential NumPy references of the five fusions (slow, readable, for tests only).
+"""Literal NumPy references of the five fusions (slow, readable, for tests only).
 
-Each follows its paper's words with loops over candidates and cells, on the same stride-4 fusion
-grid as the static graph, and ends in `assemble.assemble_reference`.
+Each module follows its paper's post-processing text on input pixels, sequentially where the paper
+is sequential, one named function per step quoting the sentence it implements; choices where a
+paper is silent are in the module's docstring and in models/README.md. `defaults.py` holds each
+paper's default thresholds with their sources.
 """

@@ -44,9 +44,10 @@ def check_image(image: np.ndarray, input_hw: tuple[int, int]) -> None:
 
 
 def result_from_outputs(outputs: dict[str, np.ndarray]) -> PanopticResult:
-    """A PanopticResult from the graph's four named outputs (NumPy arrays)."""
+    """A PanopticResult from the graph's named outputs (NumPy arrays)."""
     return PanopticResult(panoptic=outputs["panoptic"], semantic=outputs["semantic"], instances=outputs["instances"],
-                          num_instances=int(outputs["num_instances"]))
+                          num_instances=int(outputs["num_instances"]), converged=bool(outputs["converged"]),
+                          candidates_dropped=int(outputs["candidates_dropped"]))
 
 
 class Backend(ABC):

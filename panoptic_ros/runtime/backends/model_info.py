@@ -20,10 +20,14 @@ from panoptic_ros.pipeline_io import (
     INPUT_NAMES,
     INSTANCE_COLUMNS,
     LABEL_DIVISOR_INPUT,
+    META_DEFAULT_THRESHOLDS,
     META_LABEL_SET,
     META_MAX_INSTANCES,
     META_MODEL,
     OUTPUT_NAMES,
+    Thresholds,
+    thresholds_from_json,
+    thresholds_to_json,
 )
 
 
@@ -56,6 +60,8 @@ def contract_specs(height: int, width: int, table_rows: int) -> tuple[tuple[Tens
         TensorSpec("semantic", (height, width), "uint8"),
         TensorSpec("instances", (table_rows, len(INSTANCE_COLUMNS)), "float32"),
         TensorSpec("num_instances", (), "int32"),
+        TensorSpec("converged", (), "int32"),
+        TensorSpec("candidates_dropped", (), "int32"),
     )
     assert tuple(s.name for s in outputs) == OUTPUT_NAMES
     return inputs, outputs
@@ -87,6 +93,7 @@ class ModelInfo:
     max_instances: int
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    default_thresholds: Thresholds | None = None  # the model's own (its paper's); None in older files
 
     @property
     def table_rows(self) -> int:
@@ -111,8 +118,11 @@ class ModelInfo:
 
     def metadata(self) -> dict[str, str]:
         """The ONNX metadata_props form of the model facts (what export writes)."""
-        return {META_MODEL: self.model_name, META_LABEL_SET: json.dumps(self.label_set.to_dict()),
-                META_MAX_INSTANCES: str(self.max_instances)}
+        metadata = {META_MODEL: self.model_name, META_LABEL_SET: json.dumps(self.label_set.to_dict()),
+                    META_MAX_INSTANCES: str(self.max_instances)}
+        if self.default_thresholds is not None:
+            metadata[META_DEFAULT_THRESHOLDS] = thresholds_to_json(self.default_thresholds)
+        return metadata
 
     def to_dict(self) -> dict:
         return {"metadata": self.metadata(), "inputs": [s.to_dict() for s in self.inputs],
@@ -133,9 +143,11 @@ class ModelInfo:
         try:
             label_set = LabelSet.from_dict(json.loads(metadata[META_LABEL_SET]))
             max_instances = int(metadata[META_MAX_INSTANCES])
+            defaults = metadata.get(META_DEFAULT_THRESHOLDS)
+            default_thresholds = None if defaults is None else thresholds_from_json(defaults)
         except (ValueError, KeyError, TypeError) as error:
             raise ValueError(f"{source}: unreadable panoptic_ros metadata: {error}") from None
-        info = cls(metadata[META_MODEL], label_set, max_instances, inputs, outputs)
+        info = cls(metadata[META_MODEL], label_set, max_instances, inputs, outputs, default_thresholds)
         info.check_contract(source)
         return info
 
