@@ -29,7 +29,10 @@ from panoptic_ros.runtime.engine_cache import (
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 ONNX = MODELS / "psn.onnx"
-FORK = multiprocessing.get_context("fork")  # the children inherit the imports: each starts in milliseconds
+# Children forked from a clean server process, not from pytest's (whose threads, from other tests,
+# can hold locks that a plain fork copies); the preload keeps each start to milliseconds.
+FORK = multiprocessing.get_context("forkserver")
+FORK.set_forkserver_preload(["panoptic_ros.runtime.engine_cache", "panoptic_ros.runtime.backends.model_info"])
 
 
 def key_for(onnx_path: Path, module: str = "stand-in", version: str = "1.0") -> EngineKey:
@@ -144,3 +147,28 @@ def _rtx_build(engine_path: Path, timing_cache: Path, *, trt_module: str, gpu, b
     import importlib
 
     builder(ONNX, engine_path, "fp32", timing_cache=timing_cache, trt=importlib.import_module(trt_module), gpu=gpu)
+
+
+def _hold_until(release) -> None:
+    release.wait(60)
+
+
+def test_leaving_the_lock_releases_it_while_a_forked_child_still_holds_the_file(tmp_path):
+    """A process forked inside the locked block shares the locked file; leaving the block must
+    still free the lock for everyone else (close alone would not: flock belongs to the open file)."""
+    import fcntl
+
+    path = tmp_path / "entry.lock"
+    plain_fork, release = multiprocessing.get_context("fork"), None
+    with exclusive_lock(path):
+        release = plain_fork.Event()
+        child = plain_fork.Process(target=_hold_until, args=(release,))
+        child.start()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises BlockingIOError if still held
+    finally:
+        os.close(fd)
+        release.set()
+        child.join()
+    assert child.exitcode == 0

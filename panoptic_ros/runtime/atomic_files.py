@@ -54,4 +54,7 @@ def exclusive_lock(path: str | Path) -> Iterator[None]:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        os.close(fd)  # closing releases the lock
+        # Unlock before closing: a child forked inside the block shares this open file, and closing
+        # our descriptor alone would leave the lock held until that child closes its copy.
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
