@@ -428,12 +428,12 @@ def test_lifecycle_transitions_and_immediate_warning_of_a_failed_device_change(m
 
         (result,) = client.set_parameters({"device": "cuda:0"})  # no CUDA here: fails after the call
         assert result.successful
-        status = client.camera_status("", lambda v: v["model_state"].startswith("failed"), timeout=20)
+        status = client.camera_status("", lambda v: v["model_state"].startswith("failed"), timeout=60)
         assert status["level"] in (WARN, ERROR) and "CUDA is not available" in status["message"]  # ERROR: silence
         client.wait_for(lambda: client.get_parameters(["device"])["device"] == "auto", 20, "device set back")
 
         assert client.change_state("deactivate") and client.lifecycle_state() == "inactive"
-        status = client.camera_status("", lambda v: v["message"].startswith("inactive"), timeout=20)
+        status = client.camera_status("", lambda v: v["message"].startswith("inactive"), timeout=60)
         assert (status["level"], status["model_state"], status["model"]) == (OK, "not loaded (inactive)", "")
         client.wait_for(lambda: camera.get_subscription_count() == 0, 20, "the node to unsubscribe")
 

@@ -103,6 +103,9 @@ class PanopticClient:
                                               lambda msg, c=camera: self._timing(c, msg), reliable)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._diagnostics, 10)
         service = f"{namespace.rstrip('/')}/{NODE_NAME}"
+        # The node's fully qualified name: its statuses carry it as hardware_id, so statuses of other
+        # panoptic_node processes on the same /diagnostics are never taken for this one's.
+        self.node_fqn = "/" + "/".join(part for part in (namespace.strip("/"), NODE_NAME) if part)
         self._set_client = self.node.create_client(SetParameters, f"{service}/set_parameters")
         self._get_client = self.node.create_client(GetParameters, f"{service}/get_parameters")
         self._change_state_client = self.node.create_client(ChangeState, f"{service}/change_state")
@@ -182,7 +185,7 @@ class PanopticClient:
         def find():
             for array in reversed(self.diagnostics):
                 for status in array.status:
-                    if status.name.startswith(NODE_NAME) and status.name.endswith(suffix):
+                    if status.hardware_id == self.node_fqn and status.name.endswith(suffix):
                         level = status.level if isinstance(status.level, int) else ord(status.level)
                         values = {**status_values(status), "level": level, "message": status.message}
                         return values if predicate(values) else None
