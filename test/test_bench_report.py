@@ -104,3 +104,14 @@ def test_make_figures_targets_regions_that_exist():
     for command in commands:
         for name in command.group(2).split():
             assert (ROOT / name).read_text().count(f"<!-- bench:{command.group(1)} -->") == 1, (name, command[0])
+
+
+def test_bench_inference_finds_every_shipped_model_by_its_backend_suffixes(tmp_path):
+    from panoptic_ros.runtime.choices import MODEL_SUFFIXES
+
+    shipped = Path(__file__).resolve().parents[1] / "models"
+    assert inference_bench.shipped_models(shipped, MODEL_SUFFIXES["onnxruntime"]) == \
+        ["psn", "rtps", "lpsnet", "fpsnet", "spinet"]
+    for name in ("extra.engine", "psn.engine", "notes.txt"):
+        (tmp_path / name).write_text("")
+    assert inference_bench.shipped_models(tmp_path, MODEL_SUFFIXES["tensorrt"]) == ["psn", "extra"]

@@ -31,11 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     bench_report.add_arguments(parser)
 
 
-def shipped_models(models_dir: Path, suffix: str) -> list[str]:
+def shipped_models(models_dir: Path, suffixes: tuple[str, ...]) -> list[str]:
     """Shipped model names in the paper order of MODEL_NAMES, then any other file in models/."""
     from panoptic_ros.fusion.pipeline import MODEL_NAMES
 
-    present = {p.stem for p in models_dir.glob(f"*{suffix}")}
+    present = {p.stem for suffix in suffixes for p in models_dir.glob(f"*{suffix}")}
     return [m for m in MODEL_NAMES if m in present] + sorted(present - set(MODEL_NAMES))
 
 
