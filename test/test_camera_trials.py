@@ -47,16 +47,6 @@ def test_a_matched_driver_that_sends_nothing_is_a_warning_with_the_fix(node):
     assert result["warn_message"] == f"publishers on {NAMESPACE}/stuck/image but no frames: {LARGE_DATA_FIX}"
 
 
-def test_best_effort_2_mpx_without_the_profile_is_a_warning_with_the_fix(node):
-    # Without the profile in the driver, best-effort 6 MB frames are lost over DDS: all of them (silence) or
-    # most (a rate far below expected_rate). Either way the node warns, and says what to do.
-    result = camera_trial.driver_process(NAMESPACE, "lossy", camera_trial.SIZES[-1], "best_effort", profile=False,
-                                         expect_warn=30.0)
-    assert result["warn_after_match_s"] is not None, result
-    assert LARGE_DATA_FIX in result["warn_message"] and f"{NAMESPACE}/lossy/image" in result["warn_message"]
-    assert result["answered"] < result["sent"]
-
-
 def test_profile_variables_name_both_fast_dds_generations():
     env = camera_trial.profile_environment(camera_trial.PROFILE)
     assert env == {"FASTRTPS_DEFAULT_PROFILES_FILE": str(camera_trial.PROFILE),
