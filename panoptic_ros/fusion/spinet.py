@@ -1,18 +1,27 @@
-"""SPINet fusion (Hwang et al., sections 3.2-3.4 and "Inference" in section 4).
+"""SPINet fusion (Hwang et al., sections 3.2-3.4 and "Inference" in section 4), deciding every input pixel.
 
-1. Filter sampling: locations of every level whose class confidence exceeds score_threshold
-   (the paper uses 0.45). To keep the fixed candidate budget from being spent on the many
-   neighbouring locations of one large object, only locations that are a 3 x 3 local maximum of
-   their class's confidence are sampled (our addition), the best SAMPLES_PER_INSTANCE * K of them.
-2. Single-shot convolution: the sampled filters are applied to the Panoptic-Feature
-   (network.dynamic_mask_logits); instance mask = sigmoid(logit) > mask_sigma.
-3. Mask NMS (class-aware, mask IoU > nms_iou), keeping the best K.
-4. Panoptic FPN merge: instances pasted by confidence (dropped when more than overlap_threshold of
-   the mask is taken), then the arg-max of the learned stuff filters' logits on the rest.
-center_threshold is not used by this method.
+1. `sampling_locations`: locations of every level whose class confidence exceeds score_threshold
+   (the paper uses 0.45), best first. Two declared deviations (models/README.md, with their PQ
+   cost): only locations that are a PEAK_WINDOW x PEAK_WINDOW local maximum of their class's
+   confidence are sampled, and at most SAMPLES_PER_INSTANCE * K of them (the static graph needs a
+   fixed budget, and without the local-maximum test the many locations of one large object fill it).
+2. `instance_masks`: the sampled filters' single-shot convolution with the Panoptic-Feature
+   (network.dynamic_mask_logits), stride-4 mask logits.
+3. `paste`: Panoptic FPN's merge, masks pasted by confidence, a mask dropped when more than
+   overlap_threshold of it is already taken. The keep decisions count mask and overlap areas on
+   the stride-4 cells (a cell is in a mask when sigmoid(logit) > mask_sigma; declared deviation).
+4. `pixel_owner`: every input pixel takes the first kept mask (by confidence) whose bilinearly
+   upsampled logit there has sigmoid > mask_sigma, and the arg-max of the bilinearly upsampled
+   stuff logits where none does. Only the OWNER_CANDIDATES first kept masks that can reach a pixel's
+   4 x 4 block are compared (exact while no more reach it: kept masks overlap little).
+Kept masks ranked beyond K are dropped: their pixels become void and they are counted in
+candidates_dropped (samples beyond the sampling budget are not counted).
+center_threshold and nms_iou are not used by this method.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -22,39 +31,123 @@ from panoptic_ros.classes import LabelSet
 from panoptic_ros.fusion.base import Fusion, Heads, RuntimeThresholds
 from panoptic_ros.fusion.core import Segments
 from panoptic_ros.fusion.detections import flatten_locations
-from panoptic_ros.fusion.static_ops import greedy_nms, index_op_input, paste_by_confidence, top_candidates
+from panoptic_ros.fusion.static_ops import (
+    block_upsample,
+    first_true,
+    index_op_input,
+    paste_by_confidence,
+    top_candidates,
+)
+from panoptic_ros.networks.spinet import FEATURE_STRIDE
 from panoptic_ros.pipeline_io import HEAD_CLASS_LOGITS, HEAD_FILTERS, HEAD_PANOPTIC_FEATURE
 
-SAMPLES_PER_INSTANCE = 2  # sampled filters per output instance slot, before mask NMS
+SAMPLES_PER_INSTANCE = 2  # sampled filters per output instance slot
 PEAK_WINDOW = 3  # cells
+OWNER_CANDIDATES = 4  # kept masks each 4 x 4 pixel block compares (pixel_owner)
 
 
-def mask_iou(masks: Tensor) -> Tensor:
-    """Pairwise IoU of binary masks (M, N) -> (M, M), by one matmul.
+class Samples(NamedTuple):
+    """Sampled locations best first: index (M,) into the flattened locations of all levels, thing
+    index (M,) into thing_ids, score (M,) confidence, valid (M,) bool."""
 
-    Each mask enters as 1/4 so that intersection counts are 1/16 of the cell counts and stay below
-    FP16's 65504 up to 1M-cell grids; the IoU ratio does not change.
-    """
-    scaled = masks.to(torch.float32) * 0.25
-    inter = torch.matmul(scaled, scaled.T)
-    area = masks.to(torch.int32).sum(dim=1, dtype=torch.int32).to(torch.float32) / 16.0
-    return inter / (area[:, None] + area[None, :] - inter).clamp(min=1e-6)
+    index: Tensor
+    thing: Tensor
+    score: Tensor
+    valid: Tensor
 
 
-def sampling_confidence(class_logits: list[Tensor]) -> tuple[Tensor, Tensor]:
-    """Per location of all levels: (confidence (N,), thing index (N,)) over the classes it is a local maximum of."""
+def sampling_locations(class_logits: list[Tensor], threshold: Tensor, count: int) -> Samples:
+    """The `count` best locations (all levels, flattened row-major, levels in order) whose confidence
+    of a thing class they are a local maximum of exceeds `threshold`; ties: lower location first."""
     peaks = []
     for logits in class_logits:
         probability = torch.sigmoid(logits)
         pooled = F.max_pool2d(probability, PEAK_WINDOW, stride=1, padding=PEAK_WINDOW // 2)
         peaks.append(probability * (probability == pooled).to(probability.dtype))
     confidence, thing = index_op_input(flatten_locations(peaks)).max(dim=1)
-    return confidence, thing
+    index, score, valid = top_candidates(confidence, confidence > threshold, min(count, confidence.shape[0]))
+    return Samples(index, thing[index], score, valid)
+
+
+def instance_masks(network: nn.Module, feature: Tensor, filters: list[Tensor], samples: Samples) -> Tensor:
+    """"single-shot convolution with dynamic filters for things": stride-4 mask logits (M, h, w) of
+    the sampled filters."""
+    return network.dynamic_mask_logits(feature, flatten_locations(filters)[samples.index][None])[0]
+
+
+def paste(logits: Tensor, samples: Samples, mask_sigma: Tensor, overlap_threshold: Tensor) -> tuple[Tensor, Tensor]:
+    """Panoptic FPN's merge decisions on the stride-4 cells: (keep (M,) bool, converged 0-d bool)."""
+    cells = torch.sigmoid(logits).reshape(logits.shape[0], -1) > mask_sigma
+    keep, _, converged = paste_by_confidence(cells, samples.valid, overlap_threshold)
+    return keep, converged
+
+
+def upsample_blocks(corners: Tensor, stride: int) -> Tensor:
+    """Bilinear values inside blocks between cell centres: corners (4, C, a, b) = the values at the
+    top-left, top-right, bottom-left and bottom-right cell centres of each block -> (C, a*s, b*s),
+    pixel (u, v) of a block at fractions ((u + 0.5) / s, (v + 0.5) / s) from its top-left centre
+    (PyTorch's align_corners=False weights: rows first, then columns)."""
+    top_left, top_right, bottom_left, bottom_right = corners
+    fraction = (torch.arange(stride, dtype=corners.dtype, device=corners.device) + 0.5) / stride
+    fy = fraction[None, None, :, None, None]
+    fx = fraction[None, None, None, None, :]
+    left = top_left[:, :, None, :, None] * (1 - fy) + bottom_left[:, :, None, :, None] * fy  # (C, a, s, b, 1)
+    right = top_right[:, :, None, :, None] * (1 - fy) + bottom_right[:, :, None, :, None] * fy
+    values = left * (1 - fx) + right * fx  # (C, a, s, b, s)
+    c, a, _, b, _ = values.shape
+    return values.reshape(c, a * stride, b * stride)
+
+
+def pixel_owner(logits: Tensor, kept: Tensor, mask_sigma: Tensor) -> Tensor:
+    """(H, W) index of the first kept mask whose bilinearly upsampled logit has sigmoid > mask_sigma at
+    the pixel, M where none has; logits (M, h, w) at stride FEATURE_STRIDE, kept (M,) in paste order.
+
+    Pixels between the centres of 2 x 2 cells interpolate those 4 cells only ("blocks"; edge cells are
+    repeated, which is the edge clamp), so a mask reaches a block's pixels only if one of its 4 corner
+    logits passes. Each block compares the OWNER_CANDIDATES first kept masks that reach it.
+    """
+    m, h, w = logits.shape
+    s = FEATURE_STRIDE
+    padded = F.pad(logits[None], (1, 1, 1, 1), mode="replicate")[0]  # (M, h + 2, w + 2)
+    reach = (torch.sigmoid(F.max_pool2d(padded[None], 2, stride=1)[0]) > mask_sigma) & kept[:, None, None]
+    # The first candidates by paste order: a key falling with the index, 0 where the mask does not reach.
+    order = (m - torch.arange(m, device=logits.device, dtype=torch.float32))[:, None, None]
+    count = min(OWNER_CANDIDATES, m)
+    key, candidate = torch.topk(index_op_input(reach) * order, count, dim=0)  # (C, h + 1, w + 1)
+    flat = padded.reshape(m, -1)
+    corners = torch.stack([flat.reshape(-1)[candidate * flat.shape[1] + (row0 * (w + 2) + col0)]
+                           for row0, col0 in _corner_offsets(h + 1, w + 1, w + 2, logits.device)])
+    values = _crop(upsample_blocks(corners, s), s)  # (C, H, W)
+    covers = (torch.sigmoid(values) > mask_sigma) & (_pixels_of_blocks(key, s) > 0)
+    first = first_true(covers)
+    choice = torch.where(first < count, first, torch.zeros_like(first))
+    owner = torch.gather(_pixels_of_blocks(candidate, s), 0, choice[None])[0]
+    return torch.where(first < count, owner, torch.full_like(owner, m))
+
+
+def _crop(x: Tensor, stride: int) -> Tensor:
+    """Block maps (..., (h + 1) * s, (w + 1) * s) -> the input pixels (..., h * s, w * s): the first
+    block starts s / 2 pixels before the image (at the first cell's centre, mirrored)."""
+    *_, rows, cols = x.shape
+    half = stride // 2
+    return x[..., half:rows - half, half:cols - half]
+
+
+def _pixels_of_blocks(x: Tensor, stride: int) -> Tensor:
+    """Per-block values (..., h + 1, w + 1) -> per input pixel (..., h * s, w * s)."""
+    return _crop(block_upsample(x, stride), stride)
+
+
+def _corner_offsets(rows: int, cols: int, width: int, device: torch.device) -> list[tuple[Tensor, Tensor]]:
+    """(row, col) grids (rows, cols) of each block's 4 corner cells in the padded map of `width` columns."""
+    r = torch.arange(rows, device=device)[:, None]
+    c = torch.arange(cols, device=device)[None, :]
+    return [(r + dy, c + dx) for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1))]
 
 
 class SPINetFusion(Fusion):
     def __init__(self, label_set: LabelSet, max_instances: int = 100) -> None:
-        super().__init__(label_set, num_candidates=max_instances, max_instances=max_instances)
+        super().__init__(label_set, num_candidates=max_instances, max_instances=max_instances, label_stride=1)
 
     @classmethod
     def for_network(cls, network: nn.Module, max_instances: int, nms_kernel: int) -> SPINetFusion:
@@ -62,34 +155,25 @@ class SPINetFusion(Fusion):
 
     def segments(self, network: nn.Module, heads: Heads, thresholds: RuntimeThresholds) -> Segments:
         feature = heads[HEAD_PANOPTIC_FEATURE]
-        h, w = feature.shape[-2:]
         k = self.num_candidates
+        samples = sampling_locations(heads[HEAD_CLASS_LOGITS], thresholds.score_threshold, SAMPLES_PER_INSTANCE * k)
+        logits = instance_masks(network, feature, heads[HEAD_FILTERS], samples)
+        keep, converged = paste(logits, samples, thresholds.mask_sigma, thresholds.overlap_threshold)
+        m = keep.shape[0]
 
-        # 1. Filter sampling.
-        confidence, thing = sampling_confidence(heads[HEAD_CLASS_LOGITS])
-        filters = flatten_locations(heads[HEAD_FILTERS])
-        samples = min(SAMPLES_PER_INSTANCE * k, confidence.shape[0])
-        index, score, valid = top_candidates(confidence, confidence > thresholds.score_threshold, samples)
-        thing = thing[index]
-
-        # 2. Dynamic convolution -> instance masks.
-        logits = network.dynamic_mask_logits(feature, filters[index][None])[0]
-        masks = (torch.sigmoid(logits) > thresholds.mask_sigma).reshape(samples, -1)
-
-        # 3. Mask NMS within each class, then the best K.
-        same_class = (thing[:, None] == thing[None, :]).to(torch.float32)
-        keep, nms_converged = greedy_nms(mask_iou(masks) * same_class,
-                                         valid & (masks.to(torch.int32).amax(dim=1) > 0), thresholds.nms_iou)
-        slots = min(k, samples)
-        best, _, kept = top_candidates(score, keep, slots)
-        dropped = torch.maximum(keep.to(torch.int64).sum() - slots, torch.zeros((), dtype=torch.int64))
-        masks, thing, score = masks[best], thing[best], score[best]
-
-        # 4. Merge: instances by confidence, then stuff where no instance is.
-        keep, owner, pasted = paste_by_confidence(masks, kept, thresholds.overlap_threshold)
-        stuff = index_op_input(network.stuff_mask_logits(feature)[0]).argmax(dim=0) + k
-        labels = torch.where(owner.reshape(h, w) < masks.shape[0], owner.reshape(h, w), stuff)
-        return _pad_segments(Segments(labels, self.thing_ids[thing], score, keep, nms_converged & pasted, dropped), k)
+        # The first K kept masks fill the slots; the pixels of kept masks beyond K become void.
+        slot, score, in_slot = top_candidates(samples.score, keep, min(k, m))
+        slot_of = first_true((slot[:, None] == torch.arange(m, device=keep.device)[None, :]) & in_slot[:, None])
+        void = torch.full((1,), k + len(self.label_set.stuff_ids), dtype=torch.int64, device=keep.device)
+        label_of = torch.cat((torch.where(slot_of < min(k, m), slot_of, void), void))  # index m: no mask
+        owner = pixel_owner(logits, keep, thresholds.mask_sigma)
+        stuff_logits = F.interpolate(network.stuff_mask_logits(feature), scale_factor=FEATURE_STRIDE, mode="bilinear",
+                                     align_corners=False)[0]
+        stuff = index_op_input(stuff_logits).argmax(dim=0) + k
+        labels = torch.where(owner < m, label_of[owner], stuff)
+        dropped = torch.maximum(keep.to(torch.int64).sum() - k, torch.zeros((), dtype=torch.int64))
+        return _pad_segments(Segments(labels, self.thing_ids[samples.thing[slot]], score, in_slot, converged,
+                                      dropped), k)
 
 
 def _pad_segments(segments: Segments, k: int) -> Segments:
