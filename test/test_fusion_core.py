@@ -17,6 +17,7 @@ from panoptic_ros.fusion.static_ops import (
     block_upsample,
     greedy_nms,
     paste_by_confidence,
+    paste_in_order,
     top_candidates,
 )
 from panoptic_ros.pipeline_io import COL, PanopticResult
@@ -228,3 +229,25 @@ def test_paste_by_confidence_equals_sequential_pasting(seed):
     expected_owner, pasted = paste_reference([m & v for m, v in zip(masks, valid, strict=True)], 0.3)
     assert kept == pasted and converged
     np.testing.assert_array_equal(owner, expected_owner)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_paste_in_order_is_the_sequential_rule(seed):
+    rng = np.random.default_rng(seed)
+    k, h, w = 30, 24, 24
+    masks = np.zeros((k, h, w), dtype=bool)
+    for n in range(k):
+        y, x = rng.integers(0, 20, size=2)
+        masks[n, y:y + rng.integers(2, 10), x:x + rng.integers(2, 10)] = True
+    valid = rng.random(k) < 0.9
+    keep = paste_in_order(torch.tensor(masks.reshape(k, -1)), torch.tensor(valid), torch.tensor(0.3))
+    _, pasted = paste_reference([m & v for m, v in zip(masks, valid, strict=True)], 0.3)
+    assert np.flatnonzero(keep.numpy()).tolist() == pasted
+    chain = np.stack(paste_chain(32)).reshape(32, -1)
+    assert np.flatnonzero(paste_in_order(torch.tensor(chain), torch.ones(32, dtype=torch.bool),
+                                         torch.tensor(0.3)).numpy()).tolist() == chain_keep(32)
+    first, second = np.zeros(10, bool), np.ones(10, bool)
+    first[:3] = True  # 3 of the second's 10 pixels taken: exactly 0.3 is kept
+    pair = torch.tensor(np.stack([first, second]))
+    assert paste_in_order(pair, torch.ones(2, dtype=torch.bool), torch.tensor(0.3)).tolist() == [True, True]
+    assert paste_in_order(pair, torch.ones(2, dtype=torch.bool), torch.tensor(0.29)).tolist() == [True, False]

@@ -35,7 +35,7 @@ from panoptic_ros.fusion.static_ops import (
     block_upsample,
     first_true,
     index_op_input,
-    paste_by_confidence,
+    paste_in_order,
     top_candidates,
 )
 from panoptic_ros.networks.spinet import FEATURE_STRIDE
@@ -76,10 +76,14 @@ def instance_masks(network: nn.Module, feature: Tensor, filters: list[Tensor], s
 
 
 def paste(logits: Tensor, samples: Samples, mask_sigma: Tensor, overlap_threshold: Tensor) -> tuple[Tensor, Tensor]:
-    """Panoptic FPN's merge decisions on the stride-4 cells: (keep (M,) bool, converged 0-d bool)."""
+    """Panoptic FPN's merge decisions on the stride-4 cells: (keep (M,) bool, converged 0-d bool).
+
+    Pasted one mask at a time (static_ops.paste_in_order: 2K masks make Jacobi sweeps costly), so
+    the result is always the sequential rule's: converged is true (computed from the frame so that
+    it stays a graph output rather than a folded constant)."""
     cells = torch.sigmoid(logits).reshape(logits.shape[0], -1) > mask_sigma
-    keep, _, converged = paste_by_confidence(cells, samples.valid, overlap_threshold)
-    return keep, converged
+    keep = paste_in_order(cells, samples.valid, overlap_threshold)
+    return keep, (keep | ~keep).all()
 
 
 def upsample_blocks(corners: Tensor, stride: int) -> Tensor:

@@ -170,3 +170,19 @@ def paste_by_confidence(masks: Tensor, valid: Tensor, overlap_threshold: Tensor,
         taken_before = (covered_before.to(torch.float32) * as_float).sum(dim=1)
         keep = candidate & (taken_before <= overlap_threshold * area)
     return keep, first_true(masks & keep[:, None]), unchanged(keep, previous)
+
+
+def paste_in_order(masks: Tensor, valid: Tensor, overlap_threshold: Tensor) -> Tensor:
+    """Keep (M,) of pasting masks (M, N) bool, sorted best first, one at a time: the sequential rule
+    of `paste_by_confidence` itself, unrolled over the M masks (each step one (N,) product and sum:
+    cheaper than sweeps over all M masks when M is large, and always exact)."""
+    as_float = masks.to(torch.float32)
+    area = as_float.sum(dim=1)
+    candidate = valid & (area > 0)
+    covered = torch.zeros_like(as_float[0])
+    keep = []
+    for n in range(masks.shape[0]):
+        taken = (as_float[n] * covered).sum()
+        keep.append(candidate[n] & (taken <= overlap_threshold * area[n]))
+        covered = torch.maximum(covered, as_float[n] * keep[-1].to(torch.float32))
+    return torch.stack(keep)
