@@ -16,6 +16,7 @@ from panoptic_ros.fusion.spinet import (
     OWNER_CANDIDATES,
     PEAK_WINDOW,
     Samples,
+    cell_masks,
     instance_masks,
     paste,
     pixel_owner,
@@ -85,7 +86,7 @@ def test_each_pixel_of_an_instance_mask_is_the_references_upsampled_mask():
     logits = head.dynamic_mask_logits(feature, filters[None])[0]
     for n in range(6):
         expected = instance_mask(head, feature, filters[n].numpy(), 0.5)
-        owner = pixel_owner(logits[n:n + 1], torch.tensor([True]), SIGMA).numpy()
+        owner = pixel_owner(logits[n:n + 1], cell_masks(logits[n:n + 1], SIGMA), torch.tensor([True]), SIGMA).numpy()
         assert 0.2 < expected.mean() < 0.8
         np.testing.assert_array_equal(owner == 0, expected)
 
@@ -107,7 +108,8 @@ def test_pixels_go_to_the_first_kept_mask_covering_them(kept):
     owner, pasted = reference_paste(masks, 1.0)  # overlap 1.0: every mask is pasted
     expected = np.where(owner >= 0, positions[owner], len(kept))
     assert len(pasted) == len(masks) and len(np.unique(expected)) == len(masks) + 1
-    np.testing.assert_array_equal(pixel_owner(logits, torch.tensor(kept), SIGMA).numpy(), expected)
+    np.testing.assert_array_equal(pixel_owner(logits, cell_masks(logits, SIGMA), torch.tensor(kept), SIGMA).numpy(),
+                                  expected)
 
 
 @pytest.mark.parametrize("length", [16, 32])
@@ -119,7 +121,7 @@ def test_paste_keeps_every_other_mask_of_a_chain(length):
     samples = Samples(index, torch.ones(length, dtype=torch.int64), torch.linspace(0.9, 0.5, length),
                       torch.ones(length, dtype=torch.bool))
     logits = instance_masks(head, torch.from_numpy(heads["panoptic_feature"]), filters, samples)
-    keep, converged = paste(logits, samples, SIGMA, torch.tensor(0.3))
+    keep, converged = paste(cell_masks(logits, SIGMA), samples, torch.tensor(0.3))
     assert torch.nonzero(keep)[:, 0].tolist() == chain_keep(length) and bool(converged)
 
 

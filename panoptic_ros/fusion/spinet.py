@@ -72,17 +72,22 @@ def sampling_locations(class_logits: list[Tensor], threshold: Tensor, count: int
 def instance_masks(network: nn.Module, feature: Tensor, filters: list[Tensor], samples: Samples) -> Tensor:
     """"single-shot convolution with dynamic filters for things": stride-4 mask logits (M, h, w) of
     the sampled filters."""
-    return network.dynamic_mask_logits(feature, flatten_locations(filters)[samples.index][None])[0]
+    return network.dynamic_mask_logits(feature, flatten_locations(filters)[samples.index][None]).squeeze(0)
 
 
-def paste(logits: Tensor, samples: Samples, mask_sigma: Tensor, overlap_threshold: Tensor) -> tuple[Tensor, Tensor]:
-    """Panoptic FPN's merge decisions on the stride-4 cells: (keep (M,) bool, converged 0-d bool).
+def cell_masks(logits: Tensor, mask_sigma: Tensor) -> Tensor:
+    """(M, h, w) bool: the stride-4 cells whose mask logit has sigmoid > mask_sigma."""
+    return torch.sigmoid(logits) > mask_sigma
+
+
+def paste(cells: Tensor, samples: Samples, overlap_threshold: Tensor) -> tuple[Tensor, Tensor]:
+    """Panoptic FPN's merge decisions on the stride-4 cell masks (M, h, w): (keep (M,) bool,
+    converged 0-d bool).
 
     Pasted one mask at a time (static_ops.paste_in_order: 2K masks make Jacobi sweeps costly), so
     the result is always the sequential rule's: converged is true (computed from the frame so that
     it stays a graph output rather than a folded constant)."""
-    cells = torch.sigmoid(logits).reshape(logits.shape[0], -1) > mask_sigma
-    keep = paste_in_order(cells, samples.valid, overlap_threshold)
+    keep = paste_in_order(cells.reshape(cells.shape[0], -1), samples.valid, overlap_threshold)
     return keep, (keep | ~keep).all()
 
 
@@ -102,9 +107,10 @@ def upsample_blocks(corners: Tensor, stride: int) -> Tensor:
     return values.reshape(c, a * stride, b * stride)
 
 
-def pixel_owner(logits: Tensor, kept: Tensor, mask_sigma: Tensor) -> Tensor:
+def pixel_owner(logits: Tensor, cells: Tensor, kept: Tensor, mask_sigma: Tensor) -> Tensor:
     """(H, W) index of the first kept mask whose bilinearly upsampled logit has sigmoid > mask_sigma at
-    the pixel, M where none has; logits (M, h, w) at stride FEATURE_STRIDE, kept (M,) in paste order.
+    the pixel, M where none has; logits (M, h, w) at stride FEATURE_STRIDE, their cell_masks, kept (M,)
+    in paste order.
 
     Pixels between the centres of 2 x 2 cells interpolate those 4 cells only ("blocks"; edge cells are
     repeated, which is the edge clamp), so a mask reaches a block's pixels only if one of its 4 corner
@@ -112,20 +118,20 @@ def pixel_owner(logits: Tensor, kept: Tensor, mask_sigma: Tensor) -> Tensor:
     """
     m, h, w = logits.shape
     s = FEATURE_STRIDE
-    padded = F.pad(logits[None], (1, 1, 1, 1), mode="replicate")[0]  # (M, h + 2, w + 2)
-    reach = (torch.sigmoid(F.max_pool2d(padded[None], 2, stride=1)[0]) > mask_sigma) & kept[:, None, None]
+    # Any of a block's corner cells in the mask (edge blocks: the corners inside the image, the others
+    # repeat them).
+    reach = F.max_pool2d((cells & kept[:, None, None]).to(torch.float32)[None], 2, stride=1, padding=1).squeeze(0)
     # The first candidates by paste order: a key falling with the index, 0 where the mask does not reach.
     order = (m - torch.arange(m, device=logits.device, dtype=torch.float32))[:, None, None]
     count = min(OWNER_CANDIDATES, m)
-    key, candidate = torch.topk(index_op_input(reach) * order, count, dim=0)  # (C, h + 1, w + 1)
-    flat = padded.reshape(m, -1)
-    corners = torch.stack([flat.reshape(-1)[candidate * flat.shape[1] + (row0 * (w + 2) + col0)]
-                           for row0, col0 in _corner_offsets(h + 1, w + 1, w + 2, logits.device)])
+    key, candidate = torch.topk(reach * order, count, dim=0)  # (C, h + 1, w + 1)
+    flat = logits.reshape(-1)
+    corners = torch.stack([flat[candidate * (h * w) + offset] for offset in _corner_offsets(h, w, logits.device)])
     values = _crop(upsample_blocks(corners, s), s)  # (C, H, W)
     covers = (torch.sigmoid(values) > mask_sigma) & (_pixels_of_blocks(key, s) > 0)
     first = first_true(covers)
     choice = torch.where(first < count, first, torch.zeros_like(first))
-    owner = torch.gather(_pixels_of_blocks(candidate, s), 0, choice[None])[0]
+    owner = torch.gather(_pixels_of_blocks(candidate, s), 0, choice[None]).squeeze(0)
     return torch.where(first < count, owner, torch.full_like(owner, m))
 
 
@@ -142,11 +148,16 @@ def _pixels_of_blocks(x: Tensor, stride: int) -> Tensor:
     return _crop(block_upsample(x, stride), stride)
 
 
-def _corner_offsets(rows: int, cols: int, width: int, device: torch.device) -> list[tuple[Tensor, Tensor]]:
-    """(row, col) grids (rows, cols) of each block's 4 corner cells in the padded map of `width` columns."""
-    r = torch.arange(rows, device=device)[:, None]
-    c = torch.arange(cols, device=device)[None, :]
-    return [(r + dy, c + dx) for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1))]
+def _corner_offsets(h: int, w: int, device: torch.device) -> list[Tensor]:
+    """Row-major positions (h + 1, w + 1) in an (h, w) map of each block's top-left, top-right,
+    bottom-left and bottom-right corner cell; blocks over the edge take the edge cells (the clamp).
+    Constants of the shape."""
+    def grid(size: int) -> tuple[Tensor, Tensor]:
+        return (torch.tensor([max(i - 1, 0) for i in range(size + 1)], device=device),
+                torch.tensor([min(i, size - 1) for i in range(size + 1)], device=device))
+
+    (top, bottom), (left, right) = grid(h), grid(w)
+    return [(y * w)[:, None] + x[None, :] for y, x in ((top, left), (top, right), (bottom, left), (bottom, right))]
 
 
 class SPINetFusion(Fusion):
@@ -162,7 +173,8 @@ class SPINetFusion(Fusion):
         k = self.num_candidates
         samples = sampling_locations(heads[HEAD_CLASS_LOGITS], thresholds.score_threshold, SAMPLES_PER_INSTANCE * k)
         logits = instance_masks(network, feature, heads[HEAD_FILTERS], samples)
-        keep, converged = paste(logits, samples, thresholds.mask_sigma, thresholds.overlap_threshold)
+        cells = cell_masks(logits, thresholds.mask_sigma)
+        keep, converged = paste(cells, samples, thresholds.overlap_threshold)
         m = keep.shape[0]
 
         # The first K kept masks fill the slots; the pixels of kept masks beyond K become void.
@@ -170,9 +182,9 @@ class SPINetFusion(Fusion):
         slot_of = first_true((slot[:, None] == torch.arange(m, device=keep.device)[None, :]) & in_slot[:, None])
         void = torch.full((1,), k + len(self.label_set.stuff_ids), dtype=torch.int64, device=keep.device)
         label_of = torch.cat((torch.where(slot_of < min(k, m), slot_of, void), void))  # index m: no mask
-        owner = pixel_owner(logits, keep, thresholds.mask_sigma)
+        owner = pixel_owner(logits, cells, keep, thresholds.mask_sigma)
         stuff_logits = F.interpolate(network.stuff_mask_logits(feature), scale_factor=FEATURE_STRIDE, mode="bilinear",
-                                     align_corners=False)[0]
+                                     align_corners=False).squeeze(0)
         stuff = index_op_input(stuff_logits).argmax(dim=0) + k
         labels = torch.where(owner < m, label_of[owner], stuff)
         dropped = torch.maximum(keep.to(torch.int64).sum() - k, torch.zeros((), dtype=torch.int64))
