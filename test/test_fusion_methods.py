@@ -64,13 +64,13 @@ def run_method(method: str, heads: dict, thresholds: Thresholds = THRESHOLDS,
         reference = lpsnet_reference(heads, LABEL_SET, FCOS_STRIDES, thresholds, DIVISOR, k, PRE_NMS_TOP)
     elif method == "fpsnet":
         head = AnalyticFPSNetHead(num_attention=16)
-        fusion = FPSNetFusion(LABEL_SET, FCOS_STRIDES, ANCHOR_SIZES, ANCHOR_RATIOS, 16, 50.0, k)
-        graph = run_fusion(fusion, heads, thresholds, head)
+        fusion = FPSNetFusion(head, LABEL_SET, FCOS_STRIDES, ANCHOR_SIZES, ANCHOR_RATIOS, 16, 50.0, k)
+        graph = run_fusion(fusion, heads, thresholds)
         reference = fpsnet_reference(heads, head, LABEL_SET, FCOS_STRIDES, ANCHOR_SIZES, ANCHOR_RATIOS, thresholds,
                                      DIVISOR, k, PRE_NMS_TOP)
     else:
         head = AnalyticSPINetHead()
-        graph = run_fusion(SPINetFusion(LABEL_SET, k), heads, thresholds, head)
+        graph = run_fusion(SPINetFusion(head, LABEL_SET, k), heads, thresholds)
         reference = spinet_reference(heads, head, LABEL_SET, thresholds, DIVISOR, k, SAMPLES_PER_INSTANCE * k)
     assert graph.candidates_dropped == reference.candidates_dropped
     assert graph.converged
