@@ -64,13 +64,13 @@ def run_method(method: str, heads: dict, thresholds: Thresholds = THRESHOLDS,
         reference = lpsnet_reference(heads, LABEL_SET, FCOS_STRIDES, thresholds, DIVISOR, k, PRE_NMS_TOP)
     elif method == "fpsnet":
         head = AnalyticFPSNetHead(num_attention=16)
-        fusion = FPSNetFusion(LABEL_SET, FCOS_STRIDES, ANCHOR_SIZES, ANCHOR_RATIOS, 16, 50.0, k)
-        graph = run_fusion(fusion, heads, thresholds, head)
+        fusion = FPSNetFusion(head, LABEL_SET, FCOS_STRIDES, ANCHOR_SIZES, ANCHOR_RATIOS, 16, 50.0, k)
+        graph = run_fusion(fusion, heads, thresholds)
         reference = fpsnet_reference(heads, head, LABEL_SET, FCOS_STRIDES, ANCHOR_SIZES, ANCHOR_RATIOS, thresholds,
                                      DIVISOR, k, PRE_NMS_TOP)
     else:
         head = AnalyticSPINetHead()
-        graph = run_fusion(SPINetFusion(LABEL_SET, k), heads, thresholds, head)
+        graph = run_fusion(SPINetFusion(head, LABEL_SET, k), heads, thresholds)
         # The paper's sampling (every location above the threshold, no cap): the graph's local-maximum
         # sampling of at most SAMPLES_PER_INSTANCE * K locations gives the same result on these scenes.
         reference = spinet_reference(heads, head, LABEL_SET, thresholds, DIVISOR, k)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from panoptic_ros.classes import LabelSet
-from panoptic_ros.fusion.base import Fusion, Heads, RuntimeThresholds
+from panoptic_ros.fusion.base import Heads, NetworkFusion, RuntimeThresholds
 from panoptic_ros.fusion.core import Segments
 from panoptic_ros.fusion.detections import flatten_locations
 from panoptic_ros.fusion.static_ops import (
@@ -160,19 +160,20 @@ def _corner_offsets(h: int, w: int, device: torch.device) -> list[Tensor]:
     return [(y * w)[:, None] + x[None, :] for y, x in ((top, left), (top, right), (bottom, left), (bottom, right))]
 
 
-class SPINetFusion(Fusion):
-    def __init__(self, label_set: LabelSet, max_instances: int = 100) -> None:
-        super().__init__(label_set, num_candidates=max_instances, max_instances=max_instances, label_stride=1)
+class SPINetFusion(NetworkFusion):
+    def __init__(self, network: nn.Module, label_set: LabelSet, max_instances: int = 100) -> None:
+        super().__init__(network, label_set, num_candidates=max_instances, max_instances=max_instances,
+                         label_stride=1)
 
     @classmethod
     def for_network(cls, network: nn.Module, max_instances: int, nms_kernel: int) -> SPINetFusion:
-        return cls(network.label_set, max_instances)
+        return cls(network, network.label_set, max_instances)
 
-    def segments(self, network: nn.Module, heads: Heads, thresholds: RuntimeThresholds) -> Segments:
+    def segments(self, heads: Heads, thresholds: RuntimeThresholds) -> Segments:
         feature = heads[HEAD_PANOPTIC_FEATURE]
         k = self.num_candidates
         samples = sampling_locations(heads[HEAD_CLASS_LOGITS], thresholds.score_threshold, SAMPLES_PER_INSTANCE * k)
-        logits = instance_masks(network, feature, heads[HEAD_FILTERS], samples)
+        logits = instance_masks(self.network, feature, heads[HEAD_FILTERS], samples)
         cells = cell_masks(logits, thresholds.mask_sigma)
         keep, converged = paste(cells, samples, thresholds.overlap_threshold)
         m = keep.shape[0]
@@ -183,7 +184,7 @@ class SPINetFusion(Fusion):
         void = torch.full((1,), k + len(self.label_set.stuff_ids), dtype=torch.int64, device=keep.device)
         label_of = torch.cat((torch.where(slot_of < min(k, m), slot_of, void), void))  # index m: no mask
         owner = pixel_owner(logits, cells, keep, thresholds.mask_sigma)
-        stuff_logits = F.interpolate(network.stuff_mask_logits(feature), scale_factor=FEATURE_STRIDE, mode="bilinear",
+        stuff_logits = F.interpolate(self.network.stuff_mask_logits(feature), scale_factor=FEATURE_STRIDE, mode="bilinear",
                                      align_corners=False).squeeze(0)
         stuff = index_op_input(stuff_logits).argmax(dim=0) + k
         labels = torch.where(owner < m, label_of[owner], stuff)
