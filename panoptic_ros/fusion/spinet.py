@@ -184,8 +184,8 @@ class SPINetFusion(NetworkFusion):
         void = torch.full((1,), k + len(self.label_set.stuff_ids), dtype=torch.int64, device=keep.device)
         label_of = torch.cat((torch.where(slot_of < min(k, m), slot_of, void), void))  # index m: no mask
         owner = pixel_owner(logits, cells, keep, thresholds.mask_sigma)
-        stuff_logits = F.interpolate(self.network.stuff_mask_logits(feature), scale_factor=FEATURE_STRIDE, mode="bilinear",
-                                     align_corners=False).squeeze(0)
+        stuff_logits = F.interpolate(self.network.stuff_mask_logits(feature), scale_factor=FEATURE_STRIDE,
+                                     mode="bilinear", align_corners=False).squeeze(0)
         stuff = index_op_input(stuff_logits).argmax(dim=0) + k
         labels = torch.where(owner < m, label_of[owner], stuff)
         dropped = torch.maximum(keep.to(torch.int64).sum() - k, torch.zeros((), dtype=torch.int64))
