@@ -129,10 +129,12 @@ def pixel_owner(logits: Tensor, cells: Tensor, kept: Tensor, mask_sigma: Tensor)
     corners = torch.stack([flat[candidate * (h * w) + offset] for offset in _corner_offsets(h, w, logits.device)])
     values = _crop(upsample_blocks(corners, s), s)  # (C, H, W)
     covers = (torch.sigmoid(values) > mask_sigma) & (_pixels_of_blocks(key, s) > 0)
-    first = first_true(covers)
-    choice = torch.where(first < count, first, torch.zeros_like(first))
+    # The first covering candidate (arg-max takes the first maximum); 0-d fills keep (H, W) constants
+    # out of the exported graph.
+    as_float = index_op_input(covers)
+    choice = torch.argmax(as_float, dim=0)
     owner = torch.gather(_pixels_of_blocks(candidate, s), 0, choice[None]).squeeze(0)
-    return torch.where(first < count, owner, torch.full_like(owner, m))
+    return torch.where(as_float.amax(dim=0) > 0, owner, owner.new_tensor(m))
 
 
 def _crop(x: Tensor, stride: int) -> Tensor:
