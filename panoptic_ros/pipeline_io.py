@@ -56,7 +56,7 @@ class Thresholds:
 
     score_threshold: float = 0.3  # minimum instance / detection confidence
     center_threshold: float = 0.1  # PSN: minimum center-heatmap peak
-    nms_iou: float = 0.5  # box / mask NMS IoU
+    nms_iou: float = 0.5  # box NMS IoU
     mask_sigma: float = 0.5  # RTPS: IoU x P_sem threshold; SPINet: mask probability
     overlap_threshold: float = 0.3  # LPSNet / merge: drop an instance whose overlap exceeds this
     min_stuff_area: float = 64.0  # stuff segments smaller than this (pixels) become void

@@ -66,7 +66,7 @@ class ParameterSpec:
 _THRESHOLD_HELP = {
     "score_threshold": "minimum instance / detection confidence",
     "center_threshold": "Panoptic SwiftNet: minimum center-heatmap peak",
-    "nms_iou": "box / mask NMS IoU",
+    "nms_iou": "box NMS IoU",
     "mask_sigma": "RTPS: IoU x P_sem threshold; FPSNet / SPINet: mask probability",
     "overlap_threshold": "LPSNet / merge: drop an instance whose overlap with earlier ones exceeds this",
     "min_stuff_area": "stuff segments smaller than this many model-input pixels become void",
