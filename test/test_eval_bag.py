@@ -218,9 +218,9 @@ def test_a_shipped_model_runs_with_its_own_default_thresholds(tmp_path, capsys):
     write_frames(bag, [BagFrame(START_NS + i * PERIOD_NS, s.image, s.panoptic(DIVISOR)) for i, s in enumerate(scenes)])
     assert main(["eval-bag", str(bag), "--image-topic", IMAGE_TOPIC, "--model", "spinet", "--device", "cpu",
                  "--report", str(report), "--output-bag", str(output), "--overlays", "0"]) == 0
-    assert ("thresholds of spinet: score_threshold 0.45 (model default), nms_iou 0.5 (model default), mask_sigma 0.5 "
-            "(model default), overlap_threshold 0.3 (model default), min_stuff_area 64 (model default); not used by "
-            "spinet: center_threshold") in capsys.readouterr().err
+    assert ("thresholds of spinet: score_threshold 0.45 (model default), mask_sigma 0.5 (model default), "
+            "overlap_threshold 0.3 (model default), min_stuff_area 64 (model default); not used by spinet: "
+            "center_threshold, nms_iou") in capsys.readouterr().err
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["info"]["thresholds"] == backend.info.default_thresholds.as_dict()
     written = [m.pixels for m in read_id_images(output, "/camera/panoptic/id_image")]
