@@ -47,7 +47,7 @@ class ParameterSpec:
                                          additional_constraints=constraints)
         if self.choices:
             descriptor.additional_constraints = f"one of: {', '.join(self.choices)}"
-        if self.bounds is not None and isinstance(self.default, float):
+        if self.bounds is not None and (isinstance(self.default, float) or self.default == Parameter.Type.DOUBLE):
             descriptor.floating_point_range = [FloatingPointRange(from_value=float(self.bounds[0]),
                                                                   to_value=float(self.bounds[1]))]
         elif self.bounds is not None:
