@@ -12,7 +12,6 @@ center_threshold is not used by this method.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from panoptic_ros.fusion.base import DenseBoxFusion, Heads, RuntimeThresholds
 from panoptic_ros.fusion.core import FUSION_STRIDE, Segments
@@ -23,7 +22,7 @@ from panoptic_ros.pipeline_io import HEAD_BOX_CLS, HEAD_BOX_REG, HEAD_CENTERNESS
 
 
 class RTPSFusion(DenseBoxFusion):
-    def segments(self, network: nn.Module, heads: Heads, thresholds: RuntimeThresholds) -> Segments:
+    def segments(self, heads: Heads, thresholds: RuntimeThresholds) -> Segments:
         semantic = heads[HEAD_SEMANTIC][0]
         h, w = semantic.shape[-2:]
         image_size = (h * FUSION_STRIDE, w * FUSION_STRIDE)
