@@ -4,7 +4,6 @@ import threading
 
 import numpy as np
 import pytest
-from rclpy.parameter import Parameter
 from std_msgs.msg import Header
 
 from panoptic_ros.classes import SYNTHETIC, VOID_CLASS, VOID_ID
@@ -223,7 +222,7 @@ def test_overlay_blends_and_leaves_void_untouched(rng):
 def test_every_threshold_is_a_parameter_with_the_contract_range():
     for name, (low, high) in Thresholds.RANGES.items():
         spec = params.SPECS[name]
-        assert spec.default == Parameter.Type.DOUBLE and spec.unset == "the model's"  # no value: the model's
+        assert spec.default == params.Unset("DOUBLE") and spec.unset == "the model's"  # no value: the model's
         descriptor = spec.descriptor()
         (bounds,) = descriptor.floating_point_range
         assert (bounds.from_value, bounds.to_value) == (low, high) and not descriptor.integer_range
