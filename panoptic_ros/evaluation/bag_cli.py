@@ -181,11 +181,11 @@ def print_fusion_warning(not_converged: int, candidates_dropped: int) -> None:
 def run_one(args: argparse.Namespace, bag: Path) -> int:
     """One bag in this process: its report, and the predictions bag with --output-bag."""
     from panoptic_ros.evaluation.bag_eval import evaluate_bag, image_topic_count
+    from panoptic_ros.evaluation.fleet import TrackingSpec
     from panoptic_ros.evaluation.ground_truth import FolderGroundTruth, TopicGroundTruth
     from panoptic_ros.ros import parameters as params
     from panoptic_ros.runtime.backends import create_backend
     from panoptic_ros.runtime.model_thresholds import thresholds_in_force
-    from panoptic_ros.tracking.evaluation import SequenceTracking
     from panoptic_ros.tracking.report import summary_line
 
     overrides, label_divisor, settings = _settings(args)
@@ -200,8 +200,8 @@ def run_one(args: argparse.Namespace, bag: Path) -> int:
         ground_truth = FolderGroundTruth(args.gt_dir, backend.label_set, args.gt_json, args.gt_format, args.gt_match,
                                          tolerance_ns)
 
-    tracking = (SequenceTracking(backend.label_set, label_divisor, args.tracker == "on",
-                                 TrackerConfig(max_age=args.track_max_age)) if args.tracking else None)
+    tracking = (TrackingSpec(args.tracker == "on", TrackerConfig(max_age=args.track_max_age)).create(
+        backend.label_set, label_divisor) if args.tracking else None)
     evaluation = evaluate_bag(bag, args.image_topic, backend, ground_truth=ground_truth, thresholds=overrides,
                               label_divisor=label_divisor, max_frames=args.max_frames, num_overlays=args.overlays,
                               output_bag=args.output_bag, tracking=tracking, overlap=not args.no_overlap,

@@ -39,6 +39,7 @@ from panoptic_ros.evaluation.ground_truth import FolderGroundTruth, GroundTruthS
 from panoptic_ros.evaluation.pq import PQAccumulator, PQResult
 from panoptic_ros.evaluation.report import latency_summary, write_report
 from panoptic_ros.tracking.config import TrackerConfig
+from panoptic_ros.tracking.evaluation import SequenceTracking
 
 RAY_HINT = "pip install 'panoptic_ros[cluster]' (or the pinned ray from requirements.txt)"
 BAG_SUFFIXES = (".mcap", ".db3")
@@ -98,10 +99,8 @@ class TrackingSpec:
     use_tracker: bool = True
     config: TrackerConfig = TrackerConfig()
 
-    def create(self, label_set: LabelSet, label_divisor: int):
-        """A tracking.evaluation.SequenceTracking for one bag."""
-        from panoptic_ros.tracking.evaluation import SequenceTracking
-
+    def create(self, label_set: LabelSet, label_divisor: int) -> SequenceTracking:
+        """The tracking of one bag."""
         return SequenceTracking(label_set, label_divisor, self.use_tracker, self.config)
 
 
