@@ -40,7 +40,7 @@ from panoptic_ros.fusion.detections import (
     level_index,
     select_detections,
 )
-from panoptic_ros.fusion.static_ops import block_upsample, first_true, index_op_input, pairwise_box_iou
+from panoptic_ros.fusion.static_ops import block_upsample, coordinate_iou, first_true, index_op_input
 from panoptic_ros.pipeline_io import HEAD_BOX_CLS, HEAD_BOX_REG, HEAD_CENTERNESS, HEAD_LEVELNESS, HEAD_SEMANTIC
 
 QUERY_POOL = 2  # queries pasted per K slot: pixels of queries beyond K become void, not stuff
@@ -62,12 +62,11 @@ def query_boxes(heads: Heads, strides: tuple[int, ...], image_size: tuple[int, i
 
 class PixelBoxes(NamedTuple):
     """B(x, y) without an (H, W, 4) map: level (H, W) the pixel's levelness arg-max (0: no box, l:
-    level l - 1), boxes[l] (n_l, 4) level l's boxes, location[l] (cells,) the level-l location
-    whose stride cell holds each CELL x CELL block (row-major blocks)."""
+    level l - 1); boxes[l] (4, rows, cols) the box of level l on each CELL x CELL block (the box of
+    the level-l location whose stride cell holds the block)."""
 
     level: Tensor
     boxes: list[Tensor]
-    location: list[Tensor]
 
 
 def pixel_boxes(heads: Heads, strides: tuple[int, ...], image_size: tuple[int, int]) -> PixelBoxes:
@@ -75,23 +74,32 @@ def pixel_boxes(heads: Heads, strides: tuple[int, ...], image_size: tuple[int, i
     levelness = F.interpolate(heads[HEAD_LEVELNESS], scale_factor=FUSION_STRIDE, mode="bilinear",
                               align_corners=False)[0]
     level = index_op_input(levelness).argmax(dim=0)
-    cell = strides[0]
-    rows, cols = image_size[0] // cell, image_size[1] // cell
-    locations = []
-    for reg, stride in zip(heads[HEAD_BOX_REG], strides, strict=True):
+    per_level = level_boxes(heads[HEAD_BOX_REG], strides, image_size)
+    blocks = []
+    for boxes, reg, stride in zip(per_level, heads[HEAD_BOX_REG], strides, strict=True):
         h, w = reg.shape[-2:]
-        row = torch.tensor([min(i * cell // stride, h - 1) for i in range(rows)], device=level.device)
-        col = torch.tensor([min(j * cell // stride, w - 1) for j in range(cols)], device=level.device)
-        locations.append((row[:, None] * w + col[None, :]).reshape(-1))
-    return PixelBoxes(level, level_boxes(heads[HEAD_BOX_REG], strides, image_size), locations)
+        if h * stride != image_size[0] or w * stride != image_size[1]:
+            raise ValueError(f"RTPS needs image sides that are multiples of {stride}, got {image_size}")
+        blocks.append(block_upsample(boxes.T.reshape(4, h, w), stride // strides[0]))
+    return PixelBoxes(level, blocks)
+
+
+def plus_block(index: Tensor, cell: int) -> Tensor:
+    """index (H, W) int64 + the row-major number of each pixel's cell x cell block. (Added as a row
+    and a column part to the frame's tensor: an (H, W) constant would be folded into the ONNX file.)"""
+    height, width = index.shape
+    row = torch.arange(height, device=index.device)[:, None] // cell * (width // cell)
+    return index + row + torch.arange(width, device=index.device)[None, :] // cell
 
 
 class CandidateMasks(NamedTuple):
-    """instance_masks' result: query (C, rows, cols) the queries each CELL block's pixels evaluate,
-    best first (the pool size where none); masks (C, H, W) pixel of the block in candidate c's mask;
+    """instance_masks' result: query (C, cells) the queries each CELL block's pixels evaluate, best
+    first (the pool size where none); slot (P, cells) each query's position among its block's
+    candidates (C where it is none); masks (C, H, W) pixel of the block in candidate c's mask;
     exact 0-d bool: no block had more queries reaching it than C."""
 
     query: Tensor
+    slot: Tensor
     masks: Tensor
     exact: Tensor
 
@@ -101,36 +109,38 @@ def instance_masks(queries: Detections, boxes: PixelBoxes, probability: Tensor, 
     """Eqs. 5-7, M(x, y, j) = IoU(B(x, y), B_j) * P_sem(x, y, c_j) > sigma, for the queries that
     can reach each block. probability (T, H, W): P_sem of each thing class (queries.thing indexes it)."""
     height, width = boxes.level.shape
-    rows, cols = height // cell, width // cell
+    cells = (height // cell) * (width // cell)
     pool = queries.valid.shape[0]
-    num_levels = len(boxes.boxes)
-    # Per block and query: IoU with the box of each level (0 for a level no pixel of the block takes).
-    present = F.max_pool2d((boxes.level[None] == torch.arange(1, num_levels + 1, device=boxes.level.device)[:, None,
-                                                                                                             None])
-                           .to(torch.float32)[None], cell)[0].reshape(num_levels, 1, -1) > 0
-    iou = torch.stack([pairwise_box_iou(queries.boxes, level_boxes)[:, location]
-                       for level_boxes, location in zip(boxes.boxes, boxes.location, strict=True)])  # (L, P, cells)
-    iou = iou * (present & queries.valid[None, :, None]).to(torch.float32)
-    # Reach bound: a pixel's product is at most the block's largest IoU times its largest probability.
+    levels = torch.arange(1, len(boxes.boxes) + 1, device=boxes.level.device)[:, None, None]
+    present = F.max_pool2d((boxes.level[None] == levels).to(torch.float32)[None], cell)[0].reshape(-1, 1, cells)
+    # Reach bound: a pixel's product is at most the block's largest IoU (over the levels its pixels
+    # take) times the block's largest probability of the class (the same float32 values as below).
+    query_box = [c[:, None] for c in queries.boxes.unbind(dim=1)]
+    bound = None
+    for level, level_box in enumerate(boxes.boxes):
+        iou = coordinate_iou(query_box, list(level_box.reshape(4, 1, cells))) * present[level]
+        bound = iou if bound is None else torch.maximum(bound, iou)
     block_probability = F.max_pool2d(probability[None], cell)[0].reshape(probability.shape[0], -1)
-    reach = iou.amax(dim=0) * block_probability[queries.thing] > sigma  # (P, cells)
+    reach = (bound * block_probability[queries.thing] > sigma) & queries.valid[:, None]  # (P, cells)
     count = min(CELL_CANDIDATES, pool)
-    rank = torch.arange(pool, 0, -1, device=iou.device, dtype=torch.float32)[:, None]  # best query first
+    rank = torch.arange(pool, 0, -1, device=bound.device, dtype=torch.float32)[:, None]  # best query first
     key, query = torch.topk(index_op_input(reach) * rank, count, dim=0)  # (C, cells)
     taken = key > 0
-    query = torch.where(taken, query, torch.full_like(query, pool))
-    exact = reach.to(torch.int32).sum(dim=0).amax() <= count
+    query = torch.where(taken, query, query.new_tensor(pool))  # (0-d fills: full-size ones become constants)
+    before = torch.cumsum(reach.to(torch.float32), dim=0)  # reaching queries up to each one
+    slot = torch.where(reach & (before <= count), before - 1, before.new_tensor(float(count))).to(torch.int64)
+    exact = before[-1].amax() <= count
 
     # Per pixel: the IoU of its own level's box (0 without a box), times the probability of the class.
-    no_box = torch.zeros((1, count, rows * cols), device=iou.device)
-    table = torch.cat((no_box, torch.gather(iou, 1, torch.where(taken, query, 0)[None].expand(num_levels, -1, -1))))
-    table = table * taken[None].to(torch.float32)  # (L + 1, C, cells)
-    block = block_upsample(torch.arange(rows * cols, device=iou.device).reshape(rows, cols), cell)
-    pixel_iou = table.transpose(0, 1).reshape(count, -1)[:, (boxes.level * (rows * cols) + block).reshape(-1)]
-    thing = block_upsample(queries.thing[torch.where(taken, query, 0)].reshape(count, rows, cols), cell)
-    pixel_probability = torch.gather(probability, 0, thing)
-    masks = pixel_iou.reshape(count, height, width) * pixel_probability > sigma
-    return CandidateMasks(query.reshape(count, rows, cols), masks, exact)
+    chosen = torch.where(taken, query, query.new_tensor(0))
+    chosen_box = [c[chosen] for c in queries.boxes.unbind(dim=1)]  # (C, cells) each
+    table = torch.stack([coordinate_iou(chosen_box, list(level_box.reshape(4, 1, cells)))
+                         for level_box in boxes.boxes]) * taken.to(torch.float32)  # (L, C, cells)
+    table = F.pad(table, (0, 0, 0, 0, 1, 0)).permute(0, 2, 1).reshape(-1, count)  # row 0: no box
+    pixel_iou = table[plus_block(boxes.level * cells, cell).reshape(-1)].T.reshape(count, height, width)
+    thing = block_upsample(queries.thing[chosen].reshape(count, height // cell, width // cell), cell)
+    masks = pixel_iou * torch.gather(probability, 0, thing) > sigma
+    return CandidateMasks(query, slot, masks, exact)
 
 
 def paste(candidates: CandidateMasks, valid: Tensor, overlap_threshold: Tensor, cell: int) -> tuple[Tensor, Tensor,
@@ -139,17 +149,15 @@ def paste(candidates: CandidateMasks, valid: Tensor, overlap_threshold: Tensor, 
     `overlap_threshold` of its mask's pixels are taken by queries kept before it, else it takes its
     free pixels. -> (keep (P,) bool, owner (H, W) query index or P, exact 0-d bool: every block
     where masks meet carried its pixels' state)."""
-    masks, query = candidates.masks, candidates.query
+    masks, query, slot = candidates.masks, candidates.query, candidates.slot
     count, height, width = masks.shape
     rows, cols = height // cell, width // cell
     pool = valid.shape[0]
-    pool_index = torch.arange(pool, device=masks.device)
     blocks = masks.to(torch.float32).reshape(count, rows, cell, cols, cell).permute(1, 3, 0, 2, 4)
     blocks = blocks.reshape(rows * cols, count, cell * cell)  # (cells, C, pixels of the block)
-    block_query = query.reshape(count, -1).T  # (cells, C)
-    # Areas: each block's pixel count of each candidate, summed per query.
-    member = (block_query[None] == pool_index[:, None, None]).to(torch.float32)  # (P, cells, C)
-    area = (member * blocks.sum(dim=2)[None]).sum(dim=(1, 2))
+    # Areas: each block's pixel count of each candidate, summed per query (row C: not a candidate).
+    block_area = F.pad(blocks.sum(dim=2).T, (0, 0, 0, 1))
+    area = torch.gather(block_area, 0, slot).sum(dim=1)
 
     # Only pixels two masks cover can be taken already: the state lives on the blocks holding them.
     meet = blocks.sum(dim=1).amax(dim=1) > 1
@@ -157,29 +165,34 @@ def paste(candidates: CandidateMasks, valid: Tensor, overlap_threshold: Tensor, 
     order = torch.arange(rows * cols, 0, -1, device=masks.device, dtype=torch.float32)
     _, picked = torch.topk(index_op_input(meet) * order, state_blocks)
     exact = meet.to(torch.int32).sum() <= state_blocks
-    picked_blocks = torch.cat((blocks[picked], torch.zeros_like(blocks[picked][:, :1])), dim=1)  # (B, C + 1, px)
-    picked_blocks = picked_blocks.reshape(-1, cell * cell)
+    picked_blocks = blocks[picked]
+    picked_blocks = F.pad(picked_blocks, (0, 0, 0, 1)).reshape(-1, cell * cell)
     # Row of each query's pixels in each picked block (the empty row C where it is no candidate).
-    slot = (member[:, picked] * torch.arange(count, device=masks.device, dtype=torch.float32)).sum(dim=2)
-    slot = torch.where(member[:, picked].amax(dim=2) > 0, slot, torch.full_like(slot, float(count)))
-    row = torch.arange(state_blocks, device=masks.device)[None] * (count + 1) + slot.to(torch.int64)  # (P, B)
-    taken = torch.zeros((state_blocks, cell * cell), device=masks.device)
+    row = torch.arange(state_blocks, device=masks.device)[None] * (count + 1) + slot[:, picked]  # (P, B)
+    taken = None  # (B, pixels) 1 where a kept query took the pixel
     keep = []
     for j in range(pool):
         mine = picked_blocks[row[j]]
-        overlap = (taken * mine).sum() / area[j].clamp(min=1.0)
+        overlap = 0.0 if taken is None else (taken * mine).sum() / area[j].clamp(min=1.0)
         kept = valid[j] & (area[j] > 0) & ~(overlap > overlap_threshold)
-        taken = torch.maximum(taken, mine * kept.to(torch.float32))
+        claimed = mine * kept.to(torch.float32)
+        taken = claimed if taken is None else torch.maximum(taken, claimed)
         keep.append(kept)
     keep = torch.stack(keep)
 
     # Each pixel's owner: the first of its block's candidates that was kept and covers it.
-    kept_query = torch.cat((keep, keep.new_zeros(1)))[query]  # (C, rows, cols)
-    first = first_true(masks & block_upsample(kept_query, cell))  # (H, W), C where none
-    owner_of = torch.cat((query.reshape(count, -1), torch.full((1, rows * cols), pool, device=masks.device)))
-    block = block_upsample(torch.arange(rows * cols, device=masks.device).reshape(rows, cols), cell)
-    owner = owner_of.reshape(-1)[first * (rows * cols) + block]
+    kept_query = torch.cat((keep, keep.new_zeros(1))).to(torch.int32)[query]  # (C, cells)
+    first = first_true(masks & (block_upsample(kept_query.reshape(count, rows, cols), cell) > 0))  # C where none
+    owner_of = torch.cat((query, torch.full((1, rows * cols), pool, device=masks.device)))
+    owner = owner_of.reshape(-1)[plus_block(first * (rows * cols), cell)]
     return keep, owner, exact
+
+
+def thing_probabilities(logits: Tensor, thing_ids: Tensor) -> Tensor:
+    """P_sem of the thing classes (T, H, W) from logits (classes, H, W). (A softmax written out:
+    ONNX Runtime's Softmax over the first of three axes is several times slower.)"""
+    exp = torch.exp(logits - logits.amax(dim=0, keepdim=True))
+    return exp[thing_ids] / exp.sum(dim=0, keepdim=True)
 
 
 class RTPSFusion(DenseBoxFusion):
@@ -197,12 +210,12 @@ class RTPSFusion(DenseBoxFusion):
         queries = query_boxes(heads, self.strides, (height, width), thresholds, pool)
         boxes = pixel_boxes(heads, self.strides, (height, width))
         logits = F.interpolate(semantic, scale_factor=FUSION_STRIDE, mode="bilinear", align_corners=False)[0]
-        probability = torch.softmax(logits, dim=0)[self.thing_ids]
+        probability = thing_probabilities(logits, self.thing_ids)
         candidates = instance_masks(queries, boxes, probability, thresholds.mask_sigma, cell)
         keep, owner, pasted_exactly = paste(candidates, queries.valid, thresholds.overlap_threshold, cell)
 
         stuff = self.semantic_labels(index_op_input(logits).argmax(dim=0))
-        void = torch.full_like(owner, k + len(self.label_set.stuff_ids))
+        void = owner.new_tensor(k + len(self.label_set.stuff_ids))
         labels = torch.where(owner < k, owner, torch.where(owner < pool, void, stuff))
         survivors = queries.valid.to(torch.int64).sum() + queries.dropped
         dropped = torch.maximum(survivors - k, torch.zeros_like(survivors))
