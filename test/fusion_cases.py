@@ -8,7 +8,9 @@ rule that runs a fixed number of sweeps keeps one too many once the chain is one
 from __future__ import annotations
 
 import numpy as np
-from test_fusion_scenes import Scene, random_scene
+from test_fusion_scenes import LABEL_SET, Scene, make_scene, random_scene
+
+from panoptic_ros.fusion.ideal_heads import ideal_psn_heads
 
 CHAIN_STEP = 10.0  # x shift between consecutive chain boxes
 CHAIN_WIDTH = 4 * CHAIN_STEP  # IoU with the next box (40-10)/(40+10) = 0.6, with the one after 20/60 = 1/3
@@ -61,6 +63,24 @@ def seeded_scenes(count: int, seed: int = 0, height: int = 128, width: int = 256
 def ground_truth_ids(scene: Scene, label_divisor: int) -> np.ndarray:
     """The scene's panoptic id map: class * divisor (+ object index + 1 for things)."""
     return scene.semantic * label_divisor + np.where(scene.instance >= 0, scene.instance + 1, 0)
+
+
+def weakest_centre_case(divisor: int) -> tuple[Scene, dict, np.ndarray]:
+    """A person and two cars, ideal PSN heads except the centre peaks 0.9, 0.5, 0.8: with K = 2 the
+    first car's centre is the one dropped. -> (scene, heads, the id map with all three kept)."""
+    person, car = 5, 6
+    scene = make_scene(64, 128, [(4, 31), (0, 63)],  # sky, road
+                       [(person, 4, 20, 27, 60), (car, 40, 20, 79, 60), (car, 90, 20, 123, 60)])
+    heads = ideal_psn_heads(scene.semantic, np.where(scene.instance >= 0, scene.instance + 1, 0), LABEL_SET)
+    ys, xs = np.mgrid[0:64, 0:128]
+    heads["center"][0, 0] = 0.0
+    for k, peak in enumerate([0.9, 0.5, 0.8]):
+        cy, cx = (np.floor(np.mean(np.nonzero(scene.instance == k), axis=1) + 0.5))
+        gaussian = peak * np.exp(-((ys - cy) ** 2 + (xs - cx) ** 2) / 200.0)
+        heads["center"][0, 0] = np.maximum(heads["center"][0, 0], gaussian)
+    ids = np.array([person * divisor + 1, car * divisor + 2, car * divisor + 1])  # cars numbered by score
+    expected = np.where(scene.instance >= 0, ids[scene.instance], scene.semantic * divisor)
+    return scene, heads, expected
 
 
 DENSE_CHAIN_STEP = 8  # one chain box per stride-8 location of the first level's top row

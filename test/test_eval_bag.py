@@ -446,4 +446,5 @@ def test_a_stamp_exactly_at_the_tolerance_matches_and_one_past_does_not(tmp_path
     # One past, then exactly at the tolerance, from the same source: the first miss must not use the file up.
     ground_truth = fresh()
     assert ground_truth.lookup(gt_stamp - tolerance - 1, 0) is None
-    assert ground_truth.lookup(gt_stamp - tolerance, 1) is not None
+    again = ground_truth.lookup(gt_stamp - tolerance, 1)
+    assert np.array_equal(again.as_id_map(DIVISOR, SYNTHETIC), frames[0].ground_truth)

@@ -111,16 +111,28 @@ def test_eval_reports_missing_predictions_and_files_clearly(folders, tmp_path, c
     assert "not found" in capsys.readouterr().err
 
 
-def test_bench_eval_runs_on_a_small_frame(capsys):
+def test_bench_eval_runs_on_a_small_frame(capsys, monkeypatch):
     import argparse
+    import functools
+    import itertools
 
+    from panoptic_ros import bench_report
     from panoptic_ros.evaluation import bench
 
+    # A clock that advances 0.25 s per reading: a timed call reads it twice, so it takes 250 ms exactly, and the
+    # readings count the calls (a warm-up call reads it once; one warm-up round and 2 timed rounds of 2 paths).
+    readings = itertools.count()
+    clock = functools.partial(next, map(lambda n: 0.25 * n, readings))
+    monkeypatch.setattr(bench_report, "time_rounds", functools.partial(bench_report.time_rounds, clock=clock))
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     assert bench.run(parser.parse_args(["--height", "96", "--width", "160", "--instances", "6", "--repeats", "2"])) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["frame"] == "96x160" and report["add"]["median_ms"] > 0 and report["add_id_maps"]["median_ms"] > 0
+    assert next(readings) == 2 * (1 + 2 * 2)
+    assert report["frame"] == "96x160" and report["repeats"] == 2
+    for path in ("add", "add_id_maps"):
+        assert report[path] == {"median_ms": 250.0, "min_ms": 250.0, "max_ms": 250.0}
+    assert report["add_over_add_id_maps"] == 1.0
     # Both timed paths score the bench's frame pair as a fresh accumulator does, once.
     gt, pred = bench.synthetic_pair(96, 160, 6, np.random.default_rng(0))
     once = PQAccumulator.from_label_set(SYNTHETIC)

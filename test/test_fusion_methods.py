@@ -4,6 +4,7 @@ equal, plus the behaviour the paper describes) and random structured scenes (>= 
 import numpy as np
 import pytest
 import torch
+from fusion_cases import weakest_centre_case
 from test_fusion_scenes import (
     ANCHOR_RATIOS,
     ANCHOR_SIZES,
@@ -28,7 +29,6 @@ from panoptic_ros.data.formats import Segment
 from panoptic_ros.evaluation.pq import PQAccumulator
 from panoptic_ros.fusion.detections import PRE_NMS_TOP
 from panoptic_ros.fusion.fpsnet import FPSNetFusion
-from panoptic_ros.fusion.ideal_heads import ideal_psn_heads
 from panoptic_ros.fusion.ideal_pq import ideal_psn_pq
 from panoptic_ros.fusion.lpsnet import LPSNetFusion
 from panoptic_ros.fusion.psn import Grouping, PSNFusion, find_instance_centres, group_pixels, vote_classes
@@ -64,13 +64,13 @@ def run_method(method: str, heads: dict, thresholds: Thresholds = THRESHOLDS,
         reference = lpsnet_reference(heads, LABEL_SET, FCOS_STRIDES, thresholds, DIVISOR, k, PRE_NMS_TOP)
     elif method == "fpsnet":
         head = AnalyticFPSNetHead(num_attention=16)
-        fusion = FPSNetFusion(LABEL_SET, FCOS_STRIDES, ANCHOR_SIZES, ANCHOR_RATIOS, 16, 50.0, k)
-        graph = run_fusion(fusion, heads, thresholds, head)
+        fusion = FPSNetFusion(head, LABEL_SET, FCOS_STRIDES, ANCHOR_SIZES, ANCHOR_RATIOS, 16, 50.0, k)
+        graph = run_fusion(fusion, heads, thresholds)
         reference = fpsnet_reference(heads, head, LABEL_SET, FCOS_STRIDES, ANCHOR_SIZES, ANCHOR_RATIOS, thresholds,
                                      DIVISOR, k, PRE_NMS_TOP)
     else:
         head = AnalyticSPINetHead()
-        graph = run_fusion(SPINetFusion(LABEL_SET, k), heads, thresholds, head)
+        graph = run_fusion(SPINetFusion(head, LABEL_SET, k), heads, thresholds)
         reference = spinet_reference(heads, head, LABEL_SET, thresholds, DIVISOR, k, SAMPLES_PER_INSTANCE * k)
     assert graph.candidates_dropped == reference.candidates_dropped
     assert graph.converged
@@ -312,19 +312,10 @@ def test_psn_vote_is_the_majority_and_ties_go_to_the_lower_class():
 
 
 def test_psn_overflow_counts_dropped_centres_and_voids_their_pixels():
-    scene = make_scene(64, 128, [(4, 31), (0, 63)],
-                       [(PERSON, 4, 20, 27, 60), (CAR, 40, 20, 79, 60), (CAR, 90, 20, 123, 60)])
-    heads = ideal_psn_heads(scene.semantic, np.where(scene.instance >= 0, scene.instance + 1, 0), LABEL_SET)
-    ys, xs = np.mgrid[0:64, 0:128]
-    heads["center"][0, 0] = 0.0
-    for k, peak in enumerate([0.9, 0.5, 0.8]):  # the first car's centre is the weakest
-        cy, cx = (np.floor(np.mean(np.nonzero(scene.instance == k), axis=1) + 0.5))
-        heads["center"][0, 0] = np.maximum(heads["center"][0, 0], peak * np.exp(-((ys - cy) ** 2 + (xs - cx) ** 2)
-                                                                                / 200.0))
+    scene, heads, expected = weakest_centre_case(DIVISOR)
     full, _ = run_method("psn", heads, k=3)
     capped, capped_reference = run_method("psn", heads, k=2)
     assert full.candidates_dropped == 0 and capped.candidates_dropped == 1
-    expected = np.where(scene.instance >= 0, np.array([5001, 6002, 6001])[scene.instance], scene.semantic * DIVISOR)
     np.testing.assert_array_equal(full.panoptic, expected)
     # The weakest car's pixels become void, not part of the other car or the person.
     np.testing.assert_array_equal(capped.panoptic, np.where(scene.instance == 1, -1, expected))

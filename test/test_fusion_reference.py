@@ -19,6 +19,7 @@ from fusion_cases import (
     paste_chain,
     seeded_scenes,
     spinet_chain_heads,
+    weakest_centre_case,
 )
 from test_fusion_scenes import (
     ANCHOR_RATIOS,
@@ -173,19 +174,10 @@ def test_instance_class_is_the_majority_vote_and_ties_go_to_the_lower_class():
 
 
 def test_psn_overflow_reports_dropped_centres_and_voids_their_pixels():
-    scene = make_scene(64, 128, [(SKY, 31), (ROAD, 63)],
-                       [(PERSON, 4, 20, 27, 60), (CAR, 40, 20, 79, 60), (CAR, 90, 20, 123, 60)])
-    heads = ideal_psn_heads(scene.semantic, np.where(scene.instance >= 0, scene.instance + 1, 0), LABEL_SET)
-    ys, xs = np.mgrid[0:64, 0:128]
-    heads["center"][0, 0] = 0.0
-    for k, peak in enumerate([0.9, 0.5, 0.8]):  # the first car's centre is the weakest
-        cy, cx = (np.floor(np.mean(np.nonzero(scene.instance == k), axis=1) + 0.5))
-        gaussian = peak * np.exp(-((ys - cy) ** 2 + (xs - cx) ** 2) / 200.0)
-        heads["center"][0, 0] = np.maximum(heads["center"][0, 0], gaussian)
+    scene, heads, expected = weakest_centre_case(DIVISOR)
     full = psn_reference(heads, LABEL_SET, THRESHOLDS, DIVISOR, 3, 7)
     capped = psn_reference(heads, LABEL_SET, THRESHOLDS, DIVISOR, 2, 7)
     assert full.candidates_dropped == 0 and capped.candidates_dropped == 1
-    expected = np.where(scene.instance >= 0, np.array([5001, 6002, 6001])[scene.instance], scene.semantic * DIVISOR)
     np.testing.assert_array_equal(full.result.panoptic, expected)
     np.testing.assert_array_equal(capped.result.panoptic, np.where(scene.instance == 1, VOID_ID, expected))
 

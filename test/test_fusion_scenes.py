@@ -282,11 +282,10 @@ def to_torch(heads: dict) -> dict:
             for k, v in heads.items()}
 
 
-def run_fusion(fusion: nn.Module, heads: dict, thresholds: Thresholds, network: nn.Module | None = None,
-               label_divisor: int = DIVISOR) -> PanopticResult:
+def run_fusion(fusion: nn.Module, heads: dict, thresholds: Thresholds, label_divisor: int = DIVISOR) -> PanopticResult:
     """The static fusion, eagerly, on NumPy heads."""
     with torch.no_grad():
-        out = fusion(network, to_torch(heads), RuntimeThresholds.from_thresholds(thresholds),
+        out = fusion(to_torch(heads), RuntimeThresholds.from_thresholds(thresholds),
                      torch.tensor(label_divisor, dtype=torch.int32))
     return result_from_tensors(out)
 

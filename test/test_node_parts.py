@@ -349,3 +349,25 @@ def test_class_colors_paint_each_class_and_void_black():
     np.testing.assert_array_equal(colors[7, 0], SYNTHETIC.colors[ROAD])
     np.testing.assert_array_equal(colors[3, 1], SYNTHETIC.colors[CAR])  # no instance shades: classes only
     np.testing.assert_array_equal(colors[0, 0], (0, 0, 0))
+
+
+# ---- load benchmark checks --------------------------------------------------------------------
+
+def test_load_checks_hold_up_to_their_limits_and_fail_one_past():
+    from panoptic_ros.ros.bench import load_checks
+
+    figures = {"outputs_in_frame_order": True, "lag_frames_p50": 1.0, "lag_frames_first_quarter_mean": 0.5,
+               "lag_frames_last_quarter_mean": 1.5, "rss_mb_second_quarter_mean": 200.0,
+               "rss_mb_last_quarter_mean": 210.0}
+    delta = {"received": 50, "processed": 40, "dropped": 7, "rejected": 2, "failed": 1}
+    at_the_limits = load_checks(figures, delta, max_rss_growth_mb=10.0)
+    assert at_the_limits == dict.fromkeys(("drop_counter_equals_received_minus_processed", "outputs_from_newest_frames",
+                                           "staleness_does_not_grow", "memory_flat"), True)
+    past = {"drop_counter_equals_received_minus_processed": ({}, {**delta, "dropped": 8}),
+            "outputs_from_newest_frames": ({"lag_frames_p50": 1.5}, delta),
+            "staleness_does_not_grow": ({"lag_frames_last_quarter_mean": 1.51}, delta),
+            "memory_flat": ({"rss_mb_last_quarter_mean": 210.5}, delta)}
+    for name, (changed, counters) in past.items():
+        checks = load_checks({**figures, **changed}, counters, max_rss_growth_mb=10.0)
+        assert [k for k, ok in checks.items() if not ok] == [name]
+    assert not load_checks({**figures, "outputs_in_frame_order": False}, delta, 10.0)["outputs_from_newest_frames"]

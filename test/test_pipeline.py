@@ -59,6 +59,17 @@ def test_outputs_follow_the_contract(pipelines, image, model):
     assert ((result.panoptic == -1) == (result.semantic == 255)).all()
 
 
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_only_fpsnet_and_spinet_fusions_hold_the_network(pipelines, model):
+    # FPSNet runs its panoptic head and SPINet its mask convolution on the fusion's own results;
+    # the other fusions see the network's outputs only. The network is shared, never copied.
+    fusion = pipelines[model].fusion
+    if model in ("fpsnet", "spinet"):
+        assert fusion.network is pipelines[model].network
+    else:
+        assert not hasattr(fusion, "network") and not list(fusion.parameters())
+
+
 def test_normalisation_uses_imagenet_statistics(pipelines, image):
     x = pipelines["psn"].normalize(torch.from_numpy(image))
     expected = (image.transpose(2, 0, 1) / 255.0 - np.array(IMAGENET_MEAN)[:, None, None]) / np.array(

@@ -101,6 +101,16 @@ def request(client: PanopticClient, msg, topics=ALL_OUTPUTS, camera: str = "", t
     raise TimeoutError(f"no {topics} for frame {stamp_key(msg)} within {timeout} s")
 
 
+def assert_level_agrees_with_the_age(status: dict, fresh_level: int) -> bool:
+    """A camera status is `fresh_level` while its last frame is at most SILENCE_S old and ERROR ("frames
+    stopped") after; the age is shown to 0.1 s, so at exactly SILENCE_S shown either may be right."""
+    age = float(status["seconds_since_last_frame"])
+    allowed = {fresh_level} if age < SILENCE_S else {ERROR} if age > SILENCE_S else {fresh_level, ERROR}
+    assert status["level"] in allowed, (age, status["level"], status["message"])
+    assert status["message"].startswith("frames stopped") == (status["level"] == ERROR), status["message"]
+    return True
+
+
 @pytest.fixture(scope="module")
 def node(models, tmp_path_factory):
     log = (tmp_path_factory.mktemp("node") / "node.log").open("w")
@@ -222,7 +232,7 @@ def test_one_stamped_timing_message_per_frame_and_the_class_map(node):
     timing = request(node, sent, topics=("instances", "timing"))["timing"]
     assert timing.header == sent.header
     stages = (timing.convert_ms, timing.resize_ms, timing.inference_ms, timing.tracking_ms, timing.publish_ms)
-    assert min(stages) > 0 and timing.queue_ms >= 0
+    assert min(stages) >= 0 and timing.queue_ms >= 0  # each stage's value: test_frame_timing, with set clocks
     assert timing.total_ms == pytest.approx(sum(stages), abs=1e-6)  # the stages split the node's time exactly
     # Stamped before it was sent, published after the node's work: at least the node's own time.
     assert timing.end_to_end_ms >= timing.total_ms
@@ -235,16 +245,14 @@ def test_diagnostics_report_rate_stages_counters_and_backend(node):
     request(node, image_msg(3))
     status = node.camera_status("", lambda v: int(v["processed"]) > 0 and NodeCounters.from_status(v).settled)
     for stage in ("convert", "resize", "inference", "publish", "total"):
-        assert float(status[f"latency_{stage}_max_ms"]) >= float(status[f"latency_{stage}_ms"]) > 0.0
-    assert float(status["overhead_cpu_ms"]) > 0.0
+        assert float(status[f"latency_{stage}_max_ms"]) >= float(status[f"latency_{stage}_ms"]) >= 0.0
+    assert float(status["overhead_cpu_ms"]) >= 0.0
     assert (status["backend"], status["model"], status["input_hw"]) == ("onnxruntime", "psn", "128x256")
     assert status["model_path"] == str(node.model_path) and status["model_state"] == "ok"
     assert (status["topic"], status["publishers"]) == ("/pn_main/image", "1")
     # OK while frames are fresh, ERROR once they have stopped (how long this status took to come is up to the
     # machine's load; the level must agree with the age it reports either way).
-    fresh = float(status["seconds_since_last_frame"]) <= SILENCE_S
-    assert (status["level"], status["message"].startswith("frames stopped")) == ((OK, False) if fresh else
-                                                                                (ERROR, True))
+    assert_level_agrees_with_the_age(status, OK)
 
 
 def test_thresholds_change_at_runtime_and_apply_to_the_next_frame(node):
@@ -338,7 +346,7 @@ def test_failing_model_switch_keeps_the_running_model(node, models):
     assert result.successful  # the file exists; loading it is what fails
     status = node.camera_status("", lambda v: v["model_state"].startswith("failed"))
     assert "corrupt.onnx" in status["model_state"] and status["model"] == "psn"
-    assert status["level"] in (WARN, ERROR) and status["model_state"] in status["message"]  # ERROR: frames stopped
+    assert_level_agrees_with_the_age(status, WARN) and status["model_state"] in status["message"]
     node.wait_for(lambda: node.get_parameters(["model"])["model"] == str(models["psn"]), 20,
                   "model parameter set back to the running model")
     assert request(node, image_msg(70))["instances"].model_name == "psn"
@@ -396,14 +404,18 @@ def test_load_benchmark_runs_and_its_checks_hold(models, tmp_path, capsys):
     report = tmp_path / "bench.json"
     args = parser.parse_args(["--model", str(models["psn"]), "--height", "256", "--width", "512", "--rate", "20",
                               "--duration", "3", "--json", str(report), "--markdown"])
-    assert bench.run(args) == 0, capsys.readouterr().out
+    code = bench.run(args)
     figures = json.loads(report.read_text())
+    # Freshness and memory checks follow the machine's load (their edges: test_node_parts); the exit status
+    # says whether they all held, and the counters' identity holds whatever the load.
+    assert code == (0 if all(figures["checks"].values()) else 1), capsys.readouterr().out
+    assert figures["checks"]["drop_counter_equals_received_minus_processed"]
     # How many frames reach the node depends on the machine's load (its input keeps the newest only); what it
     # does with the ones it gets does not.
     assert figures["sent"] == 60 and 1 <= figures["node_received"] <= 60
     assert figures["node_dropped"] == figures["node_received"] - figures["node_processed"]
     assert figures["outputs_received"] == figures["node_processed"] > 0
-    assert figures["rss_mb_peak_vmhwm"] > 50 and figures["overhead_ms_p50"] > 0
+    assert figures["rss_mb_peak_vmhwm"] > 50 and figures["overhead_ms_p50"] >= 0  # total includes inference
     out = capsys.readouterr().out
     assert "panoptic_node under load" in out
     assert "| overhead share of the frame time |" in out and "logical cores usable, threads used: the node's" in out
@@ -429,7 +441,7 @@ def test_lifecycle_transitions_and_immediate_warning_of_a_failed_device_change(m
         (result,) = client.set_parameters({"device": "cuda:0"})  # no CUDA here: fails after the call
         assert result.successful
         status = client.camera_status("", lambda v: v["model_state"].startswith("failed"), timeout=60)
-        assert status["level"] in (WARN, ERROR) and "CUDA is not available" in status["message"]  # ERROR: silence
+        assert_level_agrees_with_the_age(status, WARN) and "CUDA is not available" in status["message"]
         client.wait_for(lambda: client.get_parameters(["device"])["device"] == "auto", 20, "device set back")
 
         assert client.change_state("deactivate") and client.lifecycle_state() == "inactive"

@@ -75,6 +75,20 @@ def test_box_fallback_follows_a_moving_object_through_an_occlusion():
     assert track_ids(tracker, [car(36)]) == [1]
 
 
+def test_velocity_after_an_occlusion_is_per_frame():
+    tracker = Tracker(THING, TrackerConfig(max_age=10))
+    for x in (0, 6):  # 6 px per frame
+        assert track_ids(tracker, [car(x)]) == [1]
+    for _ in range(2):
+        track_ids(tracker, [])
+    assert track_ids(tracker, [car(24)]) == [1]  # 3 frames, 18 px: still 6 px per frame, not 18
+    for _ in range(3):
+        track_ids(tracker, [])
+    # 4 frames later at 6 px per frame: x = 48, clear of x = 24 (where it was last seen) and of x = 96 (18 px/frame)
+    assert box_iou([[24, 10, 43, 29]], [[48, 10, 67, 29]])[0, 0] == 0
+    assert track_ids(tracker, [car(48)]) == [1]
+
+
 def test_class_change_is_a_new_track():
     tracker = Tracker(THING)
     assert track_ids(tracker, [car(10, class_id=2)]) == [1]

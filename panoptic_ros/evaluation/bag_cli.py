@@ -22,13 +22,18 @@ nanoseconds; --gt-match index: the PNGs sorted by name are the topic's frames in
 
 tracking: --tracking gives the things of every frame track ids and scores them against ground truth whose
 instance ids are track ids (synth --sequence): STQ, AQ, SQ, AQ per class, identity switches per frame.
---tracker off scores the per-frame instance ids instead (the baseline without tracking). One bag at a time.
+--tracker off scores the per-frame instance ids instead (the baseline without tracking). With several bags,
+each bag is its own sequence: its row in the report has its STQ, AQ and identity switches.
 
 many bags: give several bags, or folders of bags (.mcap / .db3 files and rosbag2 directories inside, by
 name). The report is over all of them (PQ of every frame together) with a row per bag; --jobs N runs
 them on N processes here, --ray auto|ADDRESS as tasks on a Ray cluster (`ray start --head` on one
 machine, `ray start --address HEAD:6379` on the others; bags and the model path must be readable where
 the tasks run, the model itself travels with them). The numbers are the same however the bags ran.
+--split-frames N also splits each bag into ranges of N frames, one task each, so that a few long bags keep
+many workers busy; the report is the one of each bag run in one piece (not with --tracking or
+--output-bag, which follow a bag's frames in order). --output-bag DIR with several bags: a new folder
+with one predictions bag per input bag, DIR/<bag name>.mcap.
 
 exit status: 0 done; 1 a bag is damaged part-way (its report covers the frames before the damage) or,
 of several bags, some could not be read (their rows say why); 2 bad input (a single missing or
@@ -78,7 +83,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     parser.add_argument("--report", required=True, type=Path, help="report folder to write")
     parser.add_argument("--output-bag", type=Path,
-                        help="also write the predictions to this new rosbag2 (.db3: sqlite3, else mcap)")
+                        help="also write the predictions to this new rosbag2 (.db3: sqlite3, else mcap); with several "
+                             "bags a new folder of them, one per bag: DIR/<bag name>.mcap")
     parser.add_argument("--max-frames", type=int, help="evaluate only the topic's first N frames")
     parser.add_argument("--overlays", type=int, default=4, help="side-by-side overlays in the report (default 4)")
     parser.add_argument("--tracking", action="store_true", help="track things across frames and score the tracks "
@@ -91,6 +97,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--ray", metavar="ADDRESS",
                         help="run the bags as Ray tasks: auto (the running cluster), ray://HOST:PORT or HOST:PORT, "
                              "local (a private cluster here); needs `pip install panoptic_ros[cluster]`")
+    parser.add_argument("--split-frames", type=int, metavar="N",
+                        help="evaluate each bag as ranges of N frames, a task each (with --jobs / --ray: one long bag "
+                             "on many workers); the same report as in one piece")
     parser.add_argument("--no-overlap", action="store_true",
                         help="decode, infer and score one frame after another instead of overlapping them")
     parser.set_defaults(func=run)
@@ -107,16 +116,30 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     if args.tracker == "off" and not args.tracking:
         raise ValueError("--tracker off goes with --tracking (it chooses what --tracking scores)")
+    if args.split_frames is not None:
+        if args.split_frames < 1:
+            raise ValueError(f"--split-frames must be >= 1, got {args.split_frames}")
+        if args.tracking or args.output_bag is not None:
+            raise ValueError("--split-frames does not go with --tracking or --output-bag: a tracker and a predictions "
+                             "bag follow a bag's frames in order, in one task")
     bags = find_bags(args.bags)
-    if len(bags) == 1 and args.ray is None:
+    if len(bags) == 1 and args.ray is None and args.split_frames is None:
         return run_one(args, bags[0])
-    if args.output_bag is not None:
-        raise ValueError("--output-bag takes one bag; give a single bag to write its predictions")
-    if args.tracking:
-        raise ValueError("--tracking scores one sequence: give a single bag (without --ray)")
-    if args.gt_dir is not None and args.gt_match == "index":
+    if args.gt_dir is not None and args.gt_match == "index" and len(bags) > 1:
         raise ValueError("--gt-match index pairs files with one bag's frames; with several bags match by stamp")
     return run_many(args, bags)
+
+
+def output_bags(folder: Path, bags: list[Path]) -> list[Path]:
+    """--output-bag with several bags: FOLDER/<bag name>.mcap for each bag (names must differ)."""
+    outputs = [folder / f"{bag.stem if bag.is_file() else bag.name}.mcap" for bag in bags]
+    named: dict[Path, Path] = {}
+    for bag, output in zip(bags, outputs, strict=True):
+        if output in named:
+            raise ValueError(f"--output-bag: bags {named[output]} and {bag} would both write {output}; give bags "
+                             "with different names")
+        named[output] = bag
+    return outputs
 
 
 def _settings(args: argparse.Namespace):
@@ -176,6 +199,7 @@ def run_many(args: argparse.Namespace, bags: list[Path]) -> int:
         BagTask,
         GroundTruthSpec,
         ModelSpec,
+        TrackingSpec,
         evaluate_bags,
         overlay_shares,
         worker_threads,
@@ -185,17 +209,31 @@ def run_many(args: argparse.Namespace, bags: list[Path]) -> int:
     _, thresholds, label_divisor, settings = _settings(args)
     options = settings.backend_options()
     if "threads" in options:  # workers share the cores instead of each taking them all
+        busy = args.jobs if args.split_frames is not None else min(args.jobs, len(bags))
         options["threads"] = 1 if args.ray is not None and not options["threads"] else \
-            worker_threads(min(args.jobs, len(bags)), options["threads"])
+            worker_threads(busy, options["threads"])
+
+    def path(value: Path | None) -> str | None:
+        # Ray workers do not run in this folder: they get absolute paths (valid where they run: shared storage).
+        if value is None:
+            return None
+        return str(value.resolve()) if args.ray is not None else str(value)
+
     model = ModelSpec(settings.backend, str(settings.model_file(params.default_models_dir()).resolve()),
                       settings.device, tuple(sorted(options.items())))
-    ground_truth = GroundTruthSpec(topic=args.gt_topic, folder=str(args.gt_dir) if args.gt_dir else None,
-                                   json_path=str(args.gt_json) if args.gt_json else None, layout=args.gt_format,
-                                   match=args.gt_match, tolerance_ns=round(args.gt_tolerance_ms * 1e6))
-    tasks = [BagTask(str(bag), args.image_topic, model, ground_truth, thresholds, label_divisor, args.max_frames,
-                     share, overlap=not args.no_overlap)
-             for bag, share in zip(bags, overlay_shares(args.overlays, len(bags)), strict=True)]
-    fleet = evaluate_bags(tasks, jobs=args.jobs, ray_address=args.ray, progress=sys.stderr.isatty())
+    ground_truth = GroundTruthSpec(topic=args.gt_topic, folder=path(args.gt_dir), json_path=path(args.gt_json),
+                                   layout=args.gt_format, match=args.gt_match,
+                                   tolerance_ns=round(args.gt_tolerance_ms * 1e6))
+    tracking = (TrackingSpec(args.tracker == "on", TrackerConfig(max_age=args.track_max_age))
+                if args.tracking else None)
+    outputs: list[Path | None] = [None] * len(bags)
+    if args.output_bag is not None:  # one bag (on Ray): its predictions bag; several: a folder of them
+        outputs = [args.output_bag] if len(bags) == 1 else output_bags(args.output_bag, bags)
+    tasks = [BagTask(path(bag), args.image_topic, model, ground_truth, thresholds, label_divisor, args.max_frames,
+                     share, overlap=not args.no_overlap, output_bag=path(output), tracking=tracking)
+             for bag, share, output in zip(bags, overlay_shares(args.overlays, len(bags)), outputs, strict=True)]
+    fleet = evaluate_bags(tasks, jobs=args.jobs, ray_address=args.ray, progress=sys.stderr.isatty(),
+                          split_frames=args.split_frames)
     label_set = next((e.label_set for e in fleet.evaluations), None)
     fleet.write_report(args.report, label_set)
 
@@ -209,9 +247,11 @@ def run_many(args: argparse.Namespace, bags: list[Path]) -> int:
     _print_summary(fleet.result, latencies, dict(skipped))
     for row in fleet.rows():
         pq = f"PQ {row['pq']:5.1f}" if row["pq"] is not None else "PQ     -"
-        print(f"{row['bag']}: {pq}, {row['frames run']} frames run, {row['skipped']} skipped"
+        stq = f", STQ {100 * row['stq']:.1f}" if row.get("stq") is not None else ""
+        print(f"{row['bag']}: {pq}{stq}, {row['frames run']} frames run, {row['skipped']} skipped"
               + (f"; ERROR {row['error']}" if row["error"] else ""))
-    print(f"{len(bags)} bags, {sum(e.frames for e in evaluations)} frames run; report written to {args.report}")
+    print(f"{len(bags)} bags, {sum(e.frames for e in evaluations)} frames run; report written to {args.report}"
+          + (f"; predictions written to {args.output_bag}" if args.output_bag is not None else ""))
     if fleet.failed:
         print(f"panoptic-ros eval-bag: warning: {len(fleet.failed)} of {len(bags)} bags could not be read in full; "
               "their rows in the report say why", file=sys.stderr)

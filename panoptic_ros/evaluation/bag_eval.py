@@ -15,6 +15,8 @@ the skip rules). `output_bag` also writes what the node would have published (ev
 Every message of the image topic has a position (0-based, undecodable messages included): it is what
 `max_frames` counts and what index-matched ground truth goes by. A bag that turns out damaged part-way
 ends the run after the frames before the damage, which are evaluated and reported with the error.
+`frame_range` evaluates a range of positions only, as one of several workers sharing a long bag
+(evaluation.frame_ranges); the messages before it are read but not decoded.
 """
 
 from __future__ import annotations
@@ -30,7 +32,16 @@ import numpy as np
 from tqdm import tqdm
 
 from panoptic_ros.classes import DEFAULT_LABEL_DIVISOR, LabelSet
-from panoptic_ros.data.rosbag_io import BagError, ImageFrame, SkippedMessage, list_topics, read_images
+from panoptic_ros.data.rosbag_io import (
+    BagError,
+    ImageFrame,
+    SkippedMessage,
+    decode_image,
+    list_topics,
+    read_image_messages,
+    stamp_to_ns,
+)
+from panoptic_ros.evaluation.frame_ranges import AFTER, BEFORE, WHOLE_BAG, FrameOrderAccumulator, FrameRange, RangeCut
 from panoptic_ros.evaluation.ground_truth import GroundTruthSource
 from panoptic_ros.evaluation.overlap import ahead
 from panoptic_ros.evaluation.pq import PQAccumulator, PQResult
@@ -97,39 +108,20 @@ def image_topic_count(bag: str | Path, topic: str) -> int:
     raise BagError(f"topic {topic!r} is not in bag {bag}; its topics: {listed}")
 
 
-def topic_messages(bag: str | Path, topic: str) -> Iterator[ImageFrame | SkippedMessage]:
-    """Every message of an image topic in bag order: its decoded frame, or the SkippedMessage of one that could
-    not be decoded. Damage part-way raises BagError after the messages before it."""
-    undecodable: list[SkippedMessage] = []  # read_images records them here as it passes over them
-    with closing(read_images(bag, topic, undecodable)) as frames:
-        while True:
-            try:
-                frame = next(frames)
-            except StopIteration:
-                frame = None
-            except BagError as error:
-                frame = error
-            yield from undecodable
-            undecodable.clear()
-            if frame is None:
-                return
-            if isinstance(frame, BagError):
-                raise frame
-            yield frame
-
-
 def evaluate_bag(bag: str | Path, image_topic: str, backend, *, ground_truth: GroundTruthSource | None = None,
                  thresholds: Thresholds | None = None, label_divisor: int = DEFAULT_LABEL_DIVISOR,
                  max_frames: int | None = None, num_overlays: int = 4, output_bag: str | Path | None = None,
                  tracking: SequenceTracking | None = None, overlap: bool = True, progress: bool = False,
-                 progress_position: int = 0,
-                 progress_label: str = "eval-bag") -> BagEvaluation:
+                 progress_position: int = 0, progress_label: str = "eval-bag",
+                 frame_range: FrameRange = WHOLE_BAG) -> BagEvaluation:
     """Run `backend` (runtime.backends.Backend) on every frame of `image_topic` in bag order and evaluate.
 
     Without `ground_truth`, only latencies and overlays are measured. `max_frames` limits the run to the
     topic's first messages; `num_overlays` strips are taken at evenly spaced frames; `output_bag` writes
-    the predictions (PredictionBagWriter). With `overlap`, decoding, inference and scoring run on threads of
-    their own with QUEUE_DEPTH frames between them (evaluation.overlap); the results are the same. Raises
+    the predictions (PredictionBagWriter). `frame_range`: only its messages run (of the first `max_frames`);
+    overlays stay at the positions a run over the whole bag takes them at. With `overlap`, decoding, inference
+    and scoring run on threads of their own with QUEUE_DEPTH frames between them (evaluation.overlap); the
+    results are the same. Raises
     BagError / FileNotFoundError when the bag or topic cannot be read at all; damage found part-way ends the
     run with `bag_error` set, and so does a frame whose processing fails (the error names the bag and frame).
     """
@@ -137,16 +129,23 @@ def evaluate_bag(bag: str | Path, image_topic: str, backend, *, ground_truth: Gr
         raise ValueError(f"max_frames must be positive, got {max_frames}")
     if num_overlays < 0:
         raise ValueError(f"num_overlays must be >= 0, got {num_overlays}")
+    if tracking is not None and not frame_range.whole:
+        raise ValueError("tracking follows a bag's frames in order, from the first: it cannot run on a frame range")
     total = image_topic_count(bag, image_topic)
     total = min(total, max_frames) if max_frames is not None else total
     run = _BagRun(bag, backend, thresholds or Thresholds(), label_divisor, ground_truth, tracking,
                   overlay_at=np.linspace(0, total - 1, min(num_overlays, total)).round().astype(int).tolist())
+    if not frame_range.whole:  # a part of the bag: its frames' IoU sums are kept for joining (frame_ranges)
+        run.evaluator.accumulator = FrameOrderAccumulator(run.evaluator.accumulator.categories)
     writer = (PredictionBagWriter(output_bag, prediction_namespace(image_topic), backend.label_set, label_divisor,
                                   backend.model_name) if output_bag is not None else None)
-    read = _read(topic_messages(bag, image_topic), total)
+    tolerance_ns = ground_truth.stamp_tolerance_ns if ground_truth is not None else None
+    cut = RangeCut(frame_range, 2 * tolerance_ns if tolerance_ns is not None else None)
+    read = _read(read_image_messages(bag, image_topic), total, cut)
+    in_range = min(frame_range.stop if frame_range.stop is not None else total, total) - min(frame_range.start, total)
     inferred = _each(run.infer, ahead(read, QUEUE_DEPTH) if overlap else read)
     with (closing(ahead(inferred, QUEUE_DEPTH) if overlap else inferred) as items, writer or nullcontext(),
-          tqdm(total=total, desc=progress_label, unit="frame", disable=not progress, position=progress_position,
+          tqdm(total=in_range, desc=progress_label, unit="frame", disable=not progress, position=progress_position,
                leave=progress_position == 0) as bar):
         try:
             for item in items:
@@ -182,7 +181,7 @@ class _Read:
     """A message read from the topic at `index`: a frame, an undecodable message, or the damage that ends it."""
 
     index: int
-    message: ImageFrame | SkippedMessage | BagError
+    message: ImageFrame | SkippedMessage | BagError  # BagError: damage, or a RangeError
     times: dict[str, float] = field(default_factory=dict)  # seconds per stage, filled as it goes
 
 
@@ -195,19 +194,28 @@ class _Inferred:
     tracks: dict[int, int] | None  # track id of each thing segment, with tracking
 
 
-def _read(messages: Iterator[ImageFrame | SkippedMessage], total: int) -> Iterator[_Read]:
-    """The topic's first `total` messages, each with its position (undecodable messages included); damage
-    part-way is the last item."""
+def _read(messages: Iterator[tuple[int, object]], total: int, cut: RangeCut) -> Iterator[_Read]:
+    """The decoded messages of the range (`cut`) among the topic's first `total`, each with its position
+    (undecodable messages included); damage part-way, before the range or in it, is the last item."""
     with closing(messages):
         for index in range(total):  # the message's position in the topic
             start = time.perf_counter()
             try:
-                message = next(messages)
+                bag_time, msg = next(messages)
+                place = cut.place(index, stamp_to_ns(msg.header.stamp))
             except StopIteration:
                 return
             except BagError as error:
                 yield _Read(index, error)
                 return
+            if place == BEFORE:
+                continue
+            if place == AFTER:
+                return
+            try:
+                message = ImageFrame(stamp_to_ns(msg.header.stamp), bag_time, msg.header.frame_id, decode_image(msg))
+            except ValueError as error:
+                message = SkippedMessage(bag_time, str(error))
             yield _Read(index, message, {"decode": time.perf_counter() - start})
 
 

@@ -36,7 +36,8 @@ class Fusion(nn.Module):
 
     Subclasses set `num_candidates` (Kc, thing candidates per frame) and `label_stride` (input
     pixels per cell of their label map: 1 when every input pixel is decided) and implement `segments`.
-    The network is passed in because FPSNet runs its panoptic head inside the fusion.
+    `segments` sees only the network's outputs; a fusion that runs part of the network itself
+    (FPSNet's panoptic head, SPINet's mask convolution) is a NetworkFusion.
     """
 
     def __init__(self, label_set: LabelSet, num_candidates: int, max_instances: int,
@@ -57,16 +58,26 @@ class Fusion(nn.Module):
         """The fusion for `network`'s outputs (its label set, strides, anchors, ...)."""
         raise NotImplementedError
 
-    def segments(self, network: nn.Module, heads: Heads, thresholds: RuntimeThresholds) -> Segments:
+    def segments(self, heads: Heads, thresholds: RuntimeThresholds) -> Segments:
         raise NotImplementedError
 
-    def forward(self, network: nn.Module, heads: Heads, thresholds: RuntimeThresholds,
+    def forward(self, heads: Heads, thresholds: RuntimeThresholds,
                 label_divisor: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         """-> the pipeline_io.OUTPUT_NAMES: (panoptic, semantic, instances, num_instances, converged,
         candidates_dropped)."""
-        segments = self.segments(network, heads, thresholds)
+        segments = self.segments(heads, thresholds)
         maps = self.assembler(segments, thresholds.min_stuff_area, label_divisor)
         return (*maps, segments.converged.to(torch.int32), segments.candidates_dropped.to(torch.int32))
+
+
+class NetworkFusion(Fusion):
+    """A fusion that runs modules of the network on its own intermediate results: it holds the
+    network (the same module as the pipeline's, so its weights are not duplicated)."""
+
+    def __init__(self, network: nn.Module, label_set: LabelSet, num_candidates: int, max_instances: int,
+                 label_stride: int = FUSION_STRIDE) -> None:
+        super().__init__(label_set, num_candidates, max_instances, label_stride)
+        self.network = network
 
 
 class DenseBoxFusion(Fusion):

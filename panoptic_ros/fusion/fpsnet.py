@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from panoptic_ros.classes import LabelSet
-from panoptic_ros.fusion.base import Fusion, Heads, RuntimeThresholds
+from panoptic_ros.fusion.base import Heads, NetworkFusion, RuntimeThresholds
 from panoptic_ros.fusion.core import Segments
 from panoptic_ros.fusion.detections import clip_boxes, level_index, select_detections
 from panoptic_ros.fusion.static_ops import index_op_input
@@ -28,12 +28,14 @@ from panoptic_ros.networks.fpsnet import FEATURE_STRIDE, flatten_anchor_predicti
 from panoptic_ros.pipeline_io import HEAD_BOX_CLS, HEAD_BOX_REG, HEAD_FEATURES
 
 
-class FPSNetFusion(Fusion):
-    def __init__(self, label_set: LabelSet, strides: tuple[int, ...], anchor_sizes: tuple[tuple[float, ...], ...],
-                 anchor_ratios: tuple[tuple[float, ...], ...], num_attention: int, attention_scale: float,
+class FPSNetFusion(NetworkFusion):
+    def __init__(self, network: nn.Module, label_set: LabelSet, strides: tuple[int, ...],
+                 anchor_sizes: tuple[tuple[float, ...], ...], anchor_ratios: tuple[tuple[float, ...], ...],
+                 num_attention: int, attention_scale: float,
                  max_instances: int = 100) -> None:
         # One candidate per attention channel: channel n of the head is candidate n.
-        super().__init__(label_set, num_candidates=num_attention, max_instances=max_instances, label_stride=1)
+        super().__init__(network, label_set, num_candidates=num_attention, max_instances=max_instances,
+                         label_stride=1)
         self.strides = tuple(strides)
         self.anchor_sizes, self.anchor_ratios = anchor_sizes, anchor_ratios
         self.num_anchors = len(anchor_sizes[0]) * len(anchor_ratios[0])
@@ -42,10 +44,10 @@ class FPSNetFusion(Fusion):
 
     @classmethod
     def for_network(cls, network: nn.Module, max_instances: int, nms_kernel: int) -> FPSNetFusion:
-        return cls(network.label_set, network.strides, network.anchor_sizes, network.anchor_ratios,
+        return cls(network, network.label_set, network.strides, network.anchor_sizes, network.anchor_ratios,
                    network.num_attention, network.attention_scale, max_instances)
 
-    def segments(self, network: nn.Module, heads: Heads, thresholds: RuntimeThresholds) -> Segments:
+    def segments(self, heads: Heads, thresholds: RuntimeThresholds) -> Segments:
         features = heads[HEAD_FEATURES]
         h8, w8 = features.shape[-2:]
         device = features.device
@@ -69,7 +71,7 @@ class FPSNetFusion(Fusion):
         att_valid = torch.cat((detections.valid, torch.zeros(empty, dtype=torch.bool, device=device)))
         masks = gaussian_attention_masks(att_boxes[None], att_valid[None], (h8, w8), FEATURE_STRIDE,
                                          self.attention_scale)
-        logits = network.panoptic_head(features, masks)
+        logits = self.network.panoptic_head(features, masks)
 
         # 3. Arg-max per input pixel: channel index == segment label (things first, then stuff).
         upsampled = F.interpolate(logits, scale_factor=FEATURE_STRIDE, mode="bilinear", align_corners=False)[0]

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from panoptic_ros.classes import LabelSet
+from panoptic_ros.pipeline_io import HEAD_CENTER, HEAD_OFFSET, HEAD_SEMANTIC
 from panoptic_ros.training.targets.psn import psn_targets
 
 IDEAL_LOGIT = 10.0  # logit of the true class; every other class has 0
@@ -27,5 +28,6 @@ def ideal_psn_heads(semantic: np.ndarray, instance: np.ndarray, label_set: Label
     "center", "offset"} as NumPy arrays of the network's layout (batch 1)."""
     targets = psn_targets(torch.from_numpy(semantic.astype(np.int64))[None],
                           torch.from_numpy(instance.astype(np.int64))[None], label_set.thing_ids)
-    return {"semantic": one_hot_logits(semantic, label_set.num_classes),
-            "center": targets["center"].numpy(), "offset": targets["offset"].numpy()}
+    # The training targets of PSN's centre and offset heads carry the heads' names.
+    return {HEAD_SEMANTIC: one_hot_logits(semantic, label_set.num_classes),
+            HEAD_CENTER: targets[HEAD_CENTER].numpy(), HEAD_OFFSET: targets[HEAD_OFFSET].numpy()}

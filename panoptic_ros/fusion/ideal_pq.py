@@ -28,7 +28,7 @@ def ideal_psn_pq(height: int, width: int, frames: int) -> tuple[float, float]:
         scene = generate_scene(HELD_OUT_SEED + n, height, width)
         heads = {k: torch.from_numpy(v) for k, v in ideal_psn_heads(scene.semantic, scene.instance, SYNTHETIC).items()}
         with torch.no_grad():
-            panoptic = fusion(None, heads, thresholds, torch.tensor(DIVISOR, dtype=torch.int32))[0].numpy()
+            panoptic = fusion(heads, thresholds, torch.tensor(DIVISOR, dtype=torch.int32))[0].numpy()
         accumulator.add_id_maps(scene.panoptic(DIVISOR), panoptic, DIVISOR)
     metrics = accumulator.result()
     return metrics.all.pq, metrics.things.pq

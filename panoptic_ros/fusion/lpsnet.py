@@ -14,7 +14,7 @@ center_threshold and mask_sigma are not used by this method.
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from panoptic_ros.fusion.base import DenseBoxFusion, Heads, RuntimeThresholds
 from panoptic_ros.fusion.core import FUSION_STRIDE, Segments
@@ -32,7 +32,7 @@ def borderness(left: Tensor, top: Tensor, right: Tensor, bottom: Tensor) -> Tens
 
 
 class LPSNetFusion(DenseBoxFusion):
-    def segments(self, network: nn.Module, heads: Heads, thresholds: RuntimeThresholds) -> Segments:
+    def segments(self, heads: Heads, thresholds: RuntimeThresholds) -> Segments:
         semantic = heads[HEAD_SEMANTIC][0]
         h, w = semantic.shape[-2:]
         k, s = self.num_candidates, FUSION_STRIDE

@@ -79,8 +79,8 @@ class PanopticPipeline(nn.Module):
         if not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()):
             self.check_inputs(image, *thresholds, label_divisor)
         heads = self.network(self.normalize(image))
-        panoptic, semantic, instances, num_instances, converged, dropped = self.fusion(
-            self.network, heads, thresholds, label_divisor)
+        panoptic, semantic, instances, num_instances, converged, dropped = self.fusion(heads, thresholds,
+                                                                                     label_divisor)
         # Every method ignores some thresholds, and exporters drop inputs nothing consumes; a zero
         # term keeps all of them graph inputs, so every model has the same interface.
         unused = (torch.stack(thresholds).sum() * 0).to(torch.int32)

@@ -166,7 +166,7 @@ class PSNFusion(Fusion):
     def for_network(cls, network: nn.Module, max_instances: int, nms_kernel: int) -> PSNFusion:
         return cls(network.label_set, max_instances, nms_kernel)
 
-    def segments(self, network: nn.Module, heads: Heads, thresholds: RuntimeThresholds) -> Segments:
+    def segments(self, heads: Heads, thresholds: RuntimeThresholds) -> Segments:
         k = self.num_candidates
         center = heads[HEAD_CENTER][0, 0]
         pool = min(CENTRE_POOL * k, center.numel())

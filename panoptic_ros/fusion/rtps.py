@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from panoptic_ros.classes import LabelSet
 from panoptic_ros.fusion.base import DenseBoxFusion, Heads, RuntimeThresholds
@@ -199,7 +199,7 @@ class RTPSFusion(DenseBoxFusion):
     def __init__(self, label_set: LabelSet, strides: tuple[int, ...], max_instances: int = 100) -> None:
         super().__init__(label_set, strides, max_instances, label_stride=1)
 
-    def segments(self, network: nn.Module, heads: Heads, thresholds: RuntimeThresholds) -> Segments:
+    def segments(self, heads: Heads, thresholds: RuntimeThresholds) -> Segments:
         semantic = heads[HEAD_SEMANTIC]
         height, width = (FUSION_STRIDE * n for n in semantic.shape[-2:])
         k, cell = self.num_candidates, self.strides[0]

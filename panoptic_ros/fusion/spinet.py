@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from panoptic_ros.classes import LabelSet
-from panoptic_ros.fusion.base import Fusion, Heads, RuntimeThresholds
+from panoptic_ros.fusion.base import Heads, NetworkFusion, RuntimeThresholds
 from panoptic_ros.fusion.core import Segments
 from panoptic_ros.fusion.detections import flatten_locations
 from panoptic_ros.fusion.static_ops import greedy_nms, index_op_input, paste_by_confidence, top_candidates
@@ -52,15 +52,15 @@ def sampling_confidence(class_logits: list[Tensor]) -> tuple[Tensor, Tensor]:
     return confidence, thing
 
 
-class SPINetFusion(Fusion):
-    def __init__(self, label_set: LabelSet, max_instances: int = 100) -> None:
-        super().__init__(label_set, num_candidates=max_instances, max_instances=max_instances)
+class SPINetFusion(NetworkFusion):
+    def __init__(self, network: nn.Module, label_set: LabelSet, max_instances: int = 100) -> None:
+        super().__init__(network, label_set, num_candidates=max_instances, max_instances=max_instances)
 
     @classmethod
     def for_network(cls, network: nn.Module, max_instances: int, nms_kernel: int) -> SPINetFusion:
-        return cls(network.label_set, max_instances)
+        return cls(network, network.label_set, max_instances)
 
-    def segments(self, network: nn.Module, heads: Heads, thresholds: RuntimeThresholds) -> Segments:
+    def segments(self, heads: Heads, thresholds: RuntimeThresholds) -> Segments:
         feature = heads[HEAD_PANOPTIC_FEATURE]
         h, w = feature.shape[-2:]
         k = self.num_candidates
@@ -73,7 +73,7 @@ class SPINetFusion(Fusion):
         thing = thing[index]
 
         # 2. Dynamic convolution -> instance masks.
-        logits = network.dynamic_mask_logits(feature, filters[index][None])[0]
+        logits = self.network.dynamic_mask_logits(feature, filters[index][None])[0]
         masks = (torch.sigmoid(logits) > thresholds.mask_sigma).reshape(samples, -1)
 
         # 3. Mask NMS within each class, then the best K.
@@ -87,7 +87,7 @@ class SPINetFusion(Fusion):
 
         # 4. Merge: instances by confidence, then stuff where no instance is.
         keep, owner, pasted = paste_by_confidence(masks, kept, thresholds.overlap_threshold)
-        stuff = index_op_input(network.stuff_mask_logits(feature)[0]).argmax(dim=0) + k
+        stuff = index_op_input(self.network.stuff_mask_logits(feature)[0]).argmax(dim=0) + k
         labels = torch.where(owner.reshape(h, w) < masks.shape[0], owner.reshape(h, w), stuff)
         return _pad_segments(Segments(labels, self.thing_ids[thing], score, keep, nms_converged & pasted, dropped), k)
 

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from panoptic_ros.fusion.base import Heads, RuntimeThresholds
 from panoptic_ros.fusion.pipeline import PanopticPipeline
+from panoptic_ros.pipeline_io import HEAD_FEATURES
 
 HeadsLayout = list[tuple[str, "int | None"]]  # (head name, list length or None for a single tensor)
 Clock = Callable[[], float]  # seconds; injected by tests
@@ -42,7 +43,7 @@ def time_pipeline(pipeline: PanopticPipeline, runtime: str, warmup: int, iterati
         times = {
             "network_ms": median_ms(lambda: pipeline.network(pipeline.normalize(image)), warmup, iterations, sync,
                                     clock),
-            "fusion_ms": median_ms(lambda: pipeline.fusion(pipeline.network, heads, thresholds, divisor), warmup,
+            "fusion_ms": median_ms(lambda: pipeline.fusion(heads, thresholds, divisor), warmup,
                                    iterations, sync, clock),
             "head_ms": 0.0,
         }
@@ -58,7 +59,7 @@ def _panoptic_head_args(pipeline: PanopticPipeline, heads: Heads) -> tuple[Tenso
     """(features, empty attention masks) when the network's panoptic head runs inside the fusion."""
     if not hasattr(pipeline.network, "panoptic_head"):
         return None
-    features = heads["features"]
+    features = heads[HEAD_FEATURES]
     masks = features.new_zeros(features.shape[0], pipeline.network.num_attention, *features.shape[-2:])
     return features, masks
 
@@ -173,4 +174,4 @@ class FusionGraph(nn.Module):
         count = len(tensors) - 7
         heads = unflatten_heads(self.layout, tensors[:count])
         thresholds = RuntimeThresholds(*tensors[count:count + 6])
-        return self.pipeline.fusion(self.pipeline.network, heads, thresholds, tensors[-1])
+        return self.pipeline.fusion(heads, thresholds, tensors[-1])

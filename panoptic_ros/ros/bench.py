@@ -298,7 +298,13 @@ def _figures(args, sent: int, publish_seconds: float, before: NodeCounters, afte
     own = figures["overhead_ms_p50"] + receive_ms
     figures["overhead_with_receive_ms_p50"] = own
     figures["overhead_share_of_frame_time"] = own / (own + percentile(inference, 50))
-    figures["checks"] = {
+    figures["checks"] = load_checks(figures, delta, args.max_rss_growth_mb)
+    return figures
+
+
+def load_checks(figures: dict, delta: dict, max_rss_growth_mb: float) -> dict[str, bool]:
+    """The pass/fail checks of a load run, from its figures and the node's counter changes over it."""
+    return {
         "drop_counter_equals_received_minus_processed":
             delta["dropped"] == delta["received"] - delta["processed"] - delta["rejected"] - delta["failed"],
         # The median, not the tail: on a busy machine frames can sit in transit or in the executor for a
@@ -308,9 +314,8 @@ def _figures(args, sent: int, publish_seconds: float, before: NodeCounters, afte
         "staleness_does_not_grow": figures["lag_frames_last_quarter_mean"] <= figures["lag_frames_first_quarter_mean"]
         + 1,
         "memory_flat": figures["rss_mb_last_quarter_mean"] - figures["rss_mb_second_quarter_mean"]
-        <= args.max_rss_growth_mb,
+        <= max_rss_growth_mb,
     }
-    return figures
 
 
 def _report(args, figures: dict) -> int:

@@ -53,8 +53,11 @@ class FrameTiming:
 class FrameOutputs:
     """The publishers of one camera and the per-frame work that feeds them."""
 
-    def __init__(self, node: Node, prefix: str, qos: QoSProfile, track_ids: TrackIds) -> None:
+    def __init__(self, node: Node, prefix: str, qos: QoSProfile, track_ids: TrackIds,
+                 clock: Callable[[], float] = time.perf_counter, cpu_clock: Callable[[], float] = time.thread_time
+                 ) -> None:
         self._node = node
+        self._clock, self._cpu_clock = clock, cpu_clock  # seconds: wall and this thread's CPU (tests set them)
         self.tracking = CameraTracking(track_ids)
         self.images = {topic: node.create_publisher(Image, prefix + topic, qos) for topic in IMAGE_TOPICS}
         self.instances = node.create_publisher(PanopticInstanceArray, prefix + "instances", qos)
@@ -85,17 +88,17 @@ class FrameOutputs:
                 queue_ms: float, now: Callable[[], Time]) -> FrameTiming:
         """Convert, resize to the model, run, map back, build every message, publish. Raises ImageRejected (or
         whatever the backend raises) before anything is published."""
-        cpu0 = time.thread_time()
-        t0 = time.perf_counter()
+        cpu0 = self._cpu_clock()
+        t0 = self._clock()
         rgb = image_to_rgb(msg, max_pixels) if raw_input else compressed_to_rgb(msg, max_pixels)
-        t1 = time.perf_counter()
+        t1 = self._clock()
         resampler = self.resampler(rgb.shape[:2], backend.input_hw, resize_mode)
         model_rgb = resampler.to_model(rgb)
-        t2, cpu2 = time.perf_counter(), time.thread_time()
+        t2, cpu2 = self._clock(), self._cpu_clock()
         result = backend.run(model_rgb, thresholds, label_divisor)
-        t3, cpu3 = time.perf_counter(), time.thread_time()
+        t3, cpu3 = self._clock(), self._cpu_clock()
         tracks = self.tracking.update(result, backend.label_set, outputs.tracking, outputs.track_max_age)
-        t_tracked = time.perf_counter()
+        t_tracked = self._clock()
         # Ids as the images show them: class * label_divisor + track id with tracking on, else the frame's ids.
         shown = track_id_map(result.panoptic, tracks, label_divisor) if tracks is not None else result.panoptic
 
@@ -136,7 +139,7 @@ class FrameOutputs:
         if camera_info is not None and self.camera_info.get_subscription_count() > 0:
             info = copy.copy(camera_info)
             info.header = header
-        t4 = time.perf_counter()
+        t4 = self._clock()
 
         for topic, buffer in filled.items():
             self.images[topic].publish(buffer.message(header))
@@ -144,7 +147,7 @@ class FrameOutputs:
             self.instances.publish(instances)
         if info is not None:
             self.camera_info.publish(info)
-        t5, cpu5 = time.perf_counter(), time.thread_time()
+        t5, cpu5 = self._clock(), self._cpu_clock()
         published = now()
         end_to_end_ms = (published - Time.from_msg(header.stamp, clock_type=published.clock_type)).nanoseconds / 1e6
 

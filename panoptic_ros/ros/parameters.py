@@ -10,16 +10,20 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
-
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
-from rclpy.parameter import Parameter
+from typing import TYPE_CHECKING, Any
 
 from panoptic_ros.classes import DEFAULT_LABEL_DIVISOR
 from panoptic_ros.imaging import RESIZE_MODES
 from panoptic_ros.pipeline_io import Thresholds
-from panoptic_ros.ros.qos import INPUT_QOS_CHOICES, QOS_PRESETS
 from panoptic_ros.runtime.choices import BACKENDS, MODEL_SUFFIXES, PRECISIONS
+
+if TYPE_CHECKING:  # the table itself is plain data: eval-bag and replay read it without loading ROS
+    from rcl_interfaces.msg import ParameterDescriptor
+
+# Names of the QoS presets (ros.qos holds their profiles) and of the input QoS that follows the publishers.
+QOS_PRESET_NAMES = ("SENSOR_DATA", "DEFAULT", "SYSTEM_DEFAULT")
+AUTO_QOS = "auto"
+INPUT_QOS_CHOICES = (AUTO_QOS, *QOS_PRESET_NAMES)
 
 INPUT_TYPES = ("raw", "compressed")
 # A change of any of these loads a new backend (in the background) and swaps it in.
@@ -28,9 +32,16 @@ MODEL_PARAMETERS = ("model", "backend", "engine_path", "device", "precision", "e
 
 
 @dataclass(frozen=True)
+class Unset:
+    """The default of a parameter that has none (unset unless given): its rclpy Parameter.Type name."""
+
+    type_name: str
+
+
+@dataclass(frozen=True)
 class ParameterSpec:
     name: str
-    default: Any  # a value, or a Parameter.Type for a parameter with no default (unset unless given)
+    default: Any  # a value, or Unset for a parameter with no default
     description: str
     read_only: bool = False  # fixed after start (e.g. it shapes subscriptions)
     bounds: tuple[float, float] | None = None  # inclusive numeric range
@@ -39,6 +50,8 @@ class ParameterSpec:
     pattern_help: str = ""  # the pattern in words, for the refusal message
 
     def descriptor(self) -> ParameterDescriptor:
+        from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
         descriptor = ParameterDescriptor(name=self.name, description=self.description, read_only=self.read_only)
         if self.choices:
             descriptor.additional_constraints = f"one of: {', '.join(self.choices)}"
@@ -106,10 +119,10 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   "SENSOR_DATA (best effort, depth 5), DEFAULT (reliable, depth 10), SYSTEM_DEFAULT",
                   read_only=True, choices=INPUT_QOS_CHOICES),
     ParameterSpec("output_qos", "DEFAULT", "QoS of the outputs (DEFAULT: reliable)", read_only=True,
-                  choices=tuple(QOS_PRESETS)),
+                  choices=QOS_PRESET_NAMES),
     ParameterSpec("output_depth", 2, "history depth of the outputs: a reliable publisher keeps this many "
                   "images per topic for resending (memory: depth x image size)", read_only=True, bounds=(1, 100)),
-    ParameterSpec("cameras", Parameter.Type.STRING_ARRAY, "camera names; camera c reads c/image and publishes "
+    ParameterSpec("cameras", Unset("STRING_ARRAY"), "camera names; camera c reads c/image and publishes "
                   "c/panoptic/...; unset: one camera on image and panoptic/...", read_only=True),
     ParameterSpec("max_pixels", 4096 * 4096, "input images with more pixels are rejected", bounds=(1, 2**28)),
     ParameterSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages", read_only=True,
@@ -125,8 +138,11 @@ PARAMETER_NAMES = tuple(SPECS)
 
 def declare_parameters(node) -> None:
     """Declare every parameter of the table on `node` (overrides from the command line or a params file apply)."""
+    from rclpy.parameter import Parameter
+
     for spec in PARAMETERS:
-        node.declare_parameter(spec.name, spec.default, spec.descriptor())
+        default = getattr(Parameter.Type, spec.default.type_name) if isinstance(spec.default, Unset) else spec.default
+        node.declare_parameter(spec.name, default, spec.descriptor())
 
 
 def check_value(name: str, value: Any) -> str | None:

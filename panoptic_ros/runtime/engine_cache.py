@@ -92,9 +92,14 @@ def cached_engine_path(cache_dir: str | Path, onnx_path: str | Path, key: Engine
     return Path(cache_dir) / f"{stem}-{key.precision}-{key.digest()}.engine"
 
 
-def sidecar_path(engine_path: str | Path) -> Path:
+def beside(engine_path: str | Path, suffix: str) -> Path:
+    """The file next to an engine whose name is the engine's name plus `suffix`."""
     engine_path = Path(engine_path)
-    return engine_path.with_name(engine_path.name + ".json")
+    return engine_path.with_name(engine_path.name + suffix)
+
+
+def sidecar_path(engine_path: str | Path) -> Path:
+    return beside(engine_path, ".json")
 
 
 @dataclass(frozen=True)
@@ -141,8 +146,7 @@ def write_engine(engine_path: str | Path, engine_bytes: bytes, sidecar: Sidecar)
 
 
 def lock_path(engine_path: str | Path) -> Path:
-    engine_path = Path(engine_path)
-    return engine_path.with_name(engine_path.name + ".lock")
+    return beside(engine_path, ".lock")
 
 
 @dataclass(frozen=True)
