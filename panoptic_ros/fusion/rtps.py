@@ -104,6 +104,11 @@ class CandidateMasks(NamedTuple):
     exact: Tensor
 
 
+def in_mask(m: Tensor, sigma: Tensor) -> Tensor:
+    """Eq. 7, M_j(x, y) = M(x, y, j) > sigma: a value exactly at sigma is not in the mask."""
+    return m > sigma
+
+
 def instance_masks(queries: Detections, boxes: PixelBoxes, probability: Tensor, sigma: Tensor,
                    cell: int) -> CandidateMasks:
     """Eqs. 5-7, M(x, y, j) = IoU(B(x, y), B_j) * P_sem(x, y, c_j) > sigma, for the queries that
@@ -121,7 +126,7 @@ def instance_masks(queries: Detections, boxes: PixelBoxes, probability: Tensor, 
         iou = coordinate_iou(query_box, list(level_box.reshape(4, 1, cells))) * present[level]
         bound = iou if bound is None else torch.maximum(bound, iou)
     block_probability = F.max_pool2d(probability[None], cell)[0].reshape(probability.shape[0], -1)
-    reach = (bound * block_probability[queries.thing] > sigma) & queries.valid[:, None]  # (P, cells)
+    reach = in_mask(bound * block_probability[queries.thing], sigma) & queries.valid[:, None]  # (P, cells)
     count = min(CELL_CANDIDATES, pool)
     rank = torch.arange(pool, 0, -1, device=bound.device, dtype=torch.float32)[:, None]  # best query first
     key, query = torch.topk(index_op_input(reach) * rank, count, dim=0)  # (C, cells)
@@ -139,7 +144,7 @@ def instance_masks(queries: Detections, boxes: PixelBoxes, probability: Tensor, 
     table = F.pad(table, (0, 0, 0, 0, 1, 0)).permute(0, 2, 1).reshape(-1, count)  # row 0: no box
     pixel_iou = table[plus_block(boxes.level * cells, cell).reshape(-1)].T.reshape(count, height, width)
     thing = block_upsample(queries.thing[chosen].reshape(count, height // cell, width // cell), cell)
-    masks = pixel_iou * torch.gather(probability, 0, thing) > sigma
+    masks = in_mask(pixel_iou * torch.gather(probability, 0, thing), sigma)
     return CandidateMasks(query, slot, masks, exact)
 
 
