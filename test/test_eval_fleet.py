@@ -80,6 +80,11 @@ def test_combined_report_is_every_frame_together_and_a_row_per_bag(bags, backend
     assert [(r["bag"], r["frames run"], r["frames evaluated"], r["skipped"], r["error"]) for r in rows] == [
         (str(paths[0]), 3, 3, 0, None), (str(paths[1]), 2, 2, 0, None), (str(paths[2]), 3, 3, 1, None)]
     assert [r["pq"] for r in rows] == [e.result.all.pq for e in per_bag]
+    # The fusion's counts per bag (the untrained network overflows its 16 slots) and in total.
+    assert [(r["not converged"], r["candidates dropped"]) for r in rows] == [
+        (e.not_converged, e.candidates_dropped) for e in per_bag]
+    dropped = sum(e.candidates_dropped for e in per_bag)
+    assert dropped > 0
 
     paths_written = fleet.write_report(tmp_path / "report", SYNTHETIC)
     metrics = json.loads(paths_written["metrics"].read_text())
@@ -87,6 +92,7 @@ def test_combined_report_is_every_frame_together_and_a_row_per_bag(bags, backend
     assert metrics["skipped_frames"] == {"total": 1, UNDECODABLE_IMAGE: 1}
     assert metrics["latency_ms"]["total"]["count"] == 8
     assert metrics["info"]["bags"] == 3 and metrics["info"]["frames run"] == 8
+    assert (metrics["info"]["frames not converged"], metrics["info"]["candidates dropped"]) == (0, dropped)
     assert without_latency(metrics["bags"]) == without_latency(rows)
     markdown = paths_written["markdown"].read_text()
     assert "## Bags (3)" in markdown and f"| {paths[2]} | 3 | 3 | 1 |" in markdown

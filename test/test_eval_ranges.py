@@ -120,6 +120,22 @@ def test_index_matched_folder_ground_truth_goes_by_position_in_every_range(tmp_p
     assert whole.result.num_frames == 6
 
 
+def test_a_failed_frame_ends_the_joined_bag_and_the_later_ranges_are_left_out(tmp_path, long_bag, backend):  # noqa: F811
+    path, frames = long_bag
+    write_folder(tmp_path, frames, lambda i, frame: f"{i:04d}.png")
+    (tmp_path / "panoptic" / "0003.png").write_bytes(b"not a png")  # scoring the 4th frame fails
+
+    def folder():
+        return FolderGroundTruth(tmp_path / "panoptic", SYNTHETIC, match="index")
+
+    whole = evaluate_bag(path, IMAGE_TOPIC, backend, ground_truth=folder(), label_divisor=DIVISOR, num_overlays=7)
+    assert whole.frames == 3 and whole.bag_error.startswith(f"bag {path}, image message 3")
+    parts = [evaluate_bag(path, IMAGE_TOPIC, backend, ground_truth=folder(), label_divisor=DIVISOR, num_overlays=7,
+                          frame_range=r) for r in split_range(7, 3)]
+    assert parts[2].frames == 1 and parts[2].bag_error is None  # frame 6 runs in its range, not in the whole bag
+    assert_same_bag(join_evaluations(parts), whole)
+
+
 def test_frames_sharing_a_stamp_stay_in_one_range(tmp_path, backend, model_path):  # noqa: F811
     """Frames 1 and 2 carry one stamp and the ground-truth topic one message for it: the frame that takes it first
     in the whole bag takes it in the ranges too, and the other one is left without, as in the whole bag."""

@@ -15,6 +15,14 @@ model: --model NAME|PATH (a shipped model, models/NAME.onnx, or a file), --onnx 
 panoptic_node, then --params (a node parameters file such as config/cpu.yaml: every ros__parameters
 section applies), then the options given here.
 
+thresholds: the model's own defaults (its file's metadata: its paper's values), unless --params or an
+option sets one. The command prints each value in force with its source, warns about a threshold set
+that the model does not use, and the report lists them ("thresholds", "threshold sources").
+
+fusion: the report counts frames whose unrolled NMS / pasting did not converge and the valid candidates
+that did not fit the model's K slots (their pixels are void), per bag and in total; the command warns
+when either is not 0.
+
 ground truth: --gt-topic T: 32SC1 id images (class * label_divisor + instance, -1 void) with the frames'
 header stamps (within --gt-tolerance-ms). --gt-dir D: a COCO / Cityscapes panoptic PNG folder with its JSON
 (default D.json); --gt-match stamp: the last run of digits in a PNG's name is the frame's header stamp in
@@ -78,7 +86,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--input-size", help="torch with --checkpoint: model input HxW, e.g. 512x1024")
     parser.add_argument("--params", type=Path, help="panoptic_node parameters YAML (e.g. config/cpu.yaml)")
     for name in THRESHOLD_OPTIONS:
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=float, help=f"fusion threshold {name}")
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=float,
+                            help=f"fusion threshold {name} (default: the model's)")
     parser.add_argument("--label-divisor", type=int, help="panoptic id = class * divisor + instance (default 1000)")
 
     parser.add_argument("--report", required=True, type=Path, help="report folder to write")
@@ -143,36 +152,57 @@ def output_bags(folder: Path, bags: list[Path]) -> list[Path]:
 
 
 def _settings(args: argparse.Namespace):
-    """(node parameter values, thresholds, label divisor, model settings) of the command's options."""
+    """(threshold overrides, label divisor, model settings) of the command's options (overrides checked here, so
+    a bad value fails before a model loads)."""
     from panoptic_ros.ros import parameters as params
+    from panoptic_ros.runtime.model_thresholds import check_overrides
 
     values = node_parameters(args)
-    return values, params.thresholds(values), int(values["label_divisor"]), params.model_settings(values)
+    overrides = {name: values[name] for name in THRESHOLD_OPTIONS if values.get(name) is not None}
+    check_overrides(overrides)
+    return overrides, int(values["label_divisor"]), params.model_settings(values)
+
+
+def print_thresholds(in_force) -> None:
+    """The thresholds in force with their sources, and a warning per override the model does not use."""
+    print(f"eval-bag: {in_force.describe()}", file=sys.stderr)
+    for warning in in_force.warnings():
+        print(f"panoptic-ros eval-bag: warning: {warning}", file=sys.stderr)
+
+
+def print_fusion_warning(not_converged: int, candidates_dropped: int) -> None:
+    """A warning when frames did not converge or candidates were dropped (the report has the counts)."""
+    if not_converged or candidates_dropped:
+        print(f"panoptic-ros eval-bag: warning: {not_converged} frames did not converge (NMS / pasting stopped at "
+              f"the graph's sweep bound) and {candidates_dropped} candidates were dropped (more valid objects than "
+              "the model's K slots: their pixels are void)", file=sys.stderr)
 
 
 def run_one(args: argparse.Namespace, bag: Path) -> int:
     """One bag in this process: its report, and the predictions bag with --output-bag."""
     from panoptic_ros.evaluation.bag_eval import evaluate_bag, image_topic_count
+    from panoptic_ros.evaluation.fleet import TrackingSpec
     from panoptic_ros.evaluation.ground_truth import FolderGroundTruth, TopicGroundTruth
     from panoptic_ros.ros import parameters as params
     from panoptic_ros.runtime.backends import create_backend
-    from panoptic_ros.tracking.evaluation import SequenceTracking
+    from panoptic_ros.runtime.model_thresholds import thresholds_in_force
     from panoptic_ros.tracking.report import summary_line
 
-    _, thresholds, label_divisor, settings = _settings(args)
+    overrides, label_divisor, settings = _settings(args)
     tolerance_ns = round(args.gt_tolerance_ms * 1e6)
     # The bag and its topics first: a typo should not wait for a model to load.
     image_topic_count(bag, args.image_topic)
     ground_truth = TopicGroundTruth(bag, args.gt_topic, tolerance_ns) if args.gt_topic else None
     backend = create_backend(settings.backend, settings.model_file(params.default_models_dir()),
                              device=settings.device, **settings.backend_options())
+    print_thresholds(thresholds_in_force(backend.info, overrides))
     if args.gt_dir is not None:
         ground_truth = FolderGroundTruth(args.gt_dir, backend.label_set, args.gt_json, args.gt_format, args.gt_match,
                                          tolerance_ns)
 
-    tracking = (SequenceTracking(backend.label_set, label_divisor, args.tracker == "on",
-                                 TrackerConfig(max_age=args.track_max_age)) if args.tracking else None)
-    evaluation = evaluate_bag(bag, args.image_topic, backend, ground_truth=ground_truth, thresholds=thresholds,
+    tracking = (TrackingSpec(args.tracker == "on", TrackerConfig(max_age=args.track_max_age)).create(
+        backend.label_set, label_divisor) if args.tracking else None)
+    evaluation = evaluate_bag(bag, args.image_topic, backend, ground_truth=ground_truth, thresholds=overrides,
                               label_divisor=label_divisor, max_frames=args.max_frames, num_overlays=args.overlays,
                               output_bag=args.output_bag, tracking=tracking, overlap=not args.no_overlap,
                               progress=sys.stderr.isatty())
@@ -182,6 +212,7 @@ def run_one(args: argparse.Namespace, bag: Path) -> int:
     if evaluation.tracking is not None:
         print(summary_line(evaluation.tracking, evaluation.tracking_mode, backend.label_set))
     _print_summary(None, evaluation.latencies_ms, evaluation.skipped)
+    print_fusion_warning(evaluation.not_converged, evaluation.candidates_dropped)
     print(f"{evaluation.frames} frames run; report written to {args.report}"
           + (f"; predictions written to {args.output_bag}" if args.output_bag is not None else ""))
     if evaluation.bag_error:
@@ -206,7 +237,7 @@ def run_many(args: argparse.Namespace, bags: list[Path]) -> int:
     )
     from panoptic_ros.ros import parameters as params
 
-    _, thresholds, label_divisor, settings = _settings(args)
+    overrides, label_divisor, settings = _settings(args)
     options = settings.backend_options()
     if "threads" in options:  # workers share the cores instead of each taking them all
         busy = args.jobs if args.split_frames is not None else min(args.jobs, len(bags))
@@ -229,8 +260,8 @@ def run_many(args: argparse.Namespace, bags: list[Path]) -> int:
     outputs: list[Path | None] = [None] * len(bags)
     if args.output_bag is not None:  # one bag (on Ray): its predictions bag; several: a folder of them
         outputs = [args.output_bag] if len(bags) == 1 else output_bags(args.output_bag, bags)
-    tasks = [BagTask(path(bag), args.image_topic, model, ground_truth, thresholds, label_divisor, args.max_frames,
-                     share, overlap=not args.no_overlap, output_bag=path(output), tracking=tracking)
+    tasks = [BagTask(path(bag), args.image_topic, model, ground_truth, tuple(sorted(overrides.items())), label_divisor,
+                     args.max_frames, share, overlap=not args.no_overlap, output_bag=path(output), tracking=tracking)
              for bag, share, output in zip(bags, overlay_shares(args.overlays, len(bags)), outputs, strict=True)]
     fleet = evaluate_bags(tasks, jobs=args.jobs, ray_address=args.ray, progress=sys.stderr.isatty(),
                           split_frames=args.split_frames)
@@ -245,6 +276,9 @@ def run_many(args: argparse.Namespace, bags: list[Path]) -> int:
         for stage, values in evaluation.latencies_ms.items():
             latencies.setdefault(stage, []).extend(values)
     _print_summary(fleet.result, latencies, dict(skipped))
+    if evaluations:  # the workers loaded the model: its thresholds are known now
+        print_thresholds(evaluations[0].thresholds)
+    print_fusion_warning(sum(e.not_converged for e in evaluations), sum(e.candidates_dropped for e in evaluations))
     for row in fleet.rows():
         pq = f"PQ {row['pq']:5.1f}" if row["pq"] is not None else "PQ     -"
         stq = f", STQ {100 * row['stq']:.1f}" if row.get("stq") is not None else ""

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import closing, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +50,7 @@ from panoptic_ros.evaluation.report import side_by_side, write_report
 from panoptic_ros.evaluation.scoring import UNDECODABLE_IMAGE, FrameEvaluator
 from panoptic_ros.imaging import Resampler
 from panoptic_ros.pipeline_io import PanopticResult, Thresholds
+from panoptic_ros.runtime.model_thresholds import ThresholdsInForce, thresholds_in_force
 from panoptic_ros.tracking.evaluation import SequenceTracking
 from panoptic_ros.tracking.stq import STQResult
 
@@ -76,6 +77,9 @@ class BagEvaluation:
     label_set: LabelSet | None = None  # the model's classes
     tracking: STQResult | None = None  # with tracking and ground truth
     tracking_mode: str = ""  # where the track ids came from
+    thresholds: ThresholdsInForce | None = None  # what the model ran with, and where each value came from
+    not_converged: int = 0  # frames whose unrolled NMS / pasting did not reach its fixed point
+    candidates_dropped: int = 0  # valid candidates that did not fit the model's K slots, over all frames
 
     @property
     def result(self) -> PQResult | None:
@@ -87,6 +91,7 @@ class BagEvaluation:
         label_set = label_set or self.label_set
         info = dict(self.info)
         info["frames run"] = self.frames
+        info["frames not converged"], info["candidates dropped"] = self.not_converged, self.candidates_dropped
         if self.result is not None:
             info["frames evaluated"] = self.result.num_frames
         if self.bag_error:
@@ -109,19 +114,20 @@ def image_topic_count(bag: str | Path, topic: str) -> int:
 
 
 def evaluate_bag(bag: str | Path, image_topic: str, backend, *, ground_truth: GroundTruthSource | None = None,
-                 thresholds: Thresholds | None = None, label_divisor: int = DEFAULT_LABEL_DIVISOR,
+                 thresholds: Mapping[str, float] | Thresholds | None = None, label_divisor: int = DEFAULT_LABEL_DIVISOR,
                  max_frames: int | None = None, num_overlays: int = 4, output_bag: str | Path | None = None,
                  tracking: SequenceTracking | None = None, overlap: bool = True, progress: bool = False,
                  progress_position: int = 0, progress_label: str = "eval-bag",
                  frame_range: FrameRange = WHOLE_BAG) -> BagEvaluation:
     """Run `backend` (runtime.backends.Backend) on every frame of `image_topic` in bag order and evaluate.
 
-    Without `ground_truth`, only latencies and overlays are measured. `max_frames` limits the run to the
-    topic's first messages; `num_overlays` strips are taken at evenly spaced frames; `output_bag` writes
-    the predictions (PredictionBagWriter). `frame_range`: only its messages run (of the first `max_frames`);
-    overlays stay at the positions a run over the whole bag takes them at. With `overlap`, decoding, inference
-    and scoring run on threads of their own with QUEUE_DEPTH frames between them (evaluation.overlap); the
-    results are the same. Raises
+    The model runs with its own default thresholds (its file's metadata) but for `thresholds` (name -> value
+    overrides; a Thresholds overrides all). Without `ground_truth`, only latencies and overlays are measured.
+    `max_frames` limits the run to the topic's first messages; `num_overlays` strips are taken at evenly spaced
+    frames; `output_bag` writes the predictions (PredictionBagWriter). `frame_range`: only its messages run (of
+    the first `max_frames`); overlays stay at the positions a run over the whole bag takes them at. With
+    `overlap`, decoding, inference and scoring run on threads of their own with QUEUE_DEPTH frames between them
+    (evaluation.overlap); the results are the same. Raises
     BagError / FileNotFoundError when the bag or topic cannot be read at all; damage found part-way ends the
     run with `bag_error` set, and so does a frame whose processing fails (the error names the bag and frame).
     """
@@ -133,7 +139,9 @@ def evaluate_bag(bag: str | Path, image_topic: str, backend, *, ground_truth: Gr
         raise ValueError("tracking follows a bag's frames in order, from the first: it cannot run on a frame range")
     total = image_topic_count(bag, image_topic)
     total = min(total, max_frames) if max_frames is not None else total
-    run = _BagRun(bag, backend, thresholds or Thresholds(), label_divisor, ground_truth, tracking,
+    overrides = thresholds.as_dict() if isinstance(thresholds, Thresholds) else dict(thresholds or {})
+    in_force = thresholds_in_force(backend.info, overrides)
+    run = _BagRun(bag, backend, in_force.thresholds, label_divisor, ground_truth, tracking,
                   overlay_at=np.linspace(0, total - 1, min(num_overlays, total)).round().astype(int).tolist())
     if not frame_range.whole:  # a part of the bag: its frames' IoU sums are kept for joining (frame_ranges)
         run.evaluator.accumulator = FrameOrderAccumulator(run.evaluator.accumulator.categories)
@@ -159,7 +167,8 @@ def evaluate_bag(bag: str | Path, image_topic: str, backend, *, ground_truth: Gr
             "ground truth": ground_truth.describe() if ground_truth is not None else "none",
             "model": backend.model_name, "model file": str(described["model_path"]), "backend": described["backend"],
             "device": described["device"], "input size": "x".join(map(str, backend.input_hw)),
-            "thresholds": run.thresholds.as_dict(), "label divisor": label_divisor}
+            "thresholds": run.thresholds.as_dict(), "threshold sources": in_force.report(),
+            "label divisor": label_divisor}
     if output_bag is not None:
         info["output bag"] = str(output_bag)
     if tracking is not None:
@@ -169,7 +178,8 @@ def evaluate_bag(bag: str | Path, image_topic: str, backend, *, ground_truth: Gr
                          skipped=dict(run.evaluator.skipped), frames=run.frames, overlays=run.overlays,
                          bag_error=run.bag_error, notes=run.evaluator.notes, info=info, label_set=backend.label_set,
                          tracking=tracking.result() if tracking is not None else None,
-                         tracking_mode=tracking.mode if tracking is not None else "")
+                         tracking_mode=tracking.mode if tracking is not None else "", thresholds=in_force,
+                         not_converged=run.not_converged, candidates_dropped=run.candidates_dropped)
 
 
 class FrameError(RuntimeError):
@@ -238,6 +248,8 @@ class _BagRun:
         self.latencies: dict[str, list[float]] = defaultdict(list)
         self.overlays: list[np.ndarray] = []
         self.frames = 0
+        self.not_converged = 0
+        self.candidates_dropped = 0
         self.bag_error: str | None = None
         self._overlay_at = set(overlay_at)
         self._resamplers: dict[tuple[int, int], Resampler] = {}
@@ -280,6 +292,8 @@ class _BagRun:
         read, frame = item.read, item.read.message
         times = read.times
         self.frames += 1
+        self.not_converged += not item.result.converged
+        self.candidates_dropped += item.result.candidates_dropped
         try:
             gt = self.evaluator.add(item.panoptic, frame.stamp_ns, read.index, times)
             if gt is not None and self.tracking is not None:

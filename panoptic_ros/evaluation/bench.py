@@ -8,7 +8,8 @@ pipeline's id maps (class * 1000 + instance), which is what bag evaluation uses.
 `--peers`: `--frames` such pairs (each of its own seed) are written as COCO panoptic folders, and each
 evaluator installed (hotcoco, cityscapesscripts) and `panoptic-ros eval` run on them in a fresh process,
 interleaved, `--rounds` times; the median wall time of each (process start, imports and PNG reading
-included), the ratios to ours from the same run, and each one's PQ (they must agree) are reported.
+included), its median CPU time (user + system, the process and the children it waited for: what load does
+not inflate), the wall-time ratios to ours from the same run, and each one's PQ (they must agree) are reported.
 `--bag-fps`: a bag of `--bag-frames` JPEG frames of `--height`x`--width` street scenes (8 scenes, cycled) with
 32SC1 ground truth is evaluated with a shipped model (`--model`, ONNX Runtime) with and without decoding,
 inference and scoring overlapped (eval-bag's default and its --no-overlap), alternately `--rounds` times;
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -129,16 +131,21 @@ def write_peer_folders(root: Path, frames: int, height: int, width: int, instanc
     return paths
 
 
-def _timed_process(command: list[str], metrics: Path | None) -> tuple[float, float]:
-    """(wall seconds, PQ) of a command that prints {"pq": ...} last, or writes eval's `metrics` JSON."""
-    start = time.perf_counter()
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _timed_process(command: list[str], metrics: Path | None) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds, PQ) of a command that prints {"pq": ...} last, or writes eval's `metrics` JSON."""
+    cpu, start = _children_cpu_seconds(), time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, _children_cpu_seconds() - cpu
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command[:4])} failed: {done.stderr.strip()[-2000:]}")
     if metrics is not None:
-        return seconds, float(json.loads(metrics.read_text())["all"]["pq"])
-    return seconds, float(json.loads(done.stdout.strip().splitlines()[-1])["pq"])
+        return seconds, cpu, float(json.loads(metrics.read_text())["all"]["pq"])
+    return seconds, cpu, float(json.loads(done.stdout.strip().splitlines()[-1])["pq"])
 
 
 def run_peers(args: argparse.Namespace) -> dict:
@@ -160,17 +167,20 @@ def run_peers(args: argparse.Namespace) -> dict:
             else:
                 commands[name] = ([sys.executable, "-c", script, *paths, work], None)
         times: dict[str, list[float]] = {name: [] for name in commands}
+        cpu: dict[str, list[float]] = {name: [] for name in commands}
         pq: dict[str, float] = {}
         for _ in range(args.rounds):  # interleaved, so that load changes touch every evaluator alike
             for name, (command, metrics) in commands.items():
-                seconds, pq[name] = _timed_process(command, metrics)
+                seconds, cpu_seconds, pq[name] = _timed_process(command, metrics)
                 times[name].append(seconds)
+                cpu[name].append(cpu_seconds)
     median = {name: statistics.median(values) for name, values in times.items()}
     ours_s = median["panoptic-ros eval"]
     return {"frames": args.frames, "frame": f"{args.height}x{args.width}", "rounds": args.rounds,
             "not installed": missing,
             "evaluators": {name: {"median_s": median[name], "per_frame_ms": 1000 * median[name] / args.frames,
-                                  "ours_vs_this": ours_s / median[name], "pq": pq[name], "runs_s": times[name]}
+                                  "ours_vs_this": ours_s / median[name], "cpu_median_s": statistics.median(cpu[name]),
+                                  "pq": pq[name], "runs_s": times[name]}
                            for name in commands}}
 
 
@@ -212,14 +222,16 @@ def publish_peers(args: argparse.Namespace, report: dict) -> None:
     evaluators = report["evaluators"]
     body = "\n".join([
         f"| {report['frames']} frame pairs of {report['frame']}, COCO panoptic folders | whole process, median s | "
-        "ms per frame | `panoptic-ros eval` time / this | PQ |", "|---|---:|---:|---:|---:|",
-        *(f"| {name} | {e['median_s']:.2f} | {e['per_frame_ms']:.0f} | {e['ours_vs_this']:.2f} | {e['pq']:.6f} |"
+        "ms per frame | `panoptic-ros eval` time / this | CPU, median s | PQ |", "|---|---:|---:|---:|---:|---:|",
+        *(f"| {name} | {e['median_s']:.2f} | {e['per_frame_ms']:.0f} | {e['ours_vs_this']:.2f} | "
+          f"{e['cpu_median_s']:.2f} | {e['pq']:.6f} |"
           for name, e in evaluators.items())])
     note = (f"{report['rounds']} interleaved rounds; each run is a fresh process (start, imports, PNG reading "
             "included); ratios are from this one run." + (f" Not installed: {', '.join(report['not installed'])}."
                                                           if report["not installed"] else ""))
     machine = bench_report.describe_machine("all cores (each evaluator's own choice)",
-                                            ("numpy", "opencv-python-headless", "hotcoco", "cityscapesscripts"))
+                                            ("numpy", "opencv-python-headless", "kornia-rs", "hotcoco",
+                                             "cityscapesscripts"))
     bench_report.publish(args, "eval-peers", machine, body, note)
 
 

@@ -38,8 +38,8 @@ from panoptic_ros.evaluation.frame_ranges import WHOLE_BAG, FrameRange, join_acc
 from panoptic_ros.evaluation.ground_truth import FolderGroundTruth, GroundTruthSource, TopicGroundTruth
 from panoptic_ros.evaluation.pq import PQAccumulator, PQResult
 from panoptic_ros.evaluation.report import latency_summary, write_report
-from panoptic_ros.pipeline_io import Thresholds
 from panoptic_ros.tracking.config import TrackerConfig
+from panoptic_ros.tracking.evaluation import SequenceTracking
 
 RAY_HINT = "pip install 'panoptic_ros[cluster]' (or the pinned ray from requirements.txt)"
 BAG_SUFFIXES = (".mcap", ".db3")
@@ -99,10 +99,8 @@ class TrackingSpec:
     use_tracker: bool = True
     config: TrackerConfig = TrackerConfig()
 
-    def create(self, label_set: LabelSet, label_divisor: int):
-        """A tracking.evaluation.SequenceTracking for one bag."""
-        from panoptic_ros.tracking.evaluation import SequenceTracking
-
+    def create(self, label_set: LabelSet, label_divisor: int) -> SequenceTracking:
+        """The tracking of one bag."""
         return SequenceTracking(label_set, label_divisor, self.use_tracker, self.config)
 
 
@@ -114,7 +112,7 @@ class BagTask:
     image_topic: str
     model: ModelSpec
     ground_truth: GroundTruthSpec = GroundTruthSpec()
-    thresholds: Thresholds = Thresholds()
+    thresholds: tuple[tuple[str, float], ...] = ()  # overrides of the model's default thresholds
     label_divisor: int = 1000
     max_frames: int | None = None
     num_overlays: int = 0
@@ -138,7 +136,7 @@ class BagOutcome:
         row: dict[str, Any] = {"bag": self.bag}
         if evaluation is None:
             return {**row, "frames run": 0, "frames evaluated": 0, "skipped": 0, "pq": None, "sq": None, "rq": None,
-                    "total p50 ms": None, "error": self.error}
+                    "total p50 ms": None, "not converged": 0, "candidates dropped": 0, "error": self.error}
         result = evaluation.result
         total = latency_summary({"total": evaluation.latencies_ms.get("total", [])}).get("total")
         return {**row, "frames run": evaluation.frames,
@@ -148,6 +146,7 @@ class BagOutcome:
                 "sq": result.all.sq if result is not None else None,
                 "rq": result.all.rq if result is not None else None,
                 "total p50 ms": round(total["p50"], 2) if total else None,
+                "not converged": evaluation.not_converged, "candidates dropped": evaluation.candidates_dropped,
                 **_tracking_columns(evaluation), "error": evaluation.bag_error}
 
 
@@ -175,7 +174,7 @@ def evaluate_task(task: BagTask, progress: bool = False) -> BagOutcome:
         label = Path(task.bag).name + ("" if task.frame_range.whole else f" @{task.frame_range.start}")
         evaluation = evaluate_bag(task.bag, task.image_topic, backend,
                                   ground_truth=task.ground_truth.open(task.bag, backend.label_set),
-                                  thresholds=task.thresholds, label_divisor=task.label_divisor,
+                                  thresholds=dict(task.thresholds), label_divisor=task.label_divisor,
                                   max_frames=task.max_frames, num_overlays=task.num_overlays, overlap=task.overlap,
                                   output_bag=task.output_bag, tracking=tracking, frame_range=task.frame_range,
                                   progress=progress, progress_position=_progress_slot, progress_label=label)
@@ -239,7 +238,9 @@ class FleetEvaluation:
         info = {key: value for key, value in first.items() if key not in ("bag", "ground truth", "notes", "output bag")}
         info.update(self.info)
         info.update({"bags": len(self.outcomes), "bags with errors": len(self.failed),
-                     "frames run": sum(e.frames for e in evaluations)})
+                     "frames run": sum(e.frames for e in evaluations),
+                     "frames not converged": sum(e.not_converged for e in evaluations),
+                     "candidates dropped": sum(e.candidates_dropped for e in evaluations)})
         if result is not None:
             info["frames evaluated"] = result.num_frames
         return write_report(directory, result=result, latencies_ms=latencies, overlays=overlays,
@@ -354,7 +355,9 @@ def join_evaluations(parts: Sequence[BagEvaluation]) -> BagEvaluation:
                          skipped=dict(skipped), frames=sum(p.frames for p in used),
                          overlays=[o for p in used for o in p.overlays], bag_error=last.bag_error,
                          notes=[*reason_notes.values(), *source_notes], info=dict(used[0].info),
-                         label_set=used[0].label_set)
+                         label_set=used[0].label_set, thresholds=used[0].thresholds,
+                         not_converged=sum(p.not_converged for p in used),
+                         candidates_dropped=sum(p.candidates_dropped for p in used))
 
 
 def _claim_progress_slot(slots) -> None:

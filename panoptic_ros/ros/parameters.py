@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from panoptic_ros.classes import DEFAULT_LABEL_DIVISOR
+from panoptic_ros.fusion.reference.defaults import DEFAULT_SOURCES
 from panoptic_ros.imaging import RESIZE_MODES
-from panoptic_ros.pipeline_io import Thresholds
+from panoptic_ros.pipeline_io import THRESHOLD_INPUTS, Thresholds
 from panoptic_ros.runtime.choices import BACKENDS, MODEL_SUFFIXES, PRECISIONS
+from panoptic_ros.runtime.model_thresholds import ThresholdsInForce, models_using
 
 if TYPE_CHECKING:  # the table itself is plain data: eval-bag and replay read it without loading ROS
     from rcl_interfaces.msg import ParameterDescriptor
@@ -48,14 +50,17 @@ class ParameterSpec:
     choices: tuple[str, ...] | None = None  # allowed string values
     pattern: str | None = None  # regular expression a string value must match in full
     pattern_help: str = ""  # the pattern in words, for the refusal message
+    unset: str = "unset"  # what a parameter with no default means while nobody sets it (README's table)
 
-    def descriptor(self) -> ParameterDescriptor:
+    def descriptor(self, constraints: str = "") -> ParameterDescriptor:
+        """Its ParameterDescriptor; `constraints` (additional_constraints) says what the allowed values cannot."""
         from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
-        descriptor = ParameterDescriptor(name=self.name, description=self.description, read_only=self.read_only)
+        descriptor = ParameterDescriptor(name=self.name, description=self.description, read_only=self.read_only,
+                                         additional_constraints=constraints)
         if self.choices:
             descriptor.additional_constraints = f"one of: {', '.join(self.choices)}"
-        if self.bounds is not None and isinstance(self.default, float):
+        if self.bounds is not None and (isinstance(self.default, float) or self.default == Unset("DOUBLE")):
             descriptor.floating_point_range = [FloatingPointRange(from_value=float(self.bounds[0]),
                                                                   to_value=float(self.bounds[1]))]
         elif self.bounds is not None:
@@ -65,12 +70,27 @@ class ParameterSpec:
 
 _THRESHOLD_HELP = {
     "score_threshold": "minimum instance / detection confidence",
-    "center_threshold": "Panoptic SwiftNet: minimum center-heatmap peak",
+    "center_threshold": "minimum center-heatmap peak",
     "nms_iou": "box / mask NMS IoU",
-    "mask_sigma": "RTPS: IoU x P_sem threshold; FPSNet / SPINet: mask probability",
-    "overlap_threshold": "LPSNet / merge: drop an instance whose overlap with earlier ones exceeds this",
+    "mask_sigma": "RTPS: IoU x P_sem threshold; SPINet: mask probability",
+    "overlap_threshold": "drop an instance whose overlap with the ones pasted before it exceeds this fraction",
     "min_stuff_area": "stuff segments smaller than this many model-input pixels become void",
 }
+# Fusion thresholds have no default of their own: unset, the loaded model's default applies (its file's
+# metadata: its paper's value). ROS cannot tell a parameter set to its declared default from one left alone,
+# so they are declared without a value; once a model is loaded the node sets the unset ones to the model's
+# values (so `ros2 param get` shows what is in force) and they follow the model when it changes. A value
+# from the command line, a params file or `ros2 param set` is an override and stays one.
+THRESHOLDS_UNSET = "the model's"
+
+
+def _threshold_description(name: str) -> str:
+    used = models_using(name)
+    unused = [model for model in DEFAULT_SOURCES if model not in used]
+    return (f"{_THRESHOLD_HELP[name]}; used by {', '.join(used) or 'no model'}"
+            + (f", not used by {', '.join(unused)}" if unused else "")
+            + "; unset: the loaded model's default (from its file), set: an override")
+
 
 PARAMETERS: tuple[ParameterSpec, ...] = (
     # Model and runtime (a change swaps the backend in the background).
@@ -89,8 +109,8 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("torch_input_height", 0, "torch with a .pt checkpoint: input height in pixels", bounds=(0, 8192)),
     ParameterSpec("torch_input_width", 0, "torch with a .pt checkpoint: input width in pixels", bounds=(0, 8192)),
     # Fusion thresholds (graph inputs: they apply from the next frame, no rebuild).
-    *(ParameterSpec(name, float(getattr(Thresholds(), name)), _THRESHOLD_HELP[name], bounds=Thresholds.RANGES[name])
-      for name in _THRESHOLD_HELP),
+    *(ParameterSpec(name, Unset("DOUBLE"), _threshold_description(name), bounds=Thresholds.RANGES[name],
+                    unset=THRESHOLDS_UNSET) for name in THRESHOLD_INPUTS),
     ParameterSpec("label_divisor", DEFAULT_LABEL_DIVISOR, "panoptic id = class_id * label_divisor + instance; must "
                   "exceed the model's max instances", bounds=(1, 2**31 - 1)),
     # Outputs.
@@ -142,7 +162,25 @@ def declare_parameters(node) -> None:
 
     for spec in PARAMETERS:
         default = getattr(Parameter.Type, spec.default.type_name) if isinstance(spec.default, Unset) else spec.default
-        node.declare_parameter(spec.name, default, spec.descriptor())
+        constraints = UNLOADED_THRESHOLD if spec.name in THRESHOLD_INPUTS else ""
+        node.declare_parameter(spec.name, default, spec.descriptor(constraints))
+
+
+UNLOADED_THRESHOLD = "no model loaded yet: unset, the model's default will apply"
+
+
+def threshold_descriptor(name: str, in_force: ThresholdsInForce) -> ParameterDescriptor:
+    """`name`'s descriptor once a model is loaded: additional_constraints says whether the model uses it, and
+    where its value comes from."""
+    from rclpy.parameter import Parameter
+
+    if name in in_force.unused:
+        state = f"not used by the loaded model {in_force.model}: setting it changes nothing for this model"
+    else:
+        state = f"in force for {in_force.model}: {getattr(in_force.thresholds, name):g} ({in_force.source(name)})"
+    descriptor = SPECS[name].descriptor(state)
+    descriptor.type = Parameter.Type.DOUBLE.value  # declare_parameter fills it in; a replacement must say it
+    return descriptor
 
 
 def check_value(name: str, value: Any) -> str | None:
@@ -253,7 +291,4 @@ def output_settings(values: dict[str, Any]) -> OutputSettings:
     return _snapshot(OutputSettings, values)
 
 
-def thresholds(values: dict[str, Any]) -> Thresholds:
-    """Thresholds from parameter values; ValueError with the field and its range if one is invalid."""
-    return _snapshot(Thresholds, values)
 
