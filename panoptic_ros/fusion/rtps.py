@@ -45,7 +45,9 @@ from panoptic_ros.pipeline_io import HEAD_BOX_CLS, HEAD_BOX_REG, HEAD_CENTERNESS
 
 QUERY_POOL = 2  # queries pasted per K slot: pixels of queries beyond K become void, not stuff
 CELL_CANDIDATES = 8  # queries each block's pixels evaluate (the shipped model reaches 7 at sigma 0.3)
-OVERLAP_BLOCKS = 4096  # blocks whose pixels carry the paste state (all of them up to 512 x 1024 at CELL 8)
+# Blocks whose pixels carry the paste state: TensorRT's TopK picks fewer than 3840 (onnx_audit.TOPK_MAX):
+# every block up to 256 x 512 at CELL 8, 12% of a 1024 x 2048 frame.
+OVERLAP_BLOCKS = 3839
 
 
 def query_boxes(heads: Heads, strides: tuple[int, ...], image_size: tuple[int, int], thresholds: RuntimeThresholds,
