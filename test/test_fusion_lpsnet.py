@@ -157,7 +157,7 @@ def test_more_competitors_than_the_bounds_is_not_converged(monkeypatch):
     monkeypatch.setattr(lpsnet, "GROUPS", 2)
     masks, pasting = paste_boxes(boxes, semantic, overlap=1.0)
     assert not bool(masks.exact) and not bool(pasting.converged)
-    monkeypatch.setattr(lpsnet, "GROUPS", 3840)
+    monkeypatch.setattr(lpsnet, "GROUPS", 3839)
     monkeypatch.setattr(lpsnet, "OWNER_CANDIDATES", 2)
     masks, pasting = paste_boxes(boxes, semantic, overlap=1.0)
     assert bool(masks.exact) and not bool(pasting.converged)

@@ -35,7 +35,7 @@ from panoptic_ros.fusion.static_ops import index_op_input, paste_groups_by_confi
 from panoptic_ros.pipeline_io import HEAD_BORDERNESS, HEAD_BOX_CLS, HEAD_BOX_REG, HEAD_SEMANTIC
 
 SEMANTIC_STRIDE = 4  # the semantic logits' stride: upsampled by it to input pixels
-GROUPS = 3840  # rectangles inside two or more boxes of one class that the pasting counts (TensorRT's largest TopK)
+GROUPS = 3839  # rectangles inside two or more boxes of one class that the pasting counts (TensorRT: TopK K < 3840)
 OWNER_CANDIDATES = 4  # kept boxes a pixel compares
 
 
