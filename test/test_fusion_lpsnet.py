@@ -154,7 +154,10 @@ def test_more_competitors_than_the_bounds_is_not_converged(monkeypatch):
     boxes = [(0.0, 0.0, 12.0, 12.0), (0.0, 0.0, 8.0, 12.0), (4.0, 0.0, 12.0, 12.0)]
     masks, pasting = paste_boxes(boxes, semantic, overlap=1.0)
     assert bool(masks.exact) and bool(pasting.converged) and pasting.keep.all()
-    monkeypatch.setattr(lpsnet, "GROUPS", 2)
+    monkeypatch.setattr(lpsnet, "GROUPS", 1)  # TopKs of one: three of them find the three rectangles
+    masks, pasting = paste_boxes(boxes, semantic, overlap=1.0)
+    assert bool(masks.exact) and bool(pasting.converged) and masks.groups.any(dim=1).all()
+    monkeypatch.setattr(lpsnet, "GROUP_CHUNKS", 2)
     masks, pasting = paste_boxes(boxes, semantic, overlap=1.0)
     assert not bool(masks.exact) and not bool(pasting.converged)
     monkeypatch.setattr(lpsnet, "GROUPS", 3839)
