@@ -218,7 +218,7 @@ def run_bag_fps(args: argparse.Namespace) -> dict:
             "overlap_vs_no_overlap": median["overlap"] / median["no overlap"], "pq": evaluation.result.all.pq}
 
 
-def publish_peers(args: argparse.Namespace, report: dict) -> None:
+def publish_peers(args: argparse.Namespace, report: dict, machine: bench_report.Machine) -> None:
     evaluators = report["evaluators"]
     body = "\n".join([
         f"| {report['frames']} frame pairs of {report['frame']}, COCO panoptic folders | whole process, median s | "
@@ -229,35 +229,36 @@ def publish_peers(args: argparse.Namespace, report: dict) -> None:
     note = (f"{report['rounds']} interleaved rounds; each run is a fresh process (start, imports, PNG reading "
             "included); ratios are from this one run." + (f" Not installed: {', '.join(report['not installed'])}."
                                                           if report["not installed"] else ""))
-    machine = bench_report.describe_machine("all cores (each evaluator's own choice)",
-                                            ("numpy", "opencv-python-headless", "kornia-rs", "hotcoco",
-                                             "cityscapesscripts"))
     bench_report.publish(args, "eval-peers", machine, body, note)
 
 
-def publish_bag_fps(args: argparse.Namespace, report: dict) -> None:
+def publish_bag_fps(args: argparse.Namespace, report: dict, machine: bench_report.Machine) -> None:
     body = "\n".join([
         f"| eval-bag, {report['frames']} frames of {report['frame']} (JPEG), {report['model']} at {report['input']} "
         f"on {report['device']} | frames per second |", "|---|---:|",
         f"| decode, inference and scoring one after another (`--no-overlap`) | {report['fps']['no overlap']:.2f} |",
         f"| overlapped, bounded queues (default) | {report['fps']['overlap']:.2f} |",
         f"| ratio | {report['overlap_vs_no_overlap']:.2f} |"])
-    machine = bench_report.describe_machine("ONNX Runtime default, decode and scoring threads",
-                                            ("numpy", "onnxruntime", "opencv-python-headless"))
     bench_report.publish(args, "eval-bag-fps", machine, body,
                          f"{report['rounds']} alternating rounds; the ratio is from this one run.")
 
 
 def run(args: argparse.Namespace) -> int:
+    # Each machine description is taken before its run, so that its load average is the load at the start.
     if args.bag_fps:
+        machine = bench_report.describe_machine("ONNX Runtime default, decode and scoring threads",
+                                                ("numpy", "onnxruntime", "opencv-python-headless"))
         report = run_bag_fps(args)
         print(json.dumps(report, indent=1))
-        publish_bag_fps(args, report)
+        publish_bag_fps(args, report, machine)
         return 0
     if args.peers:
+        machine = bench_report.describe_machine("all cores (each evaluator's own choice)",
+                                                ("numpy", "opencv-python-headless", "kornia-rs", "hotcoco",
+                                                 "cityscapesscripts"))
         report = run_peers(args)
         print(json.dumps(report, indent=1))
-        publish_peers(args, report)
+        publish_peers(args, report, machine)
         return 0
     from panoptic_ros.classes import SYNTHETIC
     from panoptic_ros.data.formats import to_id_map
@@ -265,6 +266,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.repeats < 1 or args.height < 64 or args.width < 64:
         raise ValueError("need --repeats >= 1 and a frame of at least 64x64")
+    machine = bench_report.describe_machine("1 (NumPy)", ("numpy",))
     gt, pred = synthetic_pair(args.height, args.width, args.instances, np.random.default_rng(args.seed))
     gt_map, pred_map = to_id_map(gt, 1000, SYNTHETIC), to_id_map(pred, 1000, SYNTHETIC)
     coco, pipeline = PQAccumulator.from_label_set(SYNTHETIC), PQAccumulator.from_label_set(SYNTHETIC)
@@ -285,6 +287,5 @@ def run(args: argparse.Namespace) -> int:
           f"{report[path]['median_ms'] / report['add_id_maps']['median_ms']:.2f} |"
           for path, what in (("add", "COCO-layout annotations"), ("add_id_maps", "pipeline id maps, as eval-bag"))),
     ])
-    machine = bench_report.describe_machine("1 (NumPy)", ("numpy",))
     bench_report.publish(args, "eval", machine, body, f"{args.repeats} interleaved rounds after one warm-up round.")
     return 0
