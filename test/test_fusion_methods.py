@@ -290,12 +290,13 @@ def test_psn_pixels_join_the_centre_their_offset_points_closest_to(rng):
     centres, _ = find_instance_centres(torch.from_numpy(heads["center"][0, 0]), torch.tensor(0.1), 7, 24)
     valid = centres.valid.numpy()
     listed = [(0.0, int(y), int(x)) for y, x in zip(centres.y.numpy(), centres.x.numpy(), strict=True)]
-    owner = group_pixels(torch.from_numpy(heads["offset"][0]), centres).nearest.numpy()
-    everywhere = np.ones(scene.shape, dtype=bool)
-    expected = reference_group_pixels(everywhere, heads["offset"][0], [c for c, v in zip(listed, valid, strict=True)
-                                                                        if v])
-    positions = np.flatnonzero(valid)
-    assert (positions[expected] == owner).mean() >= 0.999
+    thing = scene.instance >= 0
+    grouping = group_pixels(torch.from_numpy(heads["offset"][0]), centres, torch.arange(valid.shape[0]),
+                            torch.from_numpy(thing))
+    expected = reference_group_pixels(thing, heads["offset"][0], [c for c, v in zip(listed, valid, strict=True) if v])
+    # Not crowded: every thing pixel's pick is exactly the reference's.
+    assert not grouping.crowded
+    np.testing.assert_array_equal(np.flatnonzero(valid)[expected[thing]], grouping.taken.numpy()[thing])
 
 
 def test_psn_vote_is_the_majority_and_ties_go_to_the_lower_class():
@@ -305,7 +306,8 @@ def test_psn_vote_is_the_majority_and_ties_go_to_the_lower_class():
     semantic[4:, 8:] = BICYCLE
     owner = np.repeat([[0] * 8 + [1] * 8], 8, axis=0)
     thing_index = torch.tensor([LABEL_SET.thing_ids.index(c) for c in semantic.reshape(-1)]).reshape(8, 16)
-    grouping = Grouping(torch.from_numpy(owner), torch.tensor([[[0, 1]]]), torch.zeros(8, 16, dtype=torch.int64))
+    grouping = Grouping(torch.from_numpy(owner), torch.tensor([[[0, 1]]]), torch.zeros(8, 16, dtype=torch.int32),
+                        torch.tensor(False))
     classes = vote_classes(grouping, torch.tensor([0, 1]), thing_index, torch.tensor(LABEL_SET.thing_ids), 2)
     assert classes.tolist() == reference_vote(semantic, owner, 2, LABEL_SET.num_classes) == [PERSON, CAR]
 
