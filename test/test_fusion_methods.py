@@ -31,7 +31,7 @@ from panoptic_ros.fusion.detections import PRE_NMS_TOP
 from panoptic_ros.fusion.fpsnet import FPSNetFusion
 from panoptic_ros.fusion.ideal_pq import ideal_psn_pq
 from panoptic_ros.fusion.lpsnet import LPSNetFusion
-from panoptic_ros.fusion.psn import Grouping, PSNFusion, find_instance_centres, group_pixels, vote_classes
+from panoptic_ros.fusion.psn import CANDIDATES, Grouping, PSNFusion, find_instance_centres, group_pixels, vote_classes
 from panoptic_ros.fusion.reference.fpsnet import fpsnet_reference
 from panoptic_ros.fusion.reference.lpsnet import lpsnet_reference
 from panoptic_ros.fusion.reference.psn import find_centres, psn_reference
@@ -321,6 +321,32 @@ def test_psn_overflow_counts_dropped_centres_and_voids_their_pixels():
     # The weakest car's pixels become void, not part of the other car or the person.
     np.testing.assert_array_equal(capped.panoptic, np.where(scene.instance == 1, -1, expected))
     assert_same_result(capped, capped_reference)
+
+
+def crowded_cell_heads(centres: int) -> dict:
+    """A car filling a 64 x 64 frame, `centres` peaks 12 pixels apart inside one 40 x 40 square, and
+    offsets that send the 8 x 8 cell at (24, 24)'s pixels all over that square (elsewhere: zero)."""
+    size, car, road = 64, 6, 0
+    semantic = np.zeros((1, LABEL_SET.num_classes, size, size), dtype=np.float32)
+    semantic[0, car] = 10.0
+    semantic[0, road, 60:] = 20.0
+    center = np.zeros((1, 1, size, size), dtype=np.float32)
+    for n in range(centres):
+        center[0, 0, 12 + 12 * (n // 4), 12 + 12 * (n % 4)] = 0.9 - 0.01 * n
+    offset = np.zeros((1, 2, size, size), dtype=np.float32)
+    a, b = np.mgrid[0:8, 0:8]
+    offset[0, 0, 24:32, 24:32] = 10 + 5 * a - (24 + a)  # targets at rows 10, 15, ..., 45
+    offset[0, 1, 24:32, 24:32] = 10 + 5 * b - (24 + b)
+    return {"semantic": semantic, "center": center, "offset": offset}
+
+
+@pytest.mark.parametrize("centres,converged", [(CANDIDATES, True), (CANDIDATES + 1, False), (12, False)])
+def test_psn_crowded_cell_is_reported_as_not_converged(centres, converged):
+    # Every centre lies in the box of the crowded cell's targets: with more than CANDIDATES of them,
+    # one left out could be some pixel's closest, so the frame does not claim to be exact.
+    graph = run_fusion(PSNFusion(LABEL_SET, K, 7), crowded_cell_heads(centres), THRESHOLDS)
+    assert graph.converged is converged
+    assert len(thing_ids(graph)) == centres
 
 
 @pytest.mark.parametrize("height,width,frames", [(256, 512, 3), (512, 1024, 2)])

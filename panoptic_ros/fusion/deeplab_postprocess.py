@@ -4,7 +4,9 @@
 It does what detectron2's `projects/Panoptic-DeepLab/.../post_processing.py` does, the usual way:
 threshold + max-pool NMS of the centre heatmap and a top-k, the distance of every pixel's target to
 every centre at once ((P, H*W)), then a Python loop over instances (majority class by `torch.mode`)
-and over stuff classes (area filter). Data-dependent shapes and loops: eager only, never exported.
+and over stuff classes (area filter). One change makes it faster, not slower, than detectron2's:
+squared distances per coordinate ((P, 1) against (1, H*W)) instead of `torch.norm` of a
+(P, H*W, 2) difference (the same arg-min). Data-dependent shapes and loops: eager only, never exported.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ def group_pixels(centres: Tensor, offset: Tensor) -> Tensor:
     height, width = offset.shape[1:]
     ys, xs = torch.meshgrid(torch.arange(height, dtype=offset.dtype), torch.arange(width, dtype=offset.dtype),
                             indexing="ij")
-    target = (torch.stack((ys, xs)) + offset).flatten(1).T[None]  # (1, H*W, 2)
-    distance = torch.norm(centres.to(offset.dtype)[:, None, :] - target, dim=-1)  # (P, H*W)
+    target_y, target_x = (ys + offset[0]).reshape(1, -1), (xs + offset[1]).reshape(1, -1)
+    centre_y, centre_x = (c.to(offset.dtype)[:, None] for c in centres.unbind(dim=1))
+    distance = (target_y - centre_y) ** 2 + (target_x - centre_x) ** 2  # (P, H*W)
     return torch.argmin(distance, dim=0).reshape(height, width) + 1
 
 

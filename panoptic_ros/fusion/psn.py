@@ -10,8 +10,11 @@ deciding every input pixel.
 
 The heads come at input resolution (the network upsamples its stride-4 predictions 4x) and every
 decision is per input pixel. Only the search for a pixel's closest centre is narrowed on the
-GROUP_STRIDE grid: each cell keeps the few centres that can be closest to one of its pixels' targets
-(group_pixels), and each pixel compares those.
+GROUP_STRIDE grid: each cell keeps the CANDIDATES centres nearest to the box of its pixels' targets
+among those that can be closest to one of them (group_pixels), and each pixel compares those. That is
+exact unless a cell has more such centres and the nearest one left out is as close to the box as some
+thing pixel of the cell is to its pick: the frame's `converged` output is then 0 (the only way PSN's
+is; it has no sequential rule).
 Overflow: the best CENTRE_POOL * K centres are grouped; pixels of centres ranked beyond K become
 void and those centres are counted in candidates_dropped.
 score_threshold, nms_iou, mask_sigma and overlap_threshold are not used by this method.
@@ -33,7 +36,7 @@ from panoptic_ros.pipeline_io import HEAD_CENTER, HEAD_OFFSET, HEAD_SEMANTIC
 
 CENTRE_POOL = 2  # centres grouped per K slot: pixels of centres beyond K become void, not another instance
 GROUP_STRIDE = 8  # pixels per side of the cells that narrow the closest-centre search
-CANDIDATES = 4  # centres each cell's pixels compare (group_pixels)
+CANDIDATES = 5  # centres each cell's pixels compare (group_pixels): 4 left 4 of the 50 held-out frames crowded
 
 
 class Centres:
