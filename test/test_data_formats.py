@@ -141,6 +141,51 @@ def test_coco_write_read_round_trip(tmp_path, rng):
     assert read.find("frame_2.png").file_name == "frame_2.png"
 
 
+
+def read_without_fast_decoder(monkeypatch, path):
+    with monkeypatch.context() as patch:
+        patch.setattr(formats, "read_image_png_u8", None)
+        return formats.read_panoptic_png(path)
+
+
+def test_panoptic_png_ids_are_the_same_with_either_decoder(tmp_path, rng, monkeypatch):
+    """8-bit RGB PNGs take the fast decoder (kornia-rs, where installed); everything else, and every PNG without
+    it, OpenCV. Both give the ids of the pixels as written, for every PNG layout the writers produce."""
+    ids = rng.integers(0, 256**3, size=(37, 53)).astype(np.int32)
+    ids[:10, :20] = 4 + 256 * 7  # flat regions compress with long matches, as real panoptic PNGs do
+    rgb = id_to_rgb(ids)
+    written = {"ours.png": lambda p: formats.write_panoptic_png(p, ids),
+               "pil.png": lambda p: Image.fromarray(rgb).save(p),
+               "transparency.png": lambda p: Image.fromarray(rgb).save(p, transparency=(1, 2, 3)),
+               "upper_case.PNG": lambda p: formats.write_panoptic_png(p, ids)}
+    for name, write in written.items():
+        write(tmp_path / name)
+        assert np.array_equal(formats.read_panoptic_png(tmp_path / name), ids), name
+        if formats.read_image_png_u8 is not None:  # the fast decoder itself reads these (no fallback taken)
+            assert np.array_equal(rgb_to_id(formats.read_image_png_u8(str(tmp_path / name), "rgb")), ids), name
+    assert np.array_equal(read_without_fast_decoder(monkeypatch, tmp_path / "ours.png"), ids)
+    # a palette PNG is read (expanded to RGB) by OpenCV in both cases
+    palette = Image.fromarray(rgb[:4, :4]).convert("P")
+    palette.save(tmp_path / "palette.png")
+    expected = rgb_to_id(np.asarray(palette.convert("RGB")))
+    assert np.array_equal(formats.read_panoptic_png(tmp_path / "palette.png"), expected)
+    assert np.array_equal(read_without_fast_decoder(monkeypatch, tmp_path / "palette.png"), expected)
+
+
+def test_panoptic_png_errors_name_the_file(tmp_path, monkeypatch):
+    Image.fromarray(np.zeros((4, 4, 4), np.uint8)).save(tmp_path / "rgba.png")
+    formats.write_panoptic_png(tmp_path / "whole.png", np.ones((40, 40), int))
+    (tmp_path / "truncated.png").write_bytes((tmp_path / "whole.png").read_bytes()[:60])
+    (tmp_path / "text.png").write_text("not a png")
+    for read in (formats.read_panoptic_png, lambda path: read_without_fast_decoder(monkeypatch, path)):
+        with pytest.raises(ValueError, match="rgba.png: expected an 8-bit RGB panoptic PNG"):
+            read(tmp_path / "rgba.png")
+        for name in ("truncated.png", "text.png"):
+            with pytest.raises(ValueError, match=f"cannot decode image file .*{name}"):
+                read(tmp_path / name)
+        with pytest.raises(FileNotFoundError, match="missing.png"):
+            read(tmp_path / "missing.png")
+
 def test_coco_read_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="PNG folder"):
         formats.read_coco_panoptic(tmp_path / "missing.json")

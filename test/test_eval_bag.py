@@ -149,15 +149,32 @@ def test_cli_report_and_prediction_bag(tmp_path, backend, model_path, capsys):
     code = main(["eval-bag", str(bag), "--image-topic", IMAGE_TOPIC, "--gt-topic", GT_TOPIC, "--onnx", str(model_path),
                  "--params", str(params), "--min-stuff-area", "32", "--report", str(report), "--output-bag",
                  str(output), "--overlays", "2"])
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert code == 0, printed
     assert "All" in printed and "inference: p50" in printed and "3 frames run" in printed
+    # The option beats the params file, which beats the model's defaults; psn does not use score_threshold.
+    assert ("eval-bag: thresholds of psn: center_threshold 0.1 (model default), min_stuff_area 32 (override); not "
+            "used by psn: score_threshold, nms_iou, mask_sigma, overlap_threshold") in captured.err
+    assert ("panoptic-ros eval-bag: warning: score_threshold is set to 0.4, but psn does not use score_threshold: it "
+            "changes nothing for this model") in captured.err
 
     for name in REPORT_FILES + ("overlays/000.jpg", "overlays/001.jpg"):
         assert (report / name).is_file(), name
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["metrics"] == direct_metrics(backend, bag_pairs(bag), thresholds)
     assert metrics["info"]["thresholds"] == thresholds.as_dict()
+    assert metrics["info"]["threshold sources"] == {
+        "score_threshold": "not used by psn, override ignored", "center_threshold": "model default",
+        "nms_iou": "not used by psn", "mask_sigma": "not used by psn", "overlap_threshold": "not used by psn",
+        "min_stuff_area": "override"}
+    # The fusion's own counts, frame by frame as the backend reports them (the untrained network overflows K = 16).
+    runs = [backend.run(cv2.resize(image, MODEL_HW[::-1], interpolation=cv2.INTER_LINEAR), thresholds, DIVISOR)
+            for image, _ in bag_pairs(bag)]
+    dropped = sum(r.candidates_dropped for r in runs)
+    assert dropped > 0 and metrics["info"]["candidates dropped"] == dropped
+    assert metrics["info"]["frames not converged"] == sum(not r.converged for r in runs) == 0
+    assert "candidates were dropped" in captured.err and f"and {dropped} candidates" in captured.err
     assert metrics["skipped_frames"] == {"total": 0}
     for stage in ("decode", "resize", "inference", "evaluation"):
         assert metrics["latency_ms"][stage]["count"] == 3
@@ -186,6 +203,31 @@ def test_cli_report_and_prediction_bag(tmp_path, backend, model_path, capsys):
         assert (array.height, array.width, array.label_divisor, array.model_name) == (256, 512, DIVISOR, "psn")
         assert sorted(s.id for s in array.segments) == sorted(np.unique(predicted[predicted >= 0]).tolist())
     assert len(list(read_messages(output, "/camera/panoptic/class_map"))) == 1
+
+
+def test_a_shipped_model_runs_with_its_own_default_thresholds(tmp_path, capsys):
+    """SPINet's paper samples filters above confidence 0.45 (the project's default is 0.3): with no threshold
+    given, eval-bag runs models/spinet.onnx with the 0.45 its file carries."""
+    from panoptic_ros.data.datasets import SYNTHETIC_SPLIT_SEEDS
+    from panoptic_ros.runtime.backends import create_backend
+
+    backend = create_backend("onnxruntime", REPO / "models" / "spinet.onnx", device="cpu")
+    assert backend.info.default_thresholds.score_threshold == 0.45
+    scenes = [generate_scene(SYNTHETIC_SPLIT_SEEDS["test"] + i, *backend.input_hw) for i in range(2)]
+    bag, report, output = tmp_path / "drive.mcap", tmp_path / "report", tmp_path / "predictions.mcap"
+    write_frames(bag, [BagFrame(START_NS + i * PERIOD_NS, s.image, s.panoptic(DIVISOR)) for i, s in enumerate(scenes)])
+    assert main(["eval-bag", str(bag), "--image-topic", IMAGE_TOPIC, "--model", "spinet", "--device", "cpu",
+                 "--report", str(report), "--output-bag", str(output), "--overlays", "0"]) == 0
+    assert ("thresholds of spinet: score_threshold 0.45 (model default), mask_sigma 0.5 (model default), "
+            "overlap_threshold 0.3 (model default), min_stuff_area 64 (model default); not used by spinet: "
+            "center_threshold, nms_iou") in capsys.readouterr().err
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["info"]["thresholds"] == backend.info.default_thresholds.as_dict()
+    written = [m.pixels for m in read_id_images(output, "/camera/panoptic/id_image")]
+    paper = [backend.run(s.image, backend.info.default_thresholds, DIVISOR).panoptic for s in scenes]
+    project = [backend.run(s.image, Thresholds(), DIVISOR).panoptic for s in scenes]
+    assert all(np.array_equal(w, p) for w, p in zip(written, paper, strict=True))
+    assert not all(np.array_equal(w, p) for w, p in zip(written, project, strict=True)), "0.45 must matter here"
 
 
 def write_folder(root, frames, name_of) -> None:
@@ -446,4 +488,5 @@ def test_a_stamp_exactly_at_the_tolerance_matches_and_one_past_does_not(tmp_path
     # One past, then exactly at the tolerance, from the same source: the first miss must not use the file up.
     ground_truth = fresh()
     assert ground_truth.lookup(gt_stamp - tolerance - 1, 0) is None
-    assert ground_truth.lookup(gt_stamp - tolerance, 1) is not None
+    again = ground_truth.lookup(gt_stamp - tolerance, 1)
+    assert np.array_equal(again.as_id_map(DIVISOR, SYNTHETIC), frames[0].ground_truth)

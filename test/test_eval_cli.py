@@ -140,3 +140,24 @@ def test_bench_eval_runs_on_a_small_frame(capsys, monkeypatch):
     expected = once.result().all.pq
     assert 0 < expected < 100
     assert report["pq"] == {"add": pytest.approx(expected, abs=1e-9), "add_id_maps": pytest.approx(expected, abs=1e-9)}
+
+
+def test_bench_eval_peers_agree_on_pq_and_report_wall_and_cpu_time(capsys):
+    """`bench eval --peers` on two small frame pairs: every installed evaluator gives our PQ."""
+    import argparse
+
+    from panoptic_ros.evaluation import bench
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--peers", "--frames", "2", "--rounds", "1", "--height", "64", "--width", "128",
+                              "--instances", "4"])
+    assert bench.run(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    evaluators = report["evaluators"]
+    assert set(evaluators) == {"panoptic-ros eval", *bench.PEERS} - set(report["not installed"])
+    ours = evaluators["panoptic-ros eval"]
+    assert 0 < ours["pq"] < 100 and ours["ours_vs_this"] == 1.0
+    for name, evaluator in evaluators.items():
+        assert evaluator["pq"] == pytest.approx(ours["pq"], abs=1e-6), name
+        assert evaluator["median_s"] > 0 and evaluator["cpu_median_s"] > 0, name

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ from test_eval_bag import (  # noqa: F401  (backend, model_path: fixtures)
 
 from panoptic_ros.classes import SYNTHETIC
 from panoptic_ros.cli import main
-from panoptic_ros.data.rosbag_io import write_frames
+from panoptic_ros.data.rosbag_io import read_id_images, write_frames
 from panoptic_ros.evaluation.bag_eval import evaluate_bag
 from panoptic_ros.evaluation.fleet import (
     BagTask,
@@ -79,6 +80,11 @@ def test_combined_report_is_every_frame_together_and_a_row_per_bag(bags, backend
     assert [(r["bag"], r["frames run"], r["frames evaluated"], r["skipped"], r["error"]) for r in rows] == [
         (str(paths[0]), 3, 3, 0, None), (str(paths[1]), 2, 2, 0, None), (str(paths[2]), 3, 3, 1, None)]
     assert [r["pq"] for r in rows] == [e.result.all.pq for e in per_bag]
+    # The fusion's counts per bag (the untrained network overflows its 16 slots) and in total.
+    assert [(r["not converged"], r["candidates dropped"]) for r in rows] == [
+        (e.not_converged, e.candidates_dropped) for e in per_bag]
+    dropped = sum(e.candidates_dropped for e in per_bag)
+    assert dropped > 0
 
     paths_written = fleet.write_report(tmp_path / "report", SYNTHETIC)
     metrics = json.loads(paths_written["metrics"].read_text())
@@ -86,6 +92,7 @@ def test_combined_report_is_every_frame_together_and_a_row_per_bag(bags, backend
     assert metrics["skipped_frames"] == {"total": 1, UNDECODABLE_IMAGE: 1}
     assert metrics["latency_ms"]["total"]["count"] == 8
     assert metrics["info"]["bags"] == 3 and metrics["info"]["frames run"] == 8
+    assert (metrics["info"]["frames not converged"], metrics["info"]["candidates dropped"]) == (0, dropped)
     assert without_latency(metrics["bags"]) == without_latency(rows)
     markdown = paths_written["markdown"].read_text()
     assert "## Bags (3)" in markdown and f"| {paths[2]} | 3 | 3 | 1 |" in markdown
@@ -218,12 +225,57 @@ def test_several_bags_refuse_options_for_one(bags, model_path, tmp_path, capsys)
     paths, _ = bags
     common = ["eval-bag", str(paths[0]), str(paths[1]), "--image-topic", IMAGE_TOPIC, "--onnx", str(model_path),
               "--report", str(tmp_path / "report")]
-    assert main([*common, "--output-bag", str(tmp_path / "out.mcap")]) == 2
-    assert "--output-bag takes one bag" in capsys.readouterr().err
+    twin = tmp_path / "twin" / paths[0].name  # another bag of the same name: its predictions bag would clash
+    twin.parent.mkdir()
+    twin.write_bytes(paths[0].read_bytes())
+    assert main([*common[:3], str(twin), *common[3:], "--output-bag", str(tmp_path / "out")]) == 2
+    assert f"--output-bag: bags {paths[0]} and {twin} would both write {tmp_path / 'out' / 'a.mcap'}" in \
+        capsys.readouterr().err
     assert main([*common, "--gt-dir", str(tmp_path), "--gt-match", "index"]) == 2
     assert "with several bags match by stamp" in capsys.readouterr().err
     assert main([*common, "--jobs", "0"]) == 2
     assert "--jobs must be >= 1" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def sequences(tmp_path_factory):
+    """Two synthetic drives (synth --sequence) of 4 frames each: ground truth with track ids."""
+    root = tmp_path_factory.mktemp("sequences")
+    paths = [root / "drive_a.mcap", root / "drive_b.db3"]
+    for seed, path in zip((2_000_000_010, 2_000_000_020), paths, strict=True):
+        assert main(["synth", "--sequence", "--frames", "4", "--height", "128", "--width", "256", "--seed", str(seed),
+                     "--bag", str(path)]) == 0
+    return paths
+
+
+def test_tracking_and_predictions_of_several_bags_are_those_of_each_bag(sequences, model_path, tmp_path, capsys):  # noqa: F811
+    """--tracking and --output-bag with several bags (on 2 processes): each bag tracked on its own, its STQ in its
+    row, and its predictions bag in the folder, all as when the bag is evaluated alone."""
+    common = ["--image-topic", IMAGE_TOPIC, "--gt-topic", GT_TOPIC, "--onnx", str(model_path), "--device", "cpu",
+              "--threads", "1", "--overlays", "0", "--tracking", "--track-max-age", "5"]
+    alone = []
+    for i, path in enumerate(sequences):
+        report, output = tmp_path / f"alone{i}", tmp_path / f"alone{i}.mcap"
+        assert main(["eval-bag", str(path), *common, "--report", str(report), "--output-bag", str(output)]) == 0
+        alone.append((json.loads((report / "metrics.json").read_text()), output))
+    capsys.readouterr()
+    folder = tmp_path / "predictions"
+    assert main(["eval-bag", *map(str, sequences), *common, "--jobs", "2", "--report", str(tmp_path / "both"),
+                 "--output-bag", str(folder)]) == 0
+    printed = capsys.readouterr().out
+    both = json.loads((tmp_path / "both" / "metrics.json").read_text())
+    for row, (metrics, output) in zip(both["bags"], alone, strict=True):
+        stq = metrics["tracking"]
+        assert (row["stq"], row["aq"], row["id switches"]) == (stq["STQ"], stq["AQ"], stq["id_switches"])
+        assert row["pq"] == metrics["metrics"]["all"]["pq"]
+        written = folder / f"{Path(row['bag']).stem}.mcap"
+        assert id_images(written) == id_images(output) and len(id_images(written)) == 4
+    assert both["info"]["tracking"] == "tracker" and f"STQ {100 * both['bags'][1]['stq']:.1f}" in printed
+    assert f"predictions written to {folder}" in printed
+
+
+def id_images(path) -> list[bytes]:
+    return [frame.pixels.tobytes() for frame in read_id_images(path, "/camera/panoptic/id_image")]
 
 
 def test_without_ray_the_error_says_how_to_get_it(bags, model_path, monkeypatch):  # noqa: F811
@@ -243,8 +295,14 @@ def test_three_bags_through_a_local_ray_cluster_equal_the_sequential_run(bags, m
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 1024**2, log_to_driver=False)
     try:
         distributed = evaluate_bags(tasks, ray_address="auto")  # joins the cluster started above
+        # The longest bag as ranges of 1 frame (its 2nd message undecodable), 4 tasks on the 2 CPUs.
+        ranges = evaluate_bags(tasks[2:], ray_address="auto", split_frames=1)
     finally:
         ray.shutdown()
+    assert ranges.info["frame ranges"] == "4 tasks of up to 1 frames"
+    assert ranges.accumulator.iou_sum.tobytes() == sequential.evaluations[2].accumulator.iou_sum.tobytes()
+    assert ranges.result.to_dict() == sequential.evaluations[2].result.to_dict()
+    assert without_latency(ranges.rows()) == without_latency(sequential.rows()[2:])
     assert distributed.result.to_dict() == sequential.result.to_dict()
     assert distributed.accumulator.iou_sum.tobytes() == sequential.accumulator.iou_sum.tobytes()  # bit for bit
     assert without_latency(distributed.rows()) == without_latency(sequential.rows())

@@ -54,8 +54,8 @@ def test_stage_times_are_the_intervals_between_the_stage_boundaries(ros_node):
     settings = OutputSettings(publish_id_image=True, publish_semantic=True, publish_semantic_color=True,
                               publish_overlay=True, publish_instances=True, publish_timing=True, overlay_alpha=0.5,
                               tracking=False, track_max_age=5)
-    timing = outputs.process(msg, backend, Thresholds(), settings, 1000, 10**7, True, "stretch", None,
-                             queue_ms=3.5, now=lambda: published)
+    timing, _ = outputs.process(msg, backend, Thresholds(), settings, 1000, 10**7, True, "stretch", None,
+                                queue_ms=3.5, now=lambda: published)
     assert timing.queue_ms == 3.5
     assert (timing.convert_ms, timing.inference_ms, timing.tracking_ms, timing.publish_ms) == (1e3, 4e3, 8e3, 32e3)
     assert timing.resize_ms == (2 + 16) * 1e3  # to the model's size, and the outputs back to the camera's

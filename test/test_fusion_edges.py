@@ -68,6 +68,20 @@ def test_nms_is_per_class_a_box_of_another_class_is_not_suppressed():
     assert detections.score[:2].tolist() == pytest.approx([0.9, 0.8])
 
 
+def test_detections_beyond_k_are_counted_as_dropped():
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 0.0, 30.0, 10.0], [40.0, 0.0, 50.0, 10.0],
+                          [41.0, 0.0, 50.0, 10.0]])  # the last one is suppressed by the third (IoU 0.9)
+    class_prob = torch.zeros(4, len(LABEL_SET.thing_ids))
+    class_prob[:, 0] = torch.tensor([0.9, 0.8, 0.7, 0.6])
+
+    def select(k):
+        return select_detections(boxes, class_prob, class_prob[:, 0], torch.zeros(4, dtype=torch.int64),
+                                 torch.tensor(0.3), torch.tensor(0.5), k=k)
+
+    assert [int(select(k).dropped) for k in (1, 2, 3, 4)] == [2, 1, 0, 0]  # 3 survive NMS; a suppressed box is no drop
+    assert select(2).valid.tolist() == [True, True] and bool(select(2).converged)
+
+
 # --- RTPS: the mask threshold and the levelness --------------------------------------------------------
 
 def _certain_rtps_heads() -> dict:

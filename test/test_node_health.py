@@ -118,7 +118,7 @@ def test_no_rate_check_without_expected_rate(clock):
 
 
 BACKEND = {"backend": "onnxruntime", "model_name": "psn", "model_path": "psn.onnx", "device": "cpu",
-           "input_hw": [256, 512]}
+           "input_hw": [256, 512], "max_instances": 100}
 
 
 def status(stats: CameraStats, health, model_state: str = "ok"):
@@ -176,6 +176,30 @@ def test_incompatible_qos_warns_until_a_frame_is_processed(clock):
     stats.record_frame({"total": 1.0}, overhead_cpu_ms=0.5)
     monitor.record_arrival()
     assert level_of(status(stats, monitor.assess(1))) == OK
+
+
+def test_fusion_overflow_and_non_convergence_warn_for_the_period_that_saw_them(clock):
+    monitor = InputMonitor(TOPIC, clock=clock)
+    monitor.record_arrival()
+    stats = CameraStats(clock=clock)
+    stats.record_frame({"total": 1.0}, overhead_cpu_ms=0.5, converged=True, candidates_dropped=0)
+    diagnostic = status(stats, monitor.assess(1))  # exactly at the rule's edge: nothing dropped, converged
+    assert level_of(diagnostic) == OK
+    assert (status_values(diagnostic)["not_converged"], status_values(diagnostic)["candidates_dropped"]) == ("0", "0")
+
+    stats.record_frame({"total": 1.0}, overhead_cpu_ms=0.5, converged=True, candidates_dropped=1)  # one past K
+    stats.record_frame({"total": 1.0}, overhead_cpu_ms=0.5, converged=False, candidates_dropped=4)
+    diagnostic = status(stats, monitor.assess(1))
+    assert level_of(diagnostic) == WARN
+    assert diagnostic.message == ("1 frames since last report did not converge (NMS / pasting stopped at the graph's "
+                                  "sweep bound: ids may differ from the sequential rule); 5 candidates dropped in 2 "
+                                  "frames since last report (more valid objects than the model's K = 100 slots: "
+                                  "their pixels are void)")
+    values = status_values(diagnostic)
+    assert (values["not_converged"], values["candidates_dropped"], values["frames_with_dropped_candidates"]) == (
+        "1", "5", "2")
+    diagnostic = status(stats, monitor.assess(1))  # no new frame: OK again, the counters since start stay
+    assert level_of(diagnostic) == OK and status_values(diagnostic)["candidates_dropped"] == "5"
 
 
 def test_inactive_node_reports_ok_and_says_it_is_not_subscribed(clock):

@@ -222,9 +222,10 @@ def test_overlay_blends_and_leaves_void_untouched(rng):
 def test_every_threshold_is_a_parameter_with_the_contract_range():
     for name, (low, high) in Thresholds.RANGES.items():
         spec = params.SPECS[name]
-        assert spec.default == getattr(Thresholds(), name)
-        (bounds,) = spec.descriptor().floating_point_range
-        assert (bounds.from_value, bounds.to_value) == (low, high)
+        assert spec.default == params.Unset("DOUBLE") and spec.unset == "the model's"  # no value: the model's
+        descriptor = spec.descriptor()
+        (bounds,) = descriptor.floating_point_range
+        assert (bounds.from_value, bounds.to_value) == (low, high) and not descriptor.integer_range
 
 
 def test_choices_are_checked_with_a_reason():
@@ -236,13 +237,6 @@ def test_choices_are_checked_with_a_reason():
     assert params.check_value("device", "cuda:1") is None and params.check_value("device", "auto") is None
     assert params.check_value("device", "gpu0") == "device must be auto, cpu, cuda or cuda:N, got 'gpu0'"
     assert "one of: raw, compressed" in params.SPECS["input_type"].descriptor().additional_constraints
-
-
-def test_thresholds_from_values_refuse_out_of_range():
-    values = {name: spec.default for name, spec in params.SPECS.items()}
-    assert params.thresholds(values) == Thresholds()
-    with pytest.raises(ValueError, match=r"nms_iou must be in \[0.0, 1.0\], got 1.5"):
-        params.thresholds({**values, "nms_iou": 1.5})
 
 
 def test_find_model_by_name_or_path(tmp_path):

@@ -21,9 +21,11 @@ from panoptic_ros.evaluation.replay import (
     FrameCounts,
     NodeFailed,
     Recorder,
-    params_file_thresholds,
+    params_file_overrides,
     replay,
 )
+from panoptic_ros.runtime.backends import read_onnx_info
+from panoptic_ros.runtime.model_thresholds import thresholds_in_force
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -62,7 +64,7 @@ def bag(tmp_path_factory, tiny_model) -> Path:
     from panoptic_ros.runtime.backends import create_backend
 
     backend = create_backend("onnxruntime", tiny_model, device="cpu")
-    thresholds = params_file_thresholds(PARAMS)
+    thresholds = thresholds_in_force(backend.info, params_file_overrides(PARAMS)).thresholds
     path = tmp_path_factory.mktemp("bag") / "street.mcap"
     write_bag(path, 8, rate_hz=10.0, truth=lambda image: backend.run(image, thresholds, 1000).panoptic)
     return path
@@ -94,6 +96,13 @@ def test_replay_accounts_for_every_frame_and_evaluates_by_stamp(bag, tiny_model,
     assert metrics["info"]["frames sent"] == 8
     assert metrics["info"]["model file"] == str(tiny_model)
     assert metrics["info"]["node exit code"] == 0
+    # config/cpu.yaml sets no threshold: the node ran the model's own defaults, as its /diagnostics said.
+    assert metrics["info"]["thresholds"] == thresholds_in_force(read_onnx_info(tiny_model), {}).thresholds.as_dict()
+    assert metrics["info"]["threshold sources"] == {
+        "center_threshold": "model default", "min_stuff_area": "model default",
+        **{name: "not used by psn" for name in ("score_threshold", "nms_iou", "mask_sigma", "overlap_threshold")}}
+    # The untrained network finds more centres than its 16 slots on these scenes: the bag's frames drop some.
+    assert metrics["info"]["frames not converged"] == 0 and metrics["info"]["candidates dropped"] > 0
     assert metrics["metrics"]["num_frames"] == counts.outputs
     assert set(metrics["latency_ms"]) == {"queue", "convert", "resize", "inference", "tracking", "publish", "total",
                                         END_TO_END}

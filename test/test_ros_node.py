@@ -12,6 +12,7 @@ its output; everything else about it is the real network and fusion.
 import array
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -21,7 +22,6 @@ from rclpy.qos import ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
 from panoptic_ros.classes import SYNTHETIC, VOID_CLASS, VOID_ID
-from panoptic_ros.ros import parameters as params
 from panoptic_ros.ros.client import PanopticClient, stamp_key, start_node, stop_node
 from panoptic_ros.ros.diagnostics import ERROR, OK, SILENCE_S, WARN
 from panoptic_ros.ros.image_conversion import SUPPORTED_ENCODINGS, image_msg_to_array
@@ -250,14 +250,17 @@ def test_diagnostics_report_rate_stages_counters_and_backend(node):
     assert (status["backend"], status["model"], status["input_hw"]) == ("onnxruntime", "psn", "128x256")
     assert status["model_path"] == str(node.model_path) and status["model_state"] == "ok"
     assert (status["topic"], status["publishers"]) == ("/pn_main/image", "1")
-    # OK while frames are fresh, ERROR once they have stopped (how long this status took to come is up to the
-    # machine's load; the level must agree with the age it reports either way).
-    assert_level_agrees_with_the_age(status, OK)
+    # The untrained test network finds more centres than its 16 slots: every frame drops candidates, and the
+    # status of the period that saw them says so (WARN); a later period's, with no new frame, does not.
+    assert int(status["candidates_dropped"]) > 0 and status["not_converged"] == "0"
+    assert status["mask_sigma"] == "0.5 (not used by psn)"
+    # OK or WARN (the drops) while frames are fresh, ERROR once they have stopped (how long this status took to
+    # come is up to the machine's load; the level must agree with the age it reports either way).
+    assert_level_agrees_with_the_age(status, WARN if "candidates dropped in" in status["message"] else OK)
 
 
 def test_thresholds_change_at_runtime_and_apply_to_the_next_frame(node):
-    defaults = {name: params.SPECS[name].default for name in ("center_threshold", "score_threshold",
-                                                                "min_stuff_area")}
+    defaults = node.get_parameters(["center_threshold", "score_threshold", "min_stuff_area"])  # the model's
     try:
         results = node.set_parameters({"center_threshold": 1.0, "score_threshold": 1.0, "min_stuff_area": 1e7})
         assert all(r.successful for r in results), [r.reason for r in results]
@@ -350,6 +353,79 @@ def test_failing_model_switch_keeps_the_running_model(node, models):
     node.wait_for(lambda: node.get_parameters(["model"])["model"] == str(models["psn"]), 20,
                   "model parameter set back to the running model")
     assert request(node, image_msg(70))["instances"].model_name == "psn"
+
+
+def wait_for_log(log: Path, line: str, timeout: float = 30.0) -> None:
+    """Until the node's log holds `line` (it is written as the node runs)."""
+    deadline = time.monotonic() + timeout
+    while line not in log.read_text():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no line {line!r} in the node's log:\n{log.read_text()}")
+        time.sleep(0.1)
+
+
+def test_thresholds_are_the_models_unless_overridden_and_unused_ones_are_reported(models, tmp_path):
+    # Overrides at start: nms_iou (rtps uses it) and center_threshold (rtps does not). The others are unset.
+    namespace, log_path = "/pn_thresholds", tmp_path / "node.log"
+    log = log_path.open("w")
+    process = start_node(["-r", f"__ns:={namespace}", "-p", f"model:={models['rtps']}", "-p", "nms_iou:=0.6",
+                          "-p", "center_threshold:=0.25", "-p", "diagnostics_period:=0.2"],
+                         stdout=log, stderr=subprocess.STDOUT)
+    client = PanopticClient(namespace, outputs=("instances",))
+    names = ["score_threshold", "center_threshold", "nms_iou", "mask_sigma", "overlap_threshold", "min_stuff_area"]
+    try:
+        client.wait_for_node(timeout=60)
+        wait_for_log(log_path, "thresholds of rtps: score_threshold 0.3 (model default), nms_iou 0.6 (override), "
+                               "mask_sigma 0.3 (model default), overlap_threshold 0.3 (model default), "
+                               "min_stuff_area 64 (model default); not used by rtps: center_threshold")
+        wait_for_log(log_path, "center_threshold is set to 0.25, but rtps does not use center_threshold")
+        # Unset parameters hold the model's values (rtps's mask_sigma is its paper's 0.3, not the project's 0.5).
+        assert client.get_parameters(names) == {"score_threshold": 0.3, "center_threshold": 0.25, "nms_iou": 0.6,
+                                                "mask_sigma": 0.3, "overlap_threshold": 0.3, "min_stuff_area": 64.0}
+        described = client.describe_parameters(["center_threshold", "mask_sigma", "nms_iou"])
+        assert described["center_threshold"].additional_constraints.startswith(
+            "not used by the loaded model rtps: setting it changes nothing")
+        assert "used by psn, not used by rtps, fpsnet, spinet, lpsnet" in described["center_threshold"].description
+        assert described["mask_sigma"].additional_constraints == "in force for rtps: 0.3 (model default)"
+        assert described["nms_iou"].additional_constraints == "in force for rtps: 0.6 (override)"
+
+        request(client, image_msg(90), ("instances",))
+        status = client.camera_status("", lambda v: int(v["processed"]) >= 1)
+        assert (status["mask_sigma"], status["center_threshold"]) == ("0.3 (model default)",
+                                                                     "0.25 (not used by rtps, override ignored)")
+        assert (status["candidates_dropped"], status["not_converged"]) == ("0", "0")
+
+        # score_threshold 0: every location is a candidate, far more than K = 16; the period's status warns.
+        assert client.set_parameters({"score_threshold": 0.0})[0].successful
+        request(client, image_msg(91), ("instances",))
+        status = client.camera_status("", lambda v: int(v["candidates_dropped"]) > 0)
+        assert status["level"] in (WARN, ERROR) and "candidates dropped in 1 frames since last report" in (
+            status["message"]) and status["score_threshold"] == "0 (override)"
+        dropped = int(status["candidates_dropped"])
+        # Set to exactly the model's default: still an override (it stays when the model changes), and no drops.
+        assert client.set_parameters({"score_threshold": 0.3})[0].successful
+        wait_for_log(log_path, "score_threshold set to 0.3 (override; rtps's default is 0.3)")
+        request(client, image_msg(92), ("instances",))
+        status = client.camera_status("", lambda v: int(v["processed"]) >= 3)
+        assert (status["score_threshold"], int(status["candidates_dropped"])) == ("0.3 (override)", dropped)
+
+        assert client.set_parameters({"center_threshold": 0.5})[0].successful
+        wait_for_log(log_path, "center_threshold set to 0.5, but the loaded model rtps does not use "
+                               "center_threshold: it changes nothing for this model")
+
+        # Another model: unset thresholds follow its defaults, overrides stay.
+        assert client.set_parameters({"model": str(models["psn"])})[0].successful
+        wait_for_log(log_path, "thresholds of psn: center_threshold 0.5 (override), min_stuff_area 64 (model "
+                               "default); not used by psn: score_threshold, nms_iou, mask_sigma, overlap_threshold")
+        client.wait_for(lambda: client.get_parameters(["mask_sigma"])["mask_sigma"] == 0.5, 20, "psn's mask_sigma")
+        assert client.get_parameters(["nms_iou", "score_threshold"]) == {"nms_iou": 0.6, "score_threshold": 0.3}
+        assert client.describe_parameters(["center_threshold"])["center_threshold"].additional_constraints == (
+            "in force for psn: 0.5 (override)")
+    finally:
+        client.close()
+        code = stop_node(process)
+        log.close()
+    assert code == 0, log_path.read_text()
 
 
 def png_msg(index: int) -> CompressedImage:

@@ -21,6 +21,8 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
+from panoptic_ros.ros.image_conversion import compressed_to_rgb, image_msg_to_array, image_to_rgb
+
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 PACKAGE = "panoptic_ros"
@@ -286,23 +288,27 @@ def read_messages(path: str | Path, topic: str, msgtypes: Iterable[str] | None =
         reader.close()
 
 
+def read_image_messages(path: str | Path, topic: str) -> Iterator[tuple[int, object]]:
+    """(bag time ns, message) of an Image or CompressedImage topic, not decoded (see read_messages)."""
+    return read_messages(path, topic, (IMAGE_TYPE, COMPRESSED_TYPE))
+
+
+def decode_image(msg) -> np.ndarray:
+    """An Image (any ROS encoding) or CompressedImage message as RGB uint8 (H, W, 3); ValueError if it cannot be."""
+    return image_to_rgb(msg, _MAX_PIXELS) if hasattr(msg, "encoding") else compressed_to_rgb(msg, _MAX_PIXELS)
+
+
 def read_images(path: str | Path, topic: str, skipped: list[SkippedMessage] | None = None) -> Iterator[ImageFrame]:
     """RGB uint8 frames of an Image (any ROS encoding) or CompressedImage topic.
 
     A message that cannot be decoded raises ValueError, or, when a `skipped` list is given, is
     recorded there and skipped.
     """
-    from panoptic_ros.ros.image_conversion import compressed_to_rgb, image_to_rgb
-
-    def decode(msg) -> np.ndarray:
-        return image_to_rgb(msg, _MAX_PIXELS) if hasattr(msg, "encoding") else compressed_to_rgb(msg, _MAX_PIXELS)
-
-    yield from _decoded_frames(path, topic, (IMAGE_TYPE, COMPRESSED_TYPE), decode, skipped)
+    yield from _decoded_frames(path, topic, (IMAGE_TYPE, COMPRESSED_TYPE), decode_image, skipped)
 
 
 def read_id_images(path: str | Path, topic: str, skipped: list[SkippedMessage] | None = None) -> Iterator[ImageFrame]:
     """int32 (H, W) id maps of a 32SC1 Image topic (ground truth or predictions, -1 void)."""
-    from panoptic_ros.ros.image_conversion import image_msg_to_array
 
     def decode(msg) -> np.ndarray:
         if msg.encoding != "32SC1":

@@ -15,13 +15,15 @@ the skip rules). `output_bag` also writes what the node would have published (ev
 Every message of the image topic has a position (0-based, undecodable messages included): it is what
 `max_frames` counts and what index-matched ground truth goes by. A bag that turns out damaged part-way
 ends the run after the frames before the damage, which are evaluated and reported with the error.
+`frame_range` evaluates a range of positions only, as one of several workers sharing a long bag
+(evaluation.frame_ranges); the messages before it are read but not decoded.
 """
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import closing, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +32,16 @@ import numpy as np
 from tqdm import tqdm
 
 from panoptic_ros.classes import DEFAULT_LABEL_DIVISOR, LabelSet
-from panoptic_ros.data.rosbag_io import BagError, ImageFrame, SkippedMessage, list_topics, read_images
+from panoptic_ros.data.rosbag_io import (
+    BagError,
+    ImageFrame,
+    SkippedMessage,
+    decode_image,
+    list_topics,
+    read_image_messages,
+    stamp_to_ns,
+)
+from panoptic_ros.evaluation.frame_ranges import AFTER, BEFORE, WHOLE_BAG, FrameOrderAccumulator, FrameRange, RangeCut
 from panoptic_ros.evaluation.ground_truth import GroundTruthSource
 from panoptic_ros.evaluation.overlap import ahead
 from panoptic_ros.evaluation.pq import PQAccumulator, PQResult
@@ -39,6 +50,7 @@ from panoptic_ros.evaluation.report import side_by_side, write_report
 from panoptic_ros.evaluation.scoring import UNDECODABLE_IMAGE, FrameEvaluator
 from panoptic_ros.imaging import Resampler
 from panoptic_ros.pipeline_io import PanopticResult, Thresholds
+from panoptic_ros.runtime.model_thresholds import ThresholdsInForce, thresholds_in_force
 from panoptic_ros.tracking.evaluation import SequenceTracking
 from panoptic_ros.tracking.stq import STQResult
 
@@ -65,6 +77,9 @@ class BagEvaluation:
     label_set: LabelSet | None = None  # the model's classes
     tracking: STQResult | None = None  # with tracking and ground truth
     tracking_mode: str = ""  # where the track ids came from
+    thresholds: ThresholdsInForce | None = None  # what the model ran with, and where each value came from
+    not_converged: int = 0  # frames whose unrolled NMS / pasting did not reach its fixed point
+    candidates_dropped: int = 0  # valid candidates that did not fit the model's K slots, over all frames
 
     @property
     def result(self) -> PQResult | None:
@@ -76,6 +91,7 @@ class BagEvaluation:
         label_set = label_set or self.label_set
         info = dict(self.info)
         info["frames run"] = self.frames
+        info["frames not converged"], info["candidates dropped"] = self.not_converged, self.candidates_dropped
         if self.result is not None:
             info["frames evaluated"] = self.result.num_frames
         if self.bag_error:
@@ -97,39 +113,21 @@ def image_topic_count(bag: str | Path, topic: str) -> int:
     raise BagError(f"topic {topic!r} is not in bag {bag}; its topics: {listed}")
 
 
-def topic_messages(bag: str | Path, topic: str) -> Iterator[ImageFrame | SkippedMessage]:
-    """Every message of an image topic in bag order: its decoded frame, or the SkippedMessage of one that could
-    not be decoded. Damage part-way raises BagError after the messages before it."""
-    undecodable: list[SkippedMessage] = []  # read_images records them here as it passes over them
-    with closing(read_images(bag, topic, undecodable)) as frames:
-        while True:
-            try:
-                frame = next(frames)
-            except StopIteration:
-                frame = None
-            except BagError as error:
-                frame = error
-            yield from undecodable
-            undecodable.clear()
-            if frame is None:
-                return
-            if isinstance(frame, BagError):
-                raise frame
-            yield frame
-
-
 def evaluate_bag(bag: str | Path, image_topic: str, backend, *, ground_truth: GroundTruthSource | None = None,
-                 thresholds: Thresholds | None = None, label_divisor: int = DEFAULT_LABEL_DIVISOR,
+                 thresholds: Mapping[str, float] | Thresholds | None = None, label_divisor: int = DEFAULT_LABEL_DIVISOR,
                  max_frames: int | None = None, num_overlays: int = 4, output_bag: str | Path | None = None,
                  tracking: SequenceTracking | None = None, overlap: bool = True, progress: bool = False,
-                 progress_position: int = 0,
-                 progress_label: str = "eval-bag") -> BagEvaluation:
+                 progress_position: int = 0, progress_label: str = "eval-bag",
+                 frame_range: FrameRange = WHOLE_BAG) -> BagEvaluation:
     """Run `backend` (runtime.backends.Backend) on every frame of `image_topic` in bag order and evaluate.
 
-    Without `ground_truth`, only latencies and overlays are measured. `max_frames` limits the run to the
-    topic's first messages; `num_overlays` strips are taken at evenly spaced frames; `output_bag` writes
-    the predictions (PredictionBagWriter). With `overlap`, decoding, inference and scoring run on threads of
-    their own with QUEUE_DEPTH frames between them (evaluation.overlap); the results are the same. Raises
+    The model runs with its own default thresholds (its file's metadata) but for `thresholds` (name -> value
+    overrides; a Thresholds overrides all). Without `ground_truth`, only latencies and overlays are measured.
+    `max_frames` limits the run to the topic's first messages; `num_overlays` strips are taken at evenly spaced
+    frames; `output_bag` writes the predictions (PredictionBagWriter). `frame_range`: only its messages run (of
+    the first `max_frames`); overlays stay at the positions a run over the whole bag takes them at. With
+    `overlap`, decoding, inference and scoring run on threads of their own with QUEUE_DEPTH frames between them
+    (evaluation.overlap); the results are the same. Raises
     BagError / FileNotFoundError when the bag or topic cannot be read at all; damage found part-way ends the
     run with `bag_error` set, and so does a frame whose processing fails (the error names the bag and frame).
     """
@@ -137,16 +135,25 @@ def evaluate_bag(bag: str | Path, image_topic: str, backend, *, ground_truth: Gr
         raise ValueError(f"max_frames must be positive, got {max_frames}")
     if num_overlays < 0:
         raise ValueError(f"num_overlays must be >= 0, got {num_overlays}")
+    if tracking is not None and not frame_range.whole:
+        raise ValueError("tracking follows a bag's frames in order, from the first: it cannot run on a frame range")
     total = image_topic_count(bag, image_topic)
     total = min(total, max_frames) if max_frames is not None else total
-    run = _BagRun(bag, backend, thresholds or Thresholds(), label_divisor, ground_truth, tracking,
+    overrides = thresholds.as_dict() if isinstance(thresholds, Thresholds) else dict(thresholds or {})
+    in_force = thresholds_in_force(backend.info, overrides)
+    run = _BagRun(bag, backend, in_force.thresholds, label_divisor, ground_truth, tracking,
                   overlay_at=np.linspace(0, total - 1, min(num_overlays, total)).round().astype(int).tolist())
+    if not frame_range.whole:  # a part of the bag: its frames' IoU sums are kept for joining (frame_ranges)
+        run.evaluator.accumulator = FrameOrderAccumulator(run.evaluator.accumulator.categories)
     writer = (PredictionBagWriter(output_bag, prediction_namespace(image_topic), backend.label_set, label_divisor,
                                   backend.model_name) if output_bag is not None else None)
-    read = _read(topic_messages(bag, image_topic), total)
+    tolerance_ns = ground_truth.stamp_tolerance_ns if ground_truth is not None else None
+    cut = RangeCut(frame_range, 2 * tolerance_ns if tolerance_ns is not None else None)
+    read = _read(read_image_messages(bag, image_topic), total, cut)
+    in_range = min(frame_range.stop if frame_range.stop is not None else total, total) - min(frame_range.start, total)
     inferred = _each(run.infer, ahead(read, QUEUE_DEPTH) if overlap else read)
     with (closing(ahead(inferred, QUEUE_DEPTH) if overlap else inferred) as items, writer or nullcontext(),
-          tqdm(total=total, desc=progress_label, unit="frame", disable=not progress, position=progress_position,
+          tqdm(total=in_range, desc=progress_label, unit="frame", disable=not progress, position=progress_position,
                leave=progress_position == 0) as bar):
         try:
             for item in items:
@@ -160,7 +167,8 @@ def evaluate_bag(bag: str | Path, image_topic: str, backend, *, ground_truth: Gr
             "ground truth": ground_truth.describe() if ground_truth is not None else "none",
             "model": backend.model_name, "model file": str(described["model_path"]), "backend": described["backend"],
             "device": described["device"], "input size": "x".join(map(str, backend.input_hw)),
-            "thresholds": run.thresholds.as_dict(), "label divisor": label_divisor}
+            "thresholds": run.thresholds.as_dict(), "threshold sources": in_force.report(),
+            "label divisor": label_divisor}
     if output_bag is not None:
         info["output bag"] = str(output_bag)
     if tracking is not None:
@@ -170,7 +178,8 @@ def evaluate_bag(bag: str | Path, image_topic: str, backend, *, ground_truth: Gr
                          skipped=dict(run.evaluator.skipped), frames=run.frames, overlays=run.overlays,
                          bag_error=run.bag_error, notes=run.evaluator.notes, info=info, label_set=backend.label_set,
                          tracking=tracking.result() if tracking is not None else None,
-                         tracking_mode=tracking.mode if tracking is not None else "")
+                         tracking_mode=tracking.mode if tracking is not None else "", thresholds=in_force,
+                         not_converged=run.not_converged, candidates_dropped=run.candidates_dropped)
 
 
 class FrameError(RuntimeError):
@@ -182,7 +191,7 @@ class _Read:
     """A message read from the topic at `index`: a frame, an undecodable message, or the damage that ends it."""
 
     index: int
-    message: ImageFrame | SkippedMessage | BagError
+    message: ImageFrame | SkippedMessage | BagError  # BagError: damage, or a RangeError
     times: dict[str, float] = field(default_factory=dict)  # seconds per stage, filled as it goes
 
 
@@ -195,19 +204,28 @@ class _Inferred:
     tracks: dict[int, int] | None  # track id of each thing segment, with tracking
 
 
-def _read(messages: Iterator[ImageFrame | SkippedMessage], total: int) -> Iterator[_Read]:
-    """The topic's first `total` messages, each with its position (undecodable messages included); damage
-    part-way is the last item."""
+def _read(messages: Iterator[tuple[int, object]], total: int, cut: RangeCut) -> Iterator[_Read]:
+    """The decoded messages of the range (`cut`) among the topic's first `total`, each with its position
+    (undecodable messages included); damage part-way, before the range or in it, is the last item."""
     with closing(messages):
         for index in range(total):  # the message's position in the topic
             start = time.perf_counter()
             try:
-                message = next(messages)
+                bag_time, msg = next(messages)
+                place = cut.place(index, stamp_to_ns(msg.header.stamp))
             except StopIteration:
                 return
             except BagError as error:
                 yield _Read(index, error)
                 return
+            if place == BEFORE:
+                continue
+            if place == AFTER:
+                return
+            try:
+                message = ImageFrame(stamp_to_ns(msg.header.stamp), bag_time, msg.header.frame_id, decode_image(msg))
+            except ValueError as error:
+                message = SkippedMessage(bag_time, str(error))
             yield _Read(index, message, {"decode": time.perf_counter() - start})
 
 
@@ -230,6 +248,8 @@ class _BagRun:
         self.latencies: dict[str, list[float]] = defaultdict(list)
         self.overlays: list[np.ndarray] = []
         self.frames = 0
+        self.not_converged = 0
+        self.candidates_dropped = 0
         self.bag_error: str | None = None
         self._overlay_at = set(overlay_at)
         self._resamplers: dict[tuple[int, int], Resampler] = {}
@@ -272,6 +292,8 @@ class _BagRun:
         read, frame = item.read, item.read.message
         times = read.times
         self.frames += 1
+        self.not_converged += not item.result.converged
+        self.candidates_dropped += item.result.candidates_dropped
         try:
             gt = self.evaluator.add(item.panoptic, frame.stamp_ns, read.index, times)
             if gt is not None and self.tracking is not None:

@@ -8,7 +8,8 @@ pipeline's id maps (class * 1000 + instance), which is what bag evaluation uses.
 `--peers`: `--frames` such pairs (each of its own seed) are written as COCO panoptic folders, and each
 evaluator installed (hotcoco, cityscapesscripts) and `panoptic-ros eval` run on them in a fresh process,
 interleaved, `--rounds` times; the median wall time of each (process start, imports and PNG reading
-included), the ratios to ours from the same run, and each one's PQ (they must agree) are reported.
+included), its median CPU time (user + system, the process and the children it waited for: what load does
+not inflate), the wall-time ratios to ours from the same run, and each one's PQ (they must agree) are reported.
 `--bag-fps`: a bag of `--bag-frames` JPEG frames of `--height`x`--width` street scenes (8 scenes, cycled) with
 32SC1 ground truth is evaluated with a shipped model (`--model`, ONNX Runtime) with and without decoding,
 inference and scoring overlapped (eval-bag's default and its --no-overlap), alternately `--rounds` times;
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -129,16 +131,21 @@ def write_peer_folders(root: Path, frames: int, height: int, width: int, instanc
     return paths
 
 
-def _timed_process(command: list[str], metrics: Path | None) -> tuple[float, float]:
-    """(wall seconds, PQ) of a command that prints {"pq": ...} last, or writes eval's `metrics` JSON."""
-    start = time.perf_counter()
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _timed_process(command: list[str], metrics: Path | None) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds, PQ) of a command that prints {"pq": ...} last, or writes eval's `metrics` JSON."""
+    cpu, start = _children_cpu_seconds(), time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, _children_cpu_seconds() - cpu
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command[:4])} failed: {done.stderr.strip()[-2000:]}")
     if metrics is not None:
-        return seconds, float(json.loads(metrics.read_text())["all"]["pq"])
-    return seconds, float(json.loads(done.stdout.strip().splitlines()[-1])["pq"])
+        return seconds, cpu, float(json.loads(metrics.read_text())["all"]["pq"])
+    return seconds, cpu, float(json.loads(done.stdout.strip().splitlines()[-1])["pq"])
 
 
 def run_peers(args: argparse.Namespace) -> dict:
@@ -160,17 +167,20 @@ def run_peers(args: argparse.Namespace) -> dict:
             else:
                 commands[name] = ([sys.executable, "-c", script, *paths, work], None)
         times: dict[str, list[float]] = {name: [] for name in commands}
+        cpu: dict[str, list[float]] = {name: [] for name in commands}
         pq: dict[str, float] = {}
         for _ in range(args.rounds):  # interleaved, so that load changes touch every evaluator alike
             for name, (command, metrics) in commands.items():
-                seconds, pq[name] = _timed_process(command, metrics)
+                seconds, cpu_seconds, pq[name] = _timed_process(command, metrics)
                 times[name].append(seconds)
+                cpu[name].append(cpu_seconds)
     median = {name: statistics.median(values) for name, values in times.items()}
     ours_s = median["panoptic-ros eval"]
     return {"frames": args.frames, "frame": f"{args.height}x{args.width}", "rounds": args.rounds,
             "not installed": missing,
             "evaluators": {name: {"median_s": median[name], "per_frame_ms": 1000 * median[name] / args.frames,
-                                  "ours_vs_this": ours_s / median[name], "pq": pq[name], "runs_s": times[name]}
+                                  "ours_vs_this": ours_s / median[name], "cpu_median_s": statistics.median(cpu[name]),
+                                  "pq": pq[name], "runs_s": times[name]}
                            for name in commands}}
 
 
@@ -208,44 +218,47 @@ def run_bag_fps(args: argparse.Namespace) -> dict:
             "overlap_vs_no_overlap": median["overlap"] / median["no overlap"], "pq": evaluation.result.all.pq}
 
 
-def publish_peers(args: argparse.Namespace, report: dict) -> None:
+def publish_peers(args: argparse.Namespace, report: dict, machine: bench_report.Machine) -> None:
     evaluators = report["evaluators"]
     body = "\n".join([
         f"| {report['frames']} frame pairs of {report['frame']}, COCO panoptic folders | whole process, median s | "
-        "ms per frame | `panoptic-ros eval` time / this | PQ |", "|---|---:|---:|---:|---:|",
-        *(f"| {name} | {e['median_s']:.2f} | {e['per_frame_ms']:.0f} | {e['ours_vs_this']:.2f} | {e['pq']:.6f} |"
+        "ms per frame | `panoptic-ros eval` time / this | CPU, median s | PQ |", "|---|---:|---:|---:|---:|---:|",
+        *(f"| {name} | {e['median_s']:.2f} | {e['per_frame_ms']:.0f} | {e['ours_vs_this']:.2f} | "
+          f"{e['cpu_median_s']:.2f} | {e['pq']:.6f} |"
           for name, e in evaluators.items())])
     note = (f"{report['rounds']} interleaved rounds; each run is a fresh process (start, imports, PNG reading "
             "included); ratios are from this one run." + (f" Not installed: {', '.join(report['not installed'])}."
                                                           if report["not installed"] else ""))
-    machine = bench_report.describe_machine("all cores (each evaluator's own choice)",
-                                            ("numpy", "opencv-python-headless", "hotcoco", "cityscapesscripts"))
     bench_report.publish(args, "eval-peers", machine, body, note)
 
 
-def publish_bag_fps(args: argparse.Namespace, report: dict) -> None:
+def publish_bag_fps(args: argparse.Namespace, report: dict, machine: bench_report.Machine) -> None:
     body = "\n".join([
         f"| eval-bag, {report['frames']} frames of {report['frame']} (JPEG), {report['model']} at {report['input']} "
         f"on {report['device']} | frames per second |", "|---|---:|",
         f"| decode, inference and scoring one after another (`--no-overlap`) | {report['fps']['no overlap']:.2f} |",
         f"| overlapped, bounded queues (default) | {report['fps']['overlap']:.2f} |",
         f"| ratio | {report['overlap_vs_no_overlap']:.2f} |"])
-    machine = bench_report.describe_machine("ONNX Runtime default, decode and scoring threads",
-                                            ("numpy", "onnxruntime", "opencv-python-headless"))
     bench_report.publish(args, "eval-bag-fps", machine, body,
                          f"{report['rounds']} alternating rounds; the ratio is from this one run.")
 
 
 def run(args: argparse.Namespace) -> int:
+    # Each machine description is taken before its run, so that its load average is the load at the start.
     if args.bag_fps:
+        machine = bench_report.describe_machine("ONNX Runtime default, decode and scoring threads",
+                                                ("numpy", "onnxruntime", "opencv-python-headless"))
         report = run_bag_fps(args)
         print(json.dumps(report, indent=1))
-        publish_bag_fps(args, report)
+        publish_bag_fps(args, report, machine)
         return 0
     if args.peers:
+        machine = bench_report.describe_machine("all cores (each evaluator's own choice)",
+                                                ("numpy", "opencv-python-headless", "kornia-rs", "hotcoco",
+                                                 "cityscapesscripts"))
         report = run_peers(args)
         print(json.dumps(report, indent=1))
-        publish_peers(args, report)
+        publish_peers(args, report, machine)
         return 0
     from panoptic_ros.classes import SYNTHETIC
     from panoptic_ros.data.formats import to_id_map
@@ -253,6 +266,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.repeats < 1 or args.height < 64 or args.width < 64:
         raise ValueError("need --repeats >= 1 and a frame of at least 64x64")
+    machine = bench_report.describe_machine("1 (NumPy)", ("numpy",))
     gt, pred = synthetic_pair(args.height, args.width, args.instances, np.random.default_rng(args.seed))
     gt_map, pred_map = to_id_map(gt, 1000, SYNTHETIC), to_id_map(pred, 1000, SYNTHETIC)
     coco, pipeline = PQAccumulator.from_label_set(SYNTHETIC), PQAccumulator.from_label_set(SYNTHETIC)
@@ -273,6 +287,5 @@ def run(args: argparse.Namespace) -> int:
           f"{report[path]['median_ms'] / report['add_id_maps']['median_ms']:.2f} |"
           for path, what in (("add", "COCO-layout annotations"), ("add_id_maps", "pipeline id maps, as eval-bag"))),
     ])
-    machine = bench_report.describe_machine("1 (NumPy)", ("numpy",))
     bench_report.publish(args, "eval", machine, body, f"{args.repeats} interleaved rounds after one warm-up round.")
     return 0

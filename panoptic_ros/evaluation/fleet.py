@@ -9,6 +9,11 @@ cannot be read at all, or fails part-way, becomes a row with its error; the othe
 
 The per-bag PQ accumulators are merged in the order the bags were given, whatever order they finished
 in, so PQ over everything is identical (bit for bit) between sequential, `jobs` and Ray runs.
+
+With `split_frames`, a long bag is evaluated as ranges of its frames, each a task of its own
+(evaluation.frame_ranges), and the ranges' evaluations are joined back into the bag's, in order: the
+report is the one of the bag run in one piece. A task can also write the bag's predictions
+(`output_bag`) and track its frames (`tracking`, per bag: STQ in its row); neither goes with ranges.
 """
 
 from __future__ import annotations
@@ -27,11 +32,14 @@ import numpy as np
 from tqdm import tqdm
 
 from panoptic_ros.classes import LabelSet
-from panoptic_ros.evaluation.bag_eval import BagEvaluation, evaluate_bag
+from panoptic_ros.data.rosbag_io import BagError
+from panoptic_ros.evaluation.bag_eval import STAGES, BagEvaluation, evaluate_bag, image_topic_count
+from panoptic_ros.evaluation.frame_ranges import WHOLE_BAG, FrameRange, join_accumulators, split_range
 from panoptic_ros.evaluation.ground_truth import FolderGroundTruth, GroundTruthSource, TopicGroundTruth
 from panoptic_ros.evaluation.pq import PQAccumulator, PQResult
 from panoptic_ros.evaluation.report import latency_summary, write_report
-from panoptic_ros.pipeline_io import Thresholds
+from panoptic_ros.tracking.config import TrackerConfig
+from panoptic_ros.tracking.evaluation import SequenceTracking
 
 RAY_HINT = "pip install 'panoptic_ros[cluster]' (or the pinned ray from requirements.txt)"
 BAG_SUFFIXES = (".mcap", ".db3")
@@ -85,18 +93,33 @@ class GroundTruthSpec:
 
 
 @dataclass(frozen=True)
+class TrackingSpec:
+    """--tracking: the tracker on (or off: per-frame instance ids, the baseline) and its settings."""
+
+    use_tracker: bool = True
+    config: TrackerConfig = TrackerConfig()
+
+    def create(self, label_set: LabelSet, label_divisor: int) -> SequenceTracking:
+        """The tracking of one bag."""
+        return SequenceTracking(label_set, label_divisor, self.use_tracker, self.config)
+
+
+@dataclass(frozen=True)
 class BagTask:
-    """One bag's evaluation, as a worker runs it."""
+    """One bag's evaluation (or one range of its frames), as a worker runs it."""
 
     bag: str
     image_topic: str
     model: ModelSpec
     ground_truth: GroundTruthSpec = GroundTruthSpec()
-    thresholds: Thresholds = Thresholds()
+    thresholds: tuple[tuple[str, float], ...] = ()  # overrides of the model's default thresholds
     label_divisor: int = 1000
     max_frames: int | None = None
     num_overlays: int = 0
     overlap: bool = True  # decoding, inference and scoring overlap (evaluate_bag)
+    frame_range: FrameRange = WHOLE_BAG
+    output_bag: str | None = None  # the predictions bag to write (a path where the task runs)
+    tracking: TrackingSpec | None = None
 
 
 @dataclass
@@ -113,7 +136,7 @@ class BagOutcome:
         row: dict[str, Any] = {"bag": self.bag}
         if evaluation is None:
             return {**row, "frames run": 0, "frames evaluated": 0, "skipped": 0, "pq": None, "sq": None, "rq": None,
-                    "total p50 ms": None, "error": self.error}
+                    "total p50 ms": None, "not converged": 0, "candidates dropped": 0, "error": self.error}
         result = evaluation.result
         total = latency_summary({"total": evaluation.latencies_ms.get("total", [])}).get("total")
         return {**row, "frames run": evaluation.frames,
@@ -123,7 +146,17 @@ class BagOutcome:
                 "sq": result.all.sq if result is not None else None,
                 "rq": result.all.rq if result is not None else None,
                 "total p50 ms": round(total["p50"], 2) if total else None,
-                "error": evaluation.bag_error}
+                "not converged": evaluation.not_converged, "candidates dropped": evaluation.candidates_dropped,
+                **_tracking_columns(evaluation), "error": evaluation.bag_error}
+
+
+def _tracking_columns(evaluation: BagEvaluation) -> dict[str, Any]:
+    """STQ columns of a bag row, with tracking (STQ is a sequence's: one per bag, not merged over bags)."""
+    if not evaluation.tracking_mode:
+        return {}
+    stq = evaluation.tracking
+    return {"stq": stq.stq if stq else None, "aq": stq.aq if stq else None,
+            "id switches": stq.id_switches if stq else None}
 
 
 _backends: dict[ModelSpec, Any] = {}  # per worker process: each model is loaded once
@@ -137,12 +170,14 @@ def evaluate_task(task: BagTask, progress: bool = False) -> BagOutcome:
         backend = _backends.get(task.model)
         if backend is None:
             backend = _backends[task.model] = task.model.create()
+        tracking = task.tracking.create(backend.label_set, task.label_divisor) if task.tracking else None
+        label = Path(task.bag).name + ("" if task.frame_range.whole else f" @{task.frame_range.start}")
         evaluation = evaluate_bag(task.bag, task.image_topic, backend,
                                   ground_truth=task.ground_truth.open(task.bag, backend.label_set),
-                                  thresholds=task.thresholds, label_divisor=task.label_divisor,
+                                  thresholds=dict(task.thresholds), label_divisor=task.label_divisor,
                                   max_frames=task.max_frames, num_overlays=task.num_overlays, overlap=task.overlap,
-                                  progress=progress,
-                                  progress_position=_progress_slot, progress_label=Path(task.bag).name)
+                                  output_bag=task.output_bag, tracking=tracking, frame_range=task.frame_range,
+                                  progress=progress, progress_position=_progress_slot, progress_label=label)
     except Exception as error:  # noqa: BLE001 -- any failure of one bag is reported in its row
         message = str(error)
         return BagOutcome(task.bag, None, message if task.bag in message else f"bag {task.bag}: {message}")
@@ -200,10 +235,12 @@ class FleetEvaluation:
             overlays.extend(evaluation.overlays)
         result = self.result
         first = evaluations[0].info if evaluations else {}
-        info = {key: value for key, value in first.items() if key not in ("bag", "ground truth", "notes")}
+        info = {key: value for key, value in first.items() if key not in ("bag", "ground truth", "notes", "output bag")}
         info.update(self.info)
         info.update({"bags": len(self.outcomes), "bags with errors": len(self.failed),
-                     "frames run": sum(e.frames for e in evaluations)})
+                     "frames run": sum(e.frames for e in evaluations),
+                     "frames not converged": sum(e.not_converged for e in evaluations),
+                     "candidates dropped": sum(e.candidates_dropped for e in evaluations)})
         if result is not None:
             info["frames evaluated"] = result.num_frames
         return write_report(directory, result=result, latencies_ms=latencies, overlays=overlays,
@@ -236,24 +273,91 @@ def overlay_shares(total: int, bags: int) -> list[int]:
 
 
 def evaluate_bags(tasks: Sequence[BagTask], *, jobs: int = 1, ray_address: str | None = None,
-                  progress: bool = False) -> FleetEvaluation:
+                  progress: bool = False, split_frames: int | None = None) -> FleetEvaluation:
     """Evaluate every task: in this process (jobs 1), on `jobs` local processes, or as Ray tasks on the cluster at
-    `ray_address` ("auto": the running cluster; "local": a private one on this machine). Outcomes keep the
+    `ray_address` ("auto": the running cluster; "local": a private one on this machine). `split_frames`: each
+    bag as ranges of that many frames, a task each, joined back into one outcome per bag. Outcomes keep the
     tasks' order."""
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
+    parts = [split_task(task, split_frames) for task in tasks] if split_frames is not None else [[t] for t in tasks]
+    flat = [part for bag_parts in parts for part in bag_parts]
     if ray_address is not None:
-        outcomes = _on_ray(tasks, ray_address, progress)
-    elif jobs > 1 and len(tasks) > 1:
-        outcomes = _on_processes(tasks, jobs, progress)
+        finished = _on_ray(flat, ray_address, progress)
+    elif jobs > 1 and len(flat) > 1:
+        finished = _on_processes(flat, jobs, progress)
     else:
-        with tqdm(total=len(tasks), desc="bags", unit="bag", disable=not progress or len(tasks) < 2) as bar:
-            outcomes = []
-            for task in tasks:
-                outcomes.append(evaluate_task(task, progress))
+        with tqdm(total=len(flat), desc="tasks", unit="task", disable=not progress or len(flat) < 2) as bar:
+            finished = []
+            for task in flat:
+                finished.append(evaluate_task(task, progress))
                 bar.update()
-    info = {"workers": f"ray {ray_address}" if ray_address is not None else f"{min(jobs, len(tasks))} processes"}
+    outcomes, first = [], 0
+    for bag_parts in parts:
+        outcomes.append(join_outcomes(finished[first:first + len(bag_parts)]))
+        first += len(bag_parts)
+    info = {"workers": f"ray {ray_address}" if ray_address is not None else f"{min(jobs, len(flat))} processes"}
+    if len(flat) > len(tasks):
+        info["frame ranges"] = f"{len(flat)} tasks of up to {split_frames} frames"
     return FleetEvaluation(outcomes, info)
+
+
+def split_task(task: BagTask, frames_per_task: int) -> list[BagTask]:
+    """A bag's task as tasks of `frames_per_task` frames each (one, unsplit, for a bag that cannot be read:
+    its task reports why)."""
+    if task.tracking is not None or task.output_bag is not None:
+        raise ValueError(f"bag {task.bag}: tracking and the predictions bag follow a bag's frames in order, in one "
+                         "task: they do not go with frame ranges")
+    try:
+        total = image_topic_count(task.bag, task.image_topic)
+    except (BagError, FileNotFoundError):
+        return [task]
+    total = min(total, task.max_frames) if task.max_frames is not None else total
+    return [replace(task, frame_range=frame_range) for frame_range in split_range(total, frames_per_task)]
+
+
+def join_outcomes(parts: Sequence[BagOutcome]) -> BagOutcome:
+    """One bag's outcome from its ranges' outcomes, in range order (see join_evaluations); a range that could
+    not run at all ends the bag there with its error."""
+    evaluations: list[BagEvaluation] = []
+    for part in parts:
+        if part.evaluation is None:
+            if not evaluations:
+                return part
+            evaluations[-1] = replace(evaluations[-1], bag_error=part.error)
+            break
+        evaluations.append(part.evaluation)
+    return BagOutcome(parts[0].bag, join_evaluations(evaluations) if len(evaluations) > 1 else evaluations[0])
+
+
+def join_evaluations(parts: Sequence[BagEvaluation]) -> BagEvaluation:
+    """The evaluation of a whole bag from the evaluations of its frame ranges, in range order: PQ counts joined
+    (bit for bit those of the whole bag: frame_ranges.join_accumulators), frames, skip counts, latencies and
+    overlays added up. A part that stopped early (damage, a failed frame) ends the bag there, as a run over
+    the whole bag would have stopped: later parts are left out."""
+    used = []
+    for part in parts:
+        used.append(part)
+        if part.bag_error is not None:
+            break
+    accumulator = join_accumulators([p.accumulator for p in used]) if used[0].accumulator is not None else None
+    latencies = {stage: [v for part in used for v in part.latencies_ms.get(stage, [])] for stage in STAGES}
+    skipped: Counter[str] = Counter()
+    reason_notes: dict[str, str] = {}
+    for part in used:
+        # A part's notes start with the first example of each skip reason, in the order of its skip counts.
+        for reason, note in zip(part.skipped, part.notes, strict=False):
+            reason_notes.setdefault(reason, note)
+        skipped.update(part.skipped)
+    last = used[-1]
+    source_notes = last.notes[len(last.skipped):]  # the source's own (unreadable messages): the last read furthest
+    return BagEvaluation(accumulator=accumulator, latencies_ms={s: v for s, v in latencies.items() if v},
+                         skipped=dict(skipped), frames=sum(p.frames for p in used),
+                         overlays=[o for p in used for o in p.overlays], bag_error=last.bag_error,
+                         notes=[*reason_notes.values(), *source_notes], info=dict(used[0].info),
+                         label_set=used[0].label_set, thresholds=used[0].thresholds,
+                         not_converged=sum(p.not_converged for p in used),
+                         candidates_dropped=sum(p.candidates_dropped for p in used))
 
 
 def _claim_progress_slot(slots) -> None:

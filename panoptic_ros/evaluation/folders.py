@@ -3,8 +3,9 @@
 Ground truth and prediction are paired by `image_id`, as the reference evaluators do; every ground-
 truth image needs a prediction. The categories are the ground truth's.
 
-Images are read and counted on a pool of threads (PNG decoding and the pixel passes release the GIL)
-and added to the counts in ground-truth order, so the numbers do not depend on the number of threads.
+Images are read and counted on a pool of threads (OpenCV's PNG decoding and NumPy's pixel passes release
+the GIL; kornia-rs's decoder, a few ms a frame, does not) and added to the counts in ground-truth order, so
+the numbers do not depend on the number of threads.
 """
 
 from __future__ import annotations

@@ -67,6 +67,10 @@ class GroundTruthSource(Protocol):
 
     notes: list[str]  # what the report should say about the source (unreadable messages, errors)
 
+    @property
+    def stamp_tolerance_ns(self) -> int | None:
+        """How far a frame's stamp may be from its ground truth's; None where frames are matched by index."""
+
     def lookup(self, stamp_ns: int, index: int) -> GroundTruthFrame | None:
         """The ground truth of the image topic's `index`-th message (0-based), stamped `stamp_ns`, or None."""
 
@@ -95,6 +99,10 @@ class TopicGroundTruth:
     def describe(self) -> str:
         tolerance = f" within {self.tolerance_ns / 1e6:g} ms" if self.tolerance_ns else ""
         return f"topic {self.topic} (same header stamp{tolerance})"
+
+    @property
+    def stamp_tolerance_ns(self) -> int | None:
+        return self.tolerance_ns
 
     def lookup(self, stamp_ns: int, index: int) -> GroundTruthFrame | None:
         while True:
@@ -176,6 +184,10 @@ class FolderGroundTruth:
         rule = (f"by stamp in file name{f' within {self.tolerance_ns / 1e6:g} ms' if self.tolerance_ns else ''}"
                 if self.match == "stamp" else "by frame index (files sorted by name)")
         return f"folder {self.png_dir} ({len(self._order)} files, {rule})"
+
+    @property
+    def stamp_tolerance_ns(self) -> int | None:
+        return self.tolerance_ns if self.match == "stamp" else None
 
     def lookup(self, stamp_ns: int, index: int) -> GroundTruthFrame | None:
         if self.match == "index":

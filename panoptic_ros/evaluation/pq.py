@@ -25,7 +25,6 @@ Counts are integers; IoU sums are float64 sums of exact fractions.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -38,16 +37,8 @@ if TYPE_CHECKING:
 
 VOID = 0  # segment id of void pixels
 
-# Ids below this (all RGB-encoded ids) map to table rows through a lookup table, kept per thread between
-# frames (an int16 one is 32 MiB: filling it for every frame would cost more than the lookups); larger ids
-# go through a sorted search, about 8 times slower.
-_LOOKUP_LIMIT = 1 << 24
-_UNSET = np.iinfo(np.int16).max  # lookup entry of an id that no segment lists
-_tables = threading.local()
-# Pipeline id maps below this are compacted with a presence count instead of a sort.
+# Pipeline segment ids below this are compacted with a presence count instead of a sort.
 _PRESENCE_LIMIT = 1 << 20
-# A joint histogram with at most this many bins takes the predicted ids as its columns directly.
-_DIRECT_BINS = 1 << 21
 
 
 @dataclass(frozen=True)
@@ -383,42 +374,47 @@ def _check_same_size(gt_ids: np.ndarray, pred_ids: np.ndarray) -> None:
                          f"{pred_ids.shape[0]}x{pred_ids.shape[1]}; they must have the same size")
 
 
+def _pixel_runs(gt_ids: np.ndarray, pred_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two id maps of one size as runs of equal (gt id, pred id) pairs in row-major order: each run's two ids
+    (int64) and its length in pixels. Segment maps are piecewise constant, so there are far fewer runs than
+    pixels: this is the only pass over the pixels, and all counting after it works on the runs."""
+    gt_flat, pred_flat = gt_ids.ravel(), pred_ids.ravel()
+    if gt_flat.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.intp)
+    change = gt_flat[1:] != gt_flat[:-1]
+    change |= pred_flat[1:] != pred_flat[:-1]
+    starts = np.concatenate(([0], np.flatnonzero(change) + 1))
+    lengths = np.diff(starts, append=gt_flat.size)
+    return gt_flat[starts].astype(np.int64), pred_flat[starts].astype(np.int64), lengths
+
+
+def _pair_counts(rows: np.ndarray, columns: np.ndarray, lengths: np.ndarray, height: int,
+                 width: int) -> np.ndarray:
+    """Pixel counts (height, width) of runs by (row, column). A float64 sum of integer lengths is exact (far
+    below 2^53), so the counts are exact integers."""
+    counts = np.bincount(rows * width + columns, weights=lengths, minlength=height * width)
+    return counts.astype(np.int64).reshape(height, width)
+
+
 def _joint_histogram(gt_ids: np.ndarray, gt_segment_ids: np.ndarray, pred_ids: np.ndarray,
                      pred_segment_ids: np.ndarray) -> np.ndarray:
     """Pixel counts (G + 2, P + 1): rows void, GT segments in order, unlisted GT ids; columns void,
     predicted segments in order. Raises for predicted ids that are not listed."""
     num_gt, num_pred = len(gt_segment_ids), len(pred_segment_ids)
-    gt_rows = _row_of_pixel(gt_ids, gt_segment_ids, unlisted=num_gt + 1, name="ground truth")
-    pred_rows = _row_of_pixel(pred_ids, pred_segment_ids, unlisted=num_pred + 1, name="prediction")
-    width = num_pred + 2
-    key = _scratch("key", gt_rows.size)
-    np.multiply(gt_rows.ravel(), width, out=key, dtype=np.intp)  # in intp: int16 rows would overflow
-    np.add(key, pred_rows.ravel(), out=key)
-    counts = np.bincount(key, minlength=(num_gt + 2) * width).reshape(num_gt + 2, width)
+    gt_runs, pred_runs, lengths = _pixel_runs(gt_ids, pred_ids)
+    gt_rows = _row_of_id(gt_runs, gt_segment_ids, unlisted=num_gt + 1, name="ground truth")
+    pred_rows = _row_of_id(pred_runs, pred_segment_ids, unlisted=num_pred + 1, name="prediction")
+    counts = _pair_counts(gt_rows, pred_rows, lengths, num_gt + 2, num_pred + 2)
     if counts[:, -1].any():
-        unlisted = np.unique(pred_ids[pred_rows == num_pred + 1])
+        unlisted = np.unique(pred_runs[pred_rows == num_pred + 1])
         raise ValueError(f"prediction id map has segment ids {unlisted[:10].tolist()} that its segments do not list")
     return counts[:, :-1]
 
 
-def _row_of_pixel(ids: np.ndarray, segment_ids: np.ndarray, unlisted: int, name: str) -> np.ndarray:
-    """Per pixel: 0 for void, 1 + the position of its id in `segment_ids`, or `unlisted`."""
-    if ids.size == 0:
-        return np.zeros(ids.shape, dtype=np.int64)
-    low, high = int(ids.min()), int(ids.max())
-    if low < 0:
-        raise ValueError(f"{name}: segment ids must be >= 0 (0 = void), got {low}")
-    if high < _LOOKUP_LIMIT and unlisted < _UNSET:
-        table = _lookup_table(high + 1)
-        listed = segment_ids[segment_ids <= high]
-        table[listed] = np.flatnonzero(segment_ids <= high) + 1
-        table[VOID] = 0
-        try:
-            rows = table.take(ids)
-        finally:  # the table goes back to all-unset for the next frame
-            table[listed] = _UNSET
-            table[VOID] = _UNSET
-        return np.minimum(rows, unlisted, out=rows)
+def _row_of_id(ids: np.ndarray, segment_ids: np.ndarray, unlisted: int, name: str) -> np.ndarray:
+    """Per id: 0 for void, 1 + the position of the id in `segment_ids`, or `unlisted`."""
+    if ids.size and ids.min() < 0:
+        raise ValueError(f"{name}: segment ids must be >= 0 (0 = void), got {int(ids.min())}")
     if not len(segment_ids):
         return np.where(ids == VOID, 0, unlisted)
     order = np.argsort(segment_ids)
@@ -428,73 +424,34 @@ def _row_of_pixel(ids: np.ndarray, segment_ids: np.ndarray, unlisted: int, name:
     return np.where(ids == VOID, 0, np.where(found, order[position] + 1, unlisted))
 
 
-def _lookup_table(size: int) -> np.ndarray:
-    """This thread's id -> row table, all entries _UNSET, at least `size` long."""
-    table = getattr(_tables, "table", None)
-    if table is None or table.size < size:
-        table = np.full(min(max(size, 2 * (table.size if table is not None else 0), 1 << 16), _LOOKUP_LIMIT),
-                        _UNSET, dtype=np.int16)
-        _tables.table = table
-    return table
-
-
 def _pipeline_joint_histogram(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Joint pixel counts of two pipeline id maps (-1 void) and the segment ids present in each (panoptic id + 1,
     sorted, void left out): counts (G + 1, P + 1), rows void then GT segments, columns void then predicted ones."""
-    gt_flat, gt_high = _shifted(gt, "ground truth", "gt")
-    pred_flat, pred_high = _shifted(pred, "prediction", "pred")
-    gt_present, key = _compact(gt_flat, gt_high, "key")
-    height = gt_present.size + 1
-    if height * (pred_high + 1) <= _DIRECT_BINS:
-        # Predicted ids are the columns as they are: no second compaction pass over the pixels.
-        np.multiply(key, pred_high + 1, out=key)
-        np.add(key, pred_flat, out=key)
-        counts = np.bincount(key, minlength=height * (pred_high + 1)).reshape(height, pred_high + 1)
-        pred_present = np.flatnonzero(counts[:, 1:].any(0)) + 1
-        return counts[:, np.concatenate(([VOID], pred_present))], gt_present, pred_present
-    pred_present, columns = _compact(pred_flat, pred_high, "columns")
-    width = pred_present.size + 1
-    np.multiply(key, width, out=key)
-    np.add(key, columns, out=key)
-    return np.bincount(key, minlength=height * width).reshape(height, width), gt_present, pred_present
+    gt_runs, pred_runs, lengths = _pixel_runs(gt, pred)
+    gt_present, rows = _compact(gt_runs, "ground truth")
+    pred_present, columns = _compact(pred_runs, "prediction")
+    return _pair_counts(rows, columns, lengths, gt_present.size + 1, pred_present.size + 1), gt_present, pred_present
 
 
-def _scratch(name: str, size: int) -> np.ndarray:
-    """This thread's scratch array `name` (intp) of `size` elements, reused from frame to frame: a fresh 16 MiB
-    array costs more in page faults than the pass that fills it. intp, so that bincount needs no copy."""
-    buffers = _tables.__dict__.setdefault("scratch", {})
-    buffer = buffers.get(name)
-    if buffer is None or buffer.size < size:
-        buffer = buffers[name] = np.empty(size, dtype=np.intp)
-    return buffer[:size]
-
-
-def _shifted(panoptic: np.ndarray, name: str, scratch: str) -> tuple[np.ndarray, int]:
-    """A pipeline id map's segment ids (panoptic id + 1: 0 is void), flat, in scratch array `scratch`, and the
-    largest."""
+def _compact(panoptic: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Of pipeline panoptic ids (-1 void): (segment ids present, i.e. panoptic id + 1, sorted, void left out;
+    per id 0 for void, else 1 + the position of its segment id)."""
     if panoptic.size == 0:
-        return np.zeros(0, dtype=np.intp), 0
-    low, high = int(panoptic.min()), int(panoptic.max())
+        return np.zeros(0, np.int64), np.zeros(0, np.intp)
+    low, high = int(panoptic.min()), int(panoptic.max()) + 1
     if low < -1:
         raise ValueError(f"{name}: panoptic ids must be >= -1 (void), got {low}")
-    flat = _scratch(scratch, panoptic.size)
-    np.add(panoptic.ravel(), 1, out=flat, dtype=np.intp, casting="unsafe")
-    return flat, high + 1
-
-
-def _compact(flat: np.ndarray, high: int, scratch: str) -> tuple[np.ndarray, np.ndarray]:
-    """(segment ids present, sorted, void left out; per pixel 0 for void, else 1 + the position of its id, in
-    scratch array `scratch`)."""
-    if high < _PRESENCE_LIMIT:  # a presence count is much faster than sorting when ids are small
-        present = np.flatnonzero(np.bincount(flat, minlength=1))
+    segment_ids = panoptic + 1
+    if high < _PRESENCE_LIMIT:  # a presence count is faster than sorting when ids are small
+        present = np.flatnonzero(np.bincount(segment_ids))
         present = present[present != VOID]
         lookup = np.zeros(high + 1, dtype=np.intp)
         lookup[present] = np.arange(1, present.size + 1)
-        return present, lookup.take(flat, out=_scratch(scratch, flat.size))
-    present, inverse = np.unique(flat, return_inverse=True)
-    rows = _scratch(scratch, flat.size)
-    np.add(inverse.ravel(), 0 if present.size and present[0] == VOID else 1, out=rows)
-    return (present[1:] if present.size and present[0] == VOID else present), rows
+        return present, lookup[segment_ids]
+    present, inverse = np.unique(segment_ids, return_inverse=True)
+    if present[0] == VOID:
+        return present[1:], inverse
+    return present, inverse + 1
 
 
 def _pct(value: float) -> float:

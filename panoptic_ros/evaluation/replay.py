@@ -44,8 +44,9 @@ from panoptic_ros.data.rosbag_io import (
     stamp_to_ns,
 )
 from panoptic_ros.evaluation.pq import PQResult
-from panoptic_ros.pipeline_io import Thresholds
+from panoptic_ros.pipeline_io import THRESHOLD_INPUTS
 from panoptic_ros.ros.node_counters import NodeCounters
+from panoptic_ros.runtime.model_thresholds import check_overrides
 from panoptic_ros.tracking.stq import STQAccumulator, STQResult, split_id_map
 
 END_TO_END = "end_to_end"  # latency series name: output received - frame published
@@ -363,6 +364,7 @@ class LiveRun:
     label_divisor: int
     status: dict[str, str]  # the node's last /diagnostics values (backend, model, device, ...)
     exit_code: int
+    fusion: dict[str, int]  # frames not converged and candidates dropped while the bag played (not the warm-up)
 
 
 def run_live(bag: Path, topics: BagTopics, params_file: Path, model_path: Path | None, rate: float,
@@ -395,14 +397,15 @@ def run_live(bag: Path, topics: BagTopics, params_file: Path, model_path: Path |
             # The bag's topic name inside the private namespace, where the node's input is remapped to.
             publisher = client.node.create_publisher(msg_type, topics.image.name.lstrip("/"), QoSProfile(depth=10))
             warmups = wait_until_ready(client, publisher, hardware_id, watch, warmup, ready_timeout)
-            baseline = NodeCounters.from_status(wait_until_settled(client, hardware_id, watch, NodeCounters(), warmups,
-                                                                   ready_timeout))
+            warmed = wait_until_settled(client, hardware_id, watch, NodeCounters(), warmups, ready_timeout)
+            baseline = NodeCounters.from_status(warmed)
             client.reset_latencies()
             start = time.monotonic()
             sent, repeated = play(bag, topics.image.name, topics.image.count, publisher, recorder, rate, progress)
             playback_s = time.monotonic() - start
             status = wait_until_settled(client, hardware_id, watch, baseline, sent, ready_timeout)
             done = (NodeCounters.from_status(status) - baseline).as_dict()
+            fusion = {label: int(status[key]) - int(warmed[key]) for label, key in FUSION_COUNTERS.items()}
             # Outputs, then the latency values (published last), of the final frames may still be on their way.
             deadline = time.monotonic() + OUTPUT_WAIT_S
             while (min(len(recorder.id_images), len(client.latencies[("", TOTAL)])) < done["processed"]
@@ -416,7 +419,20 @@ def run_live(bag: Path, topics: BagTopics, params_file: Path, model_path: Path |
             exit_code = stop_node(process)
     counts = FrameCounts(sent=sent, outputs=len(recorder.id_images), **done)
     return LiveRun(counts, repeated, playback_s, stage_latencies, label_set_of(class_map), class_map.label_divisor,
-                   status, exit_code)
+                   status, exit_code, fusion)
+
+
+# report label -> the node's /diagnostics key (counters since the node started)
+FUSION_COUNTERS = {"frames not converged": "not_converged", "candidates dropped": "candidates_dropped"}
+
+
+def status_thresholds(status: dict[str, str]) -> tuple[dict[str, float], dict[str, str]]:
+    """The thresholds the node ran with and their sources, from its /diagnostics values ("0.3 (model default)")."""
+    values, sources = {}, {}
+    for name in THRESHOLD_INPUTS:
+        value, _, source = status[name].partition(" (")
+        values[name], sources[name] = float(value), source.removesuffix(")")
+    return values, sources
 
 
 def label_set_of(class_map) -> LabelSet:
@@ -491,15 +507,15 @@ def evaluate(bag: Path, topics: BagTopics, recorder: Recorder, label_set: LabelS
 # The whole replay
 
 
-def params_file_thresholds(params_file: Path) -> Thresholds:
-    """The fusion thresholds the node will start with: its defaults, then the params file (checked here, so a bad
-    file fails before the node starts)."""
-    from panoptic_ros.evaluation.node_params import node_defaults, read_params_file
-    from panoptic_ros.ros import parameters as params
+def params_file_overrides(params_file: Path) -> dict[str, float]:
+    """The thresholds the params file sets (overrides of the model's defaults; checked here, so a bad file fails
+    before the node starts)."""
+    from panoptic_ros.evaluation.node_params import read_params_file
 
-    values = node_defaults()
-    values.update(read_params_file(params_file))
-    return params.thresholds(values)
+    values = read_params_file(params_file)
+    overrides = {name: values[name] for name in THRESHOLD_INPUTS if name in values}
+    check_overrides(overrides)
+    return overrides
 
 
 def replay(bag: str | Path, image_topic: str, report_dir: str | Path, *, params_file: str | Path,
@@ -522,7 +538,7 @@ def replay(bag: str | Path, image_topic: str, report_dir: str | Path, *, params_
         model_path = Path(model_path).resolve()
         if not model_path.is_file():
             raise FileNotFoundError(f"model file not found: {model_path}")
-    thresholds = params_file_thresholds(params_file)
+    params_file_overrides(params_file)
     topics = check_bag(bag, image_topic, gt_topic)
     report_dir.mkdir(parents=True, exist_ok=True)
     log_path = report_dir / "node.log"
@@ -543,13 +559,14 @@ def replay(bag: str | Path, image_topic: str, report_dir: str | Path, *, params_
                      "failed in the node": counts.failed, "output not received": counts.processed - counts.outputs,
                      "repeated stamp (not sent)": live.repeated_stamps, **evaluation.skipped}
     status = live.status
+    thresholds, sources = status_thresholds(status)
     # The keys eval-bag's report has, then the replay's own.
     info = {"bag": str(bag), "image topic": image_topic,
             "ground truth": f"topic {gt_topic} (same header stamp)" if gt_topic else "none",
             "model": status.get("model", ""), "model file": status.get("model_path", ""),
             "backend": status.get("backend", ""), "device": status.get("device", ""),
-            "input size": status.get("input_hw", ""), "thresholds": thresholds.as_dict(),
-            "label divisor": live.label_divisor,
+            "input size": status.get("input_hw", ""), "thresholds": thresholds, "threshold sources": sources,
+            "label divisor": live.label_divisor, **live.fusion,
             "frames evaluated": evaluation.result.num_frames if evaluation.result is not None else 0,
             "params file": str(params_file), "playback rate": rate, "playback seconds": round(live.playback_s, 2),
             "frames in bag": topics.image.count, **counts.as_dict(),
@@ -598,5 +615,13 @@ def summary(run: ReplayResult) -> str:
         from panoptic_ros.tracking.report import summary_line
 
         lines.append(summary_line(run.tracking, run.info["tracking"], run.label_set))
+    ignored = [name for name, source in run.info["threshold sources"].items() if source.endswith("override ignored")]
+    if ignored:
+        lines.append(f"warning: the params file sets {', '.join(ignored)}, which {run.info['model']} does not use: "
+                     "no effect")
+    fusion = {label: run.info[label] for label in FUSION_COUNTERS}
+    if any(fusion.values()):
+        lines.append("warning: " + ", ".join(f"{label}: {count}" for label, count in fusion.items())
+                     + " (NMS / pasting stopped at the graph's sweep bound; objects beyond K are void)")
     lines.append(f"report: {run.report['markdown']}")
     return "\n".join(lines)

@@ -20,8 +20,8 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
-from rcl_interfaces.msg import SetParametersResult
-from rcl_interfaces.srv import GetParameters, SetParameters
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.srv import DescribeParameters, GetParameters, SetParameters
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter, parameter_value_to_python
@@ -108,6 +108,7 @@ class PanopticClient:
         self.node_fqn = "/" + "/".join(part for part in (namespace.strip("/"), NODE_NAME) if part)
         self._set_client = self.node.create_client(SetParameters, f"{service}/set_parameters")
         self._get_client = self.node.create_client(GetParameters, f"{service}/get_parameters")
+        self._describe_client = self.node.create_client(DescribeParameters, f"{service}/describe_parameters")
         self._change_state_client = self.node.create_client(ChangeState, f"{service}/change_state")
         self._get_state_client = self.node.create_client(GetState, f"{service}/get_state")
         self._executor = SingleThreadedExecutor(context=self.context)
@@ -223,6 +224,11 @@ class PanopticClient:
     def get_parameters(self, names: list[str], timeout: float = 10.0) -> dict[str, Any]:
         response = self._call(self._get_client, GetParameters.Request(names=names), timeout)
         return {name: parameter_value_to_python(value) for name, value in zip(names, response.values, strict=True)}
+
+    def describe_parameters(self, names: list[str], timeout: float = 10.0) -> dict[str, ParameterDescriptor]:
+        """What `ros2 param describe` shows for each of `names`."""
+        response = self._call(self._describe_client, DescribeParameters.Request(names=names), timeout)
+        return dict(zip(names, response.descriptors, strict=True))
 
     # ---- lifecycle --------------------------------------------------------------------------
 

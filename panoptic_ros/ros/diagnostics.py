@@ -1,8 +1,14 @@
 """Per-camera statistics of the node and their /diagnostics form.
 
-The worker records each frame's stage latencies; callbacks record arrivals and rejected frames; a
-timer turns a snapshot into one DiagnosticStatus per camera (input health, rate, latency per stage,
-frame counters, and which backend, model and engine are running).
+The worker records each frame's stage latencies and what the fusion reported (whether its unrolled
+sequential rules converged, how many valid candidates did not fit the model's K slots); callbacks
+record arrivals and rejected frames; a timer turns a snapshot into one DiagnosticStatus per camera
+(input health, rate, latency per stage, frame counters, fusion counters, the thresholds in force with
+their sources, and which backend, model and engine are running).
+
+Fusion rule: a status is at least WARN when, since the previous status, a frame did not converge (its
+ids may differ from the papers' sequential NMS / pasting) or a candidate was dropped (an object beyond
+K: its pixels are void). The counters since start stay in the values; the WARN lasts one period.
 
 Silence is an alarm: `InputMonitor` judges a camera's input from arrival times and the number of
 matched publishers. Its clock is injected, so every level can be tested without waiting.
@@ -19,7 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
+from panoptic_ros.pipeline_io import THRESHOLD_INPUTS
 from panoptic_ros.ros.frame_slot import SlotCounters
+from panoptic_ros.runtime.model_thresholds import ThresholdsInForce
 
 # Stages of one frame, in order. "resize" covers both directions (image down to the model,
 # outputs back up to the camera); "publish" is message building, the overlay, and publishing.
@@ -121,10 +129,19 @@ class CameraStats:
         self.last_problem = ""
         self._qos_problem = ""
         self._problems_reported = 0  # rejected + failed at the last status
+        self.not_converged = 0  # frames whose unrolled NMS / pasting did not reach its fixed point
+        self.candidates_dropped = 0  # valid candidates that did not fit K, summed over frames
+        self.frames_with_drops = 0
+        self._fusion_reported = (0, 0, 0)  # the three fusion counters at the last status
 
-    def record_frame(self, latencies_ms: dict[str, float], overhead_cpu_ms: float) -> None:
-        """One processed frame: wall-clock ms per stage, and the worker's CPU ms outside the backend run."""
+    def record_frame(self, latencies_ms: dict[str, float], overhead_cpu_ms: float, converged: bool = True,
+                     candidates_dropped: int = 0) -> None:
+        """One processed frame: wall-clock ms per stage, the worker's CPU ms outside the backend run, and the
+        fusion's converged and candidates_dropped outputs."""
         with self._lock:
+            self.not_converged += not converged
+            self.candidates_dropped += candidates_dropped
+            self.frames_with_drops += candidates_dropped > 0
             for stage, value in latencies_ms.items():
                 self._latencies[stage].append(value)
             self._overhead_cpu.append(overhead_cpu_ms)
@@ -175,6 +192,19 @@ class CameraStats:
         with self._lock:
             return self.processed, self.rejected, self.failed, self.last_problem
 
+    def fusion_counts(self) -> tuple[int, int, int]:
+        """(frames not converged, candidates dropped, frames with drops) since start."""
+        with self._lock:
+            return self.not_converged, self.candidates_dropped, self.frames_with_drops
+
+    def new_fusion_counts(self) -> tuple[int, int, int]:
+        """The fusion counts since the previous call (a status warns only about recent frames)."""
+        with self._lock:
+            now = (self.not_converged, self.candidates_dropped, self.frames_with_drops)
+            new = tuple(a - b for a, b in zip(now, self._fusion_reported, strict=True))
+            self._fusion_reported = now
+            return new
+
     def new_problems(self) -> int:
         """Frames rejected or failed since the previous call (a status warns only about recent trouble)."""
         with self._lock:
@@ -183,12 +213,27 @@ class CameraStats:
             return new
 
 
+def fusion_problems(not_converged: int, dropped: int, frames_with_drops: int, max_instances: object) -> list[str]:
+    """What the fusion counters since the previous status warn about (nothing when both are 0)."""
+    problems = []
+    if not_converged:
+        problems.append(f"{not_converged} frames since last report did not converge (NMS / pasting stopped at the "
+                        "graph's sweep bound: ids may differ from the sequential rule)")
+    if dropped:
+        problems.append(f"{dropped} candidates dropped in {frames_with_drops} frames since last report (more valid "
+                        f"objects than the model's K = {max_instances} slots: their pixels are void)")
+    return problems
+
+
 def camera_status(name: str, hardware_id: str, stats: CameraStats, slot: SlotCounters, backend: dict,
-                  model_state: str, health: InputHealth | None) -> DiagnosticStatus:
+                  model_state: str, health: InputHealth | None,
+                  thresholds: ThresholdsInForce | None = None) -> DiagnosticStatus:
     """One camera's DiagnosticStatus. The input's health sets the level (`health` None: not subscribed, the
-    node is inactive); frames rejected or failed since the previous status, an incompatible-QoS event or a
-    failed model switch raise it to at least WARN."""
+    node is inactive); frames rejected or failed since the previous status, frames that did not converge or
+    dropped candidates since then (module doc), an incompatible-QoS event or a failed model switch raise it to
+    at least WARN. `thresholds`: the running model's, each shown as "value (source)"."""
     processed, rejected, failed, last_problem = stats.counts()
+    not_converged, dropped, frames_with_drops = stats.fusion_counts()
     values = dict(health.values) if health else {}
     values.update({
         "rate_hz": f"{stats.rate_hz():.2f}",
@@ -198,6 +243,9 @@ def camera_status(name: str, hardware_id: str, stats: CameraStats, slot: SlotCou
         "rejected": str(rejected),
         "failed": str(failed),
         "last_problem": last_problem,
+        "not_converged": str(not_converged),
+        "candidates_dropped": str(dropped),
+        "frames_with_dropped_candidates": str(frames_with_drops),
     })
     for stage, (mean, peak) in stats.latency_summary().items():
         values[f"latency_{stage}_ms"] = f"{mean:.3f}"
@@ -214,11 +262,15 @@ def camera_status(name: str, hardware_id: str, stats: CameraStats, slot: SlotCou
         "input_hw": "x".join(str(v) for v in backend.get("input_hw", [])),
         "model_state": model_state,
     })
+    if thresholds is not None:
+        values.update({name: f"{getattr(thresholds.thresholds, name):g} ({thresholds.source(name)})"
+                       for name in THRESHOLD_INPUTS})
     level = health.level if health else OK
     messages = [health.message if health else "inactive: not subscribed to the camera"]
     problems = []
     if new_problems := stats.new_problems():
         problems.append(f"{new_problems} bad frames since last report, last {last_problem}")
+    problems += fusion_problems(*stats.new_fusion_counts(), backend.get("max_instances", "?"))
     if qos_problem := stats.qos_problem():
         problems.append(qos_problem)
     if model_state.startswith("failed"):

@@ -25,6 +25,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from panoptic_ros.imaging import Resampler, class_colors, overlay_image, segment_colors
 from panoptic_ros.msg import PanopticInstanceArray, PanopticTiming
+from panoptic_ros.pipeline_io import PanopticResult
 from panoptic_ros.ros.image_conversion import ImageBuffer, compressed_to_rgb, image_to_rgb
 from panoptic_ros.ros.outputs import instance_array_msg
 from panoptic_ros.tracking.camera import CameraTracking
@@ -85,9 +86,9 @@ class FrameOutputs:
 
     def process(self, msg: Image | CompressedImage, backend, thresholds, outputs, label_divisor: int,
                 max_pixels: int, raw_input: bool, resize_mode: str, camera_info: CameraInfo | None,
-                queue_ms: float, now: Callable[[], Time]) -> FrameTiming:
-        """Convert, resize to the model, run, map back, build every message, publish. Raises ImageRejected (or
-        whatever the backend raises) before anything is published."""
+                queue_ms: float, now: Callable[[], Time]) -> tuple[FrameTiming, PanopticResult]:
+        """Convert, resize to the model, run, map back, build every message, publish; the frame's timing and the
+        model's result. Raises ImageRejected (or whatever the backend raises) before anything is published."""
         cpu0 = self._cpu_clock()
         t0 = self._clock()
         rgb = image_to_rgb(msg, max_pixels) if raw_input else compressed_to_rgb(msg, max_pixels)
@@ -157,7 +158,7 @@ class FrameOutputs:
                              end_to_end_ms=end_to_end_ms, overhead_cpu_ms=((cpu5 - cpu0) - (cpu3 - cpu2)) * 1e3)
         if outputs.publish_timing:
             self.timing.publish(timing_msg(timing, header))
-        return timing
+        return timing, result
 
     def destroy(self) -> None:
         for publisher in (*self.images.values(), self.instances, self.camera_info, self.timing):

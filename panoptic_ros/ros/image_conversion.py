@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import array
 import sys
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 from rosbags.image.image import ENCODINGMAP, ImageError, convert_color
-from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import Header
+
+if TYPE_CHECKING:  # decoding reads fields only (bag messages are rosbags types): the message code loads to build one
+    from sensor_msgs.msg import CompressedImage, Image
+    from std_msgs.msg import Header
 
 # NV12/NV21 (Jetson camera pipelines) are a full-size Y plane then a half-size interleaved UV plane:
 # 1.5 rows of `step` bytes per image row, which ENCODINGMAP's shape cannot express; converted here.
@@ -120,6 +123,8 @@ class ImageBuffer:
     refilled for the next frame."""
 
     def __init__(self, encoding: str, height: int, width: int) -> None:
+        from sensor_msgs.msg import Image
+
         if encoding not in OUTPUT_ENCODINGS:
             raise ValueError(f"output encoding must be one of {', '.join(OUTPUT_ENCODINGS)}, got {encoding!r}")
         dtype, channels = OUTPUT_ENCODINGS[encoding]

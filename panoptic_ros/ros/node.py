@@ -21,6 +21,12 @@ model file exists (refused with a reason otherwise) and succeeds; loading then r
 background, and /diagnostics shows model_state "loading ...", then "ok". If loading fails, the old
 model keeps running, the reason is logged at ERROR and /diagnostics reports WARN at once (model_state
 "failed: ..."), and the model parameters are set back to the running model's values.
+
+Fusion thresholds: the loaded model's defaults (its file's metadata) unless a parameter overrides them
+(parameters.py says why they are declared without a value). Each load logs the value in force of every
+threshold and where it comes from (model default or override), and the ones the model does not use;
+`ros2 param describe` says the same (additional_constraints), /diagnostics shows each value with its source,
+and setting a threshold the running model does not use logs a warning.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
 from panoptic_ros.msg import PanopticClassMap
+from panoptic_ros.pipeline_io import THRESHOLD_INPUTS
 from panoptic_ros.ros import parameters as params
 from panoptic_ros.ros.diagnostics import STAGES, TOTAL, CameraStats, InputMonitor, camera_status
 from panoptic_ros.ros.frame_output import FrameOutputs
@@ -51,6 +58,7 @@ from panoptic_ros.ros.frame_slot import NewestFrameSlots, SlotCounters
 from panoptic_ros.ros.image_conversion import ImageRejected, check_image
 from panoptic_ros.ros.outputs import class_map_msg
 from panoptic_ros.ros.qos import QOS_PRESETS, InputSubscription
+from panoptic_ros.runtime import model_thresholds
 from panoptic_ros.tracking.tracker import TrackIds
 
 # Late subscribers (RViz, loggers) still get the class map of the running model.
@@ -126,13 +134,18 @@ class PanopticNode(LifecycleNode):
         self.failure = ""  # why the last configure or activate failed
         self._load_generation = 0
         self._revert_to: params.ModelSettings | None = None
-        self._reverting = False
+        self._own_change = False  # the node itself sets parameters (a revert, the model's thresholds)
         # The backend and the settings it was loaded from always change together, under this lock.
         self._model_lock = threading.Lock()
         self._models_dir = params.default_models_dir()
         self.track_ids = TrackIds()  # one counter for all cameras and the node's whole run: ids never repeat
         params.declare_parameters(self)
+        # Thresholds given at start (command line, params file); replaced, never mutated, when one is set.
+        self._overrides = {name: value for name in THRESHOLD_INPUTS if (value := self._value(name)) is not None}
+        self._in_force: tuple | None = None  # (backend, overrides, ThresholdsInForce) of the last frame
         self._revert_guard = self.create_guard_condition(self._revert_model_parameters)
+        self._thresholds_guard = self.create_guard_condition(self._show_thresholds)
+        self._threshold_parameters_guard = self.create_guard_condition(self._sync_threshold_parameters)
         self.add_on_set_parameters_callback(self._check_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
 
@@ -153,6 +166,7 @@ class PanopticNode(LifecycleNode):
             self._backend = self._load_backend(self._model_settings)
             self._check_label_divisor(self._label_divisor, self._backend)
             self._model_state = "ok"
+            self._show_thresholds()
             output_qos = copy.copy(QOS_PRESETS[values["output_qos"]])
             output_qos.depth = values["output_depth"]
             self._input_type, self._input_qos = values["input_type"], values["input_qos"]
@@ -181,6 +195,7 @@ class PanopticNode(LifecycleNode):
                 self._backend = self._load_backend(self._model_settings)
                 self._model_state = "ok"
                 self._publish_class_maps()
+                self._show_thresholds()
         except Exception as error:  # any load failure: stay inactive and say why
             self.failure = f"cannot load the model: {error}"
             self.get_logger().error(f"activate failed: {self.failure}")
@@ -268,7 +283,6 @@ class PanopticNode(LifecycleNode):
 
     def _take_values(self, values: dict[str, Any]) -> None:
         """The settings the worker reads per frame (each one assignment: a frame sees old or new, never half)."""
-        self._thresholds = params.thresholds(values)
         self._outputs = params.output_settings(values)
         self._resize_mode = values["resize_mode"]
         self._label_divisor = int(values["label_divisor"])
@@ -277,7 +291,7 @@ class PanopticNode(LifecycleNode):
     def _check_parameters(self, changes: list[Parameter]) -> SetParametersResult:
         """Refuse invalid values with a reason. A model change is accepted when its file exists; it loads
         afterwards (rclpy drops the reason of a successful result, so /diagnostics model_state tells the outcome)."""
-        if self._reverting:
+        if self._own_change:
             return SetParametersResult(successful=True)
         values = self._values(changes)
         changed = {p.name for p in changes}
@@ -285,7 +299,7 @@ class PanopticNode(LifecycleNode):
             for name in changed & set(params.PARAMETER_NAMES):
                 if reason := params.check_value(name, values[name]):
                     raise ValueError(reason)
-            params.thresholds(values)
+            model_thresholds.check_overrides(self._overrides_with(changes))
             if changed & set(params.MODEL_PARAMETERS):
                 params.model_settings(values).model_file(self._models_dir)
             backend = self._backend
@@ -297,8 +311,14 @@ class PanopticNode(LifecycleNode):
 
     def _apply_parameters(self, changes: list[Parameter]) -> None:
         """Take accepted values into use: the next frame sees them (model changes start a background load).
-        Before configure nothing is in use yet: configure reads every value."""
-        if self._reverting or not self._cameras:
+        Before configure nothing is in use yet: configure reads every value (thresholds set are overrides from now)."""
+        if self._own_change:
+            return
+        overrides = self._overrides_with(changes)
+        if overrides != self._overrides:
+            self._overrides = overrides
+            self._log_threshold_changes(changes)
+        if not self._cameras:
             return
         values = self._values()
         changed = {p.name for p in changes}
@@ -307,6 +327,66 @@ class PanopticNode(LifecycleNode):
             self._publish_class_maps()
         if changed & set(params.MODEL_PARAMETERS) and self._backend is not None:
             self._start_model_load(params.model_settings(values))
+
+    def _overrides_with(self, changes: list[Parameter]) -> dict[str, float]:
+        """The threshold overrides once `changes` apply (every threshold a user sets is an override)."""
+        return {**self._overrides, **{p.name: p.value for p in changes if p.name in THRESHOLD_INPUTS}}
+
+    def _thresholds_for(self, backend) -> model_thresholds.ThresholdsInForce:
+        """The thresholds `backend`'s model runs with now (worked out again only when the model or an override
+        changes; one tuple, so a frame never pairs one model with another's thresholds)."""
+        cached, overrides = self._in_force, self._overrides
+        if cached is None or cached[0] is not backend or cached[1] is not overrides:
+            cached = self._in_force = (backend, overrides, model_thresholds.thresholds_in_force(backend.info,
+                                                                                                 overrides))
+        return cached[2]
+
+    def _show_thresholds(self) -> None:
+        """Log the thresholds in force for the loaded model, set the unset ones to the model's values (so
+        `ros2 param get` shows what is in force) and say in each descriptor whether the model uses it
+        (executor thread)."""
+        backend = self._backend
+        if backend is None:
+            return
+        in_force = self._thresholds_for(backend)
+        self.get_logger().info(in_force.describe())
+        for warning in in_force.warnings():
+            self.get_logger().warning(warning)
+        self._sync_threshold_parameters()
+
+    def _sync_threshold_parameters(self) -> None:
+        """The threshold parameters as the loaded model runs them: unset ones hold the model's values, and
+        each descriptor says whether the model uses it and where its value comes from (executor thread)."""
+        backend = self._backend
+        if backend is None:
+            return
+        in_force = self._thresholds_for(backend)
+        self._own_change = True
+        try:
+            self.set_parameters([Parameter(name, value=float(getattr(in_force.thresholds, name)))
+                                 for name in THRESHOLD_INPUTS if name not in self._overrides])
+            for name in THRESHOLD_INPUTS:
+                self.set_descriptor(name, params.threshold_descriptor(name, in_force))
+        finally:
+            self._own_change = False
+
+    def _log_threshold_changes(self, changes: list[Parameter]) -> None:
+        """A line per threshold set: the override and the model's default, or that the model does not use it."""
+        backend = self._backend
+        if backend is None:
+            return
+        in_force = self._thresholds_for(backend)
+        defaults, _ = model_thresholds.model_default_thresholds(backend.info)
+        for name in sorted({p.name for p in changes} & set(THRESHOLD_INPUTS)):
+            value = getattr(in_force.thresholds, name)
+            if name in in_force.unused:
+                self.get_logger().warning(f"{name} set to {value:g}, but the loaded model {in_force.model} does not "
+                                          f"use {name}: it changes nothing for this model (it stays an override "
+                                          "for a model that uses it)")
+            else:
+                self.get_logger().info(f"{name} set to {value:g} (override; {in_force.model}'s default is "
+                                       f"{getattr(defaults, name):g})")
+        self._threshold_parameters_guard.trigger()  # descriptors change after this set, not inside it
 
     @staticmethod
     def _check_label_divisor(label_divisor: int, backend) -> None:
@@ -354,6 +434,7 @@ class PanopticNode(LifecycleNode):
             self._model_state = "ok"
         self.get_logger().info(f"switched to {self._describe_backend()}")
         self._publish_class_maps()
+        self._thresholds_guard.trigger()
 
     def _join_loaders(self) -> None:
         for loader in self._loaders:  # a model half-loaded at interpreter exit can abort the process
@@ -366,11 +447,11 @@ class PanopticNode(LifecycleNode):
             settings, self._revert_to = self._revert_to, None
         if settings is None:
             return
-        self._reverting = True
+        self._own_change = True
         try:
             self.set_parameters([Parameter(name, value=getattr(settings, name)) for name in params.MODEL_PARAMETERS])
         finally:
-            self._reverting = False
+            self._own_change = False
 
     def _describe_backend(self) -> str:
         backend = self._backend
@@ -412,8 +493,9 @@ class PanopticNode(LifecycleNode):
             if backend is None:
                 continue
             try:
-                timing = camera.outputs.process(
-                    msg, backend, self._thresholds, self._outputs, self._label_divisor, self._max_pixels,
+                thresholds = self._thresholds_for(backend).thresholds
+                timing, result = camera.outputs.process(
+                    msg, backend, thresholds, self._outputs, self._label_divisor, self._max_pixels,
                     self._raw_input, self._resize_mode, camera.camera_info, queue_ms=(time.perf_counter() - arrived)
                     * 1e3, now=self.get_clock().now)
             except ImageRejected as error:
@@ -425,7 +507,8 @@ class PanopticNode(LifecycleNode):
                                         throttle_duration_sec=LOG_THROTTLE_S)
                 continue
             camera.stats.record_frame({stage: getattr(timing, f"{stage}_ms") for stage in (*STAGES, TOTAL)},
-                                      overhead_cpu_ms=timing.overhead_cpu_ms)
+                                      overhead_cpu_ms=timing.overhead_cpu_ms, converged=result.converged,
+                                      candidates_dropped=result.candidates_dropped)
 
     # ---- class map and diagnostics ----------------------------------------------------------
 
@@ -447,6 +530,7 @@ class PanopticNode(LifecycleNode):
             return
         backend = self._backend
         described = backend.describe() if backend is not None else {}
+        thresholds = self._thresholds_for(backend) if backend is not None else None
         with self._model_lock:
             model_state = self._model_state
         array = DiagnosticArray()
@@ -458,7 +542,7 @@ class PanopticNode(LifecycleNode):
             health = camera.monitor.assess(image.publisher_count()) if image is not None else None
             counters = slots.counters(camera.index) if slots is not None else SlotCounters()
             statuses.append(camera_status(f"{self.get_name()}: {camera.label}", self.get_fully_qualified_name(),
-                                          camera.stats, counters, described, model_state, health))
+                                          camera.stats, counters, described, model_state, health, thresholds))
         array.status = statuses
         publisher.publish(array)
 

@@ -19,7 +19,7 @@ END = "<!-- end of parameters -->"
 
 def _default(spec: ParameterSpec) -> str:
     if not isinstance(spec.default, (bool, int, float, str)):
-        return "unset"
+        return spec.unset
     if isinstance(spec.default, bool):
         return f"`{str(spec.default).lower()}`"
     return f"`{spec.default}`" if spec.default != "" else "empty"

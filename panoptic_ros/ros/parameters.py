@@ -10,16 +10,22 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
-
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
-from rclpy.parameter import Parameter
+from typing import TYPE_CHECKING, Any
 
 from panoptic_ros.classes import DEFAULT_LABEL_DIVISOR
+from panoptic_ros.fusion.reference.defaults import DEFAULT_SOURCES
 from panoptic_ros.imaging import RESIZE_MODES
-from panoptic_ros.pipeline_io import Thresholds
-from panoptic_ros.ros.qos import INPUT_QOS_CHOICES, QOS_PRESETS
+from panoptic_ros.pipeline_io import THRESHOLD_INPUTS, Thresholds
 from panoptic_ros.runtime.choices import BACKENDS, MODEL_SUFFIXES, PRECISIONS
+from panoptic_ros.runtime.model_thresholds import ThresholdsInForce, models_using
+
+if TYPE_CHECKING:  # the table itself is plain data: eval-bag and replay read it without loading ROS
+    from rcl_interfaces.msg import ParameterDescriptor
+
+# Names of the QoS presets (ros.qos holds their profiles) and of the input QoS that follows the publishers.
+QOS_PRESET_NAMES = ("SENSOR_DATA", "DEFAULT", "SYSTEM_DEFAULT")
+AUTO_QOS = "auto"
+INPUT_QOS_CHOICES = (AUTO_QOS, *QOS_PRESET_NAMES)
 
 INPUT_TYPES = ("raw", "compressed")
 # A change of any of these loads a new backend (in the background) and swaps it in.
@@ -28,21 +34,33 @@ MODEL_PARAMETERS = ("model", "backend", "engine_path", "device", "precision", "e
 
 
 @dataclass(frozen=True)
+class Unset:
+    """The default of a parameter that has none (unset unless given): its rclpy Parameter.Type name."""
+
+    type_name: str
+
+
+@dataclass(frozen=True)
 class ParameterSpec:
     name: str
-    default: Any  # a value, or a Parameter.Type for a parameter with no default (unset unless given)
+    default: Any  # a value, or Unset for a parameter with no default
     description: str
     read_only: bool = False  # fixed after start (e.g. it shapes subscriptions)
     bounds: tuple[float, float] | None = None  # inclusive numeric range
     choices: tuple[str, ...] | None = None  # allowed string values
     pattern: str | None = None  # regular expression a string value must match in full
     pattern_help: str = ""  # the pattern in words, for the refusal message
+    unset: str = "unset"  # what a parameter with no default means while nobody sets it (README's table)
 
-    def descriptor(self) -> ParameterDescriptor:
-        descriptor = ParameterDescriptor(name=self.name, description=self.description, read_only=self.read_only)
+    def descriptor(self, constraints: str = "") -> ParameterDescriptor:
+        """Its ParameterDescriptor; `constraints` (additional_constraints) says what the allowed values cannot."""
+        from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+        descriptor = ParameterDescriptor(name=self.name, description=self.description, read_only=self.read_only,
+                                         additional_constraints=constraints)
         if self.choices:
             descriptor.additional_constraints = f"one of: {', '.join(self.choices)}"
-        if self.bounds is not None and isinstance(self.default, float):
+        if self.bounds is not None and (isinstance(self.default, float) or self.default == Unset("DOUBLE")):
             descriptor.floating_point_range = [FloatingPointRange(from_value=float(self.bounds[0]),
                                                                   to_value=float(self.bounds[1]))]
         elif self.bounds is not None:
@@ -52,12 +70,27 @@ class ParameterSpec:
 
 _THRESHOLD_HELP = {
     "score_threshold": "minimum instance / detection confidence",
-    "center_threshold": "Panoptic SwiftNet: minimum center-heatmap peak",
+    "center_threshold": "minimum center-heatmap peak",
     "nms_iou": "box / mask NMS IoU",
-    "mask_sigma": "RTPS: IoU x P_sem threshold; FPSNet / SPINet: mask probability",
-    "overlap_threshold": "LPSNet / merge: drop an instance whose overlap with earlier ones exceeds this",
+    "mask_sigma": "RTPS: IoU x P_sem threshold; SPINet: mask probability",
+    "overlap_threshold": "drop an instance whose overlap with the ones pasted before it exceeds this fraction",
     "min_stuff_area": "stuff segments smaller than this many model-input pixels become void",
 }
+# Fusion thresholds have no default of their own: unset, the loaded model's default applies (its file's
+# metadata: its paper's value). ROS cannot tell a parameter set to its declared default from one left alone,
+# so they are declared without a value; once a model is loaded the node sets the unset ones to the model's
+# values (so `ros2 param get` shows what is in force) and they follow the model when it changes. A value
+# from the command line, a params file or `ros2 param set` is an override and stays one.
+THRESHOLDS_UNSET = "the model's"
+
+
+def _threshold_description(name: str) -> str:
+    used = models_using(name)
+    unused = [model for model in DEFAULT_SOURCES if model not in used]
+    return (f"{_THRESHOLD_HELP[name]}; used by {', '.join(used) or 'no model'}"
+            + (f", not used by {', '.join(unused)}" if unused else "")
+            + "; unset: the loaded model's default (from its file), set: an override")
+
 
 PARAMETERS: tuple[ParameterSpec, ...] = (
     # Model and runtime (a change swaps the backend in the background).
@@ -76,8 +109,8 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("torch_input_height", 0, "torch with a .pt checkpoint: input height in pixels", bounds=(0, 8192)),
     ParameterSpec("torch_input_width", 0, "torch with a .pt checkpoint: input width in pixels", bounds=(0, 8192)),
     # Fusion thresholds (graph inputs: they apply from the next frame, no rebuild).
-    *(ParameterSpec(name, float(getattr(Thresholds(), name)), _THRESHOLD_HELP[name], bounds=Thresholds.RANGES[name])
-      for name in _THRESHOLD_HELP),
+    *(ParameterSpec(name, Unset("DOUBLE"), _threshold_description(name), bounds=Thresholds.RANGES[name],
+                    unset=THRESHOLDS_UNSET) for name in THRESHOLD_INPUTS),
     ParameterSpec("label_divisor", DEFAULT_LABEL_DIVISOR, "panoptic id = class_id * label_divisor + instance; must "
                   "exceed the model's max instances", bounds=(1, 2**31 - 1)),
     # Outputs.
@@ -106,10 +139,10 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   "SENSOR_DATA (best effort, depth 5), DEFAULT (reliable, depth 10), SYSTEM_DEFAULT",
                   read_only=True, choices=INPUT_QOS_CHOICES),
     ParameterSpec("output_qos", "DEFAULT", "QoS of the outputs (DEFAULT: reliable)", read_only=True,
-                  choices=tuple(QOS_PRESETS)),
+                  choices=QOS_PRESET_NAMES),
     ParameterSpec("output_depth", 2, "history depth of the outputs: a reliable publisher keeps this many "
                   "images per topic for resending (memory: depth x image size)", read_only=True, bounds=(1, 100)),
-    ParameterSpec("cameras", Parameter.Type.STRING_ARRAY, "camera names; camera c reads c/image and publishes "
+    ParameterSpec("cameras", Unset("STRING_ARRAY"), "camera names; camera c reads c/image and publishes "
                   "c/panoptic/...; unset: one camera on image and panoptic/...", read_only=True),
     ParameterSpec("max_pixels", 4096 * 4096, "input images with more pixels are rejected", bounds=(1, 2**28)),
     ParameterSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages", read_only=True,
@@ -125,8 +158,29 @@ PARAMETER_NAMES = tuple(SPECS)
 
 def declare_parameters(node) -> None:
     """Declare every parameter of the table on `node` (overrides from the command line or a params file apply)."""
+    from rclpy.parameter import Parameter
+
     for spec in PARAMETERS:
-        node.declare_parameter(spec.name, spec.default, spec.descriptor())
+        default = getattr(Parameter.Type, spec.default.type_name) if isinstance(spec.default, Unset) else spec.default
+        constraints = UNLOADED_THRESHOLD if spec.name in THRESHOLD_INPUTS else ""
+        node.declare_parameter(spec.name, default, spec.descriptor(constraints))
+
+
+UNLOADED_THRESHOLD = "no model loaded yet: unset, the model's default will apply"
+
+
+def threshold_descriptor(name: str, in_force: ThresholdsInForce) -> ParameterDescriptor:
+    """`name`'s descriptor once a model is loaded: additional_constraints says whether the model uses it, and
+    where its value comes from."""
+    from rclpy.parameter import Parameter
+
+    if name in in_force.unused:
+        state = f"not used by the loaded model {in_force.model}: setting it changes nothing for this model"
+    else:
+        state = f"in force for {in_force.model}: {getattr(in_force.thresholds, name):g} ({in_force.source(name)})"
+    descriptor = SPECS[name].descriptor(state)
+    descriptor.type = Parameter.Type.DOUBLE.value  # declare_parameter fills it in; a replacement must say it
+    return descriptor
 
 
 def check_value(name: str, value: Any) -> str | None:
@@ -237,7 +291,4 @@ def output_settings(values: dict[str, Any]) -> OutputSettings:
     return _snapshot(OutputSettings, values)
 
 
-def thresholds(values: dict[str, Any]) -> Thresholds:
-    """Thresholds from parameter values; ValueError with the field and its range if one is invalid."""
-    return _snapshot(Thresholds, values)
 

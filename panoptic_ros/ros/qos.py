@@ -24,13 +24,13 @@ from rclpy.qos import (
     qos_profile_system_default,
 )
 
-QOS_PRESETS: dict[str, QoSProfile] = {
-    "SENSOR_DATA": qos_profile_sensor_data,  # best effort, keep last 5
-    "DEFAULT": QoSProfile(depth=10),  # reliable, keep last 10
-    "SYSTEM_DEFAULT": qos_profile_system_default,
-}
-AUTO = "auto"
-INPUT_QOS_CHOICES = (AUTO, *QOS_PRESETS)
+from panoptic_ros.ros.parameters import AUTO_QOS, QOS_PRESET_NAMES
+
+QOS_PRESETS: dict[str, QoSProfile] = dict(zip(QOS_PRESET_NAMES, (
+    qos_profile_sensor_data,  # best effort, keep last 5
+    QoSProfile(depth=10),  # reliable, keep last 10
+    qos_profile_system_default,
+), strict=True))
 
 
 def auto_reliability(offered: Iterable[ReliabilityPolicy]) -> ReliabilityPolicy | None:
@@ -69,7 +69,7 @@ class InputSubscription:
         self.preset = preset
         self._on_problem = on_problem
         self._subscription = None
-        self._subscribe(auto_profile(self.INITIAL) if preset == AUTO else QOS_PRESETS[preset])
+        self._subscribe(auto_profile(self.INITIAL) if preset == AUTO_QOS else QOS_PRESETS[preset])
 
     @property
     def topic(self) -> str:
@@ -88,7 +88,7 @@ class InputSubscription:
 
     def refresh(self) -> bool:
         """Auto only: subscribe again if the publishers now call for another reliability. True when it did."""
-        if self.preset != AUTO:
+        if self.preset != AUTO_QOS:
             return False
         wanted = auto_reliability(self.offered_reliabilities())
         if wanted is None or wanted == self.reliability:

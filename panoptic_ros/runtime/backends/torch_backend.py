@@ -12,10 +12,13 @@ from panoptic_ros.runtime.backends.model_info import ModelInfo, contract_specs
 
 
 def pipeline_info(pipeline) -> ModelInfo:
-    """The ModelInfo of an in-memory PanopticPipeline."""
+    """The ModelInfo of an in-memory PanopticPipeline (with the default thresholds its export would carry)."""
+    from panoptic_ros.fusion.model_defaults import model_defaults
+
     rows = pipeline.max_instances + len(pipeline.label_set.stuff_ids)
     inputs, outputs = contract_specs(pipeline.height, pipeline.width, rows)
-    return ModelInfo(pipeline.model, pipeline.label_set, pipeline.max_instances, inputs, outputs)
+    return ModelInfo(pipeline.model, pipeline.label_set, pipeline.max_instances, inputs, outputs,
+                     model_defaults(pipeline.model))
 
 
 class TorchBackend(Backend):
