@@ -81,9 +81,9 @@ HEADS = {"psn": psn_heads, "rtps": rtps_heads, "lpsnet": lpsnet_heads, "fpsnet":
          "spinet": spinet_heads}
 # Methods whose graph still decides on the stride-4 grid while their references decide per input
 # pixel (issue #12): they agree with the reference on most, not all, pixels.
-STRIDE4_METHODS = ("rtps", "lpsnet", "spinet")
+STRIDE4_METHODS = ("spinet",)
 STRIDE4_AGREEMENT = 0.985
-STILL_ON_THE_GRID = pytest.mark.xfail(strict=True, reason="#12: rtps/lpsnet/spinet graphs still decide on the "
+STILL_ON_THE_GRID = pytest.mark.xfail(strict=True, reason="#12: the spinet graph still decides on the "
                                                           "stride-4 grid; their references decide per input pixel")
 
 
@@ -150,8 +150,9 @@ def test_rtps_mask_sigma_decides_which_pixels_join_the_query():
     scene = make_scene(128, 256, BANDS, [(CAR, 64, 64, 127, 111)])
     heads = rtps_heads(scene, np.random.default_rng(0), noise=0.05)
     strict, reference = run_method("rtps", heads, Thresholds(mask_sigma=0.999, min_stuff_area=64))
-    assert_same_result(strict, reference, STRIDE4_AGREEMENT)
-    assert thing_ids(strict) == [] and (strict.panoptic[64:112, 64:128] == -1).all()
+    assert_same_result(strict, reference)
+    # Car pixels no mask takes are void (the corners' upsampled logits read road).
+    assert thing_ids(strict) == [] and (strict.panoptic[66:110, 66:126] == -1).all()
     loose, _ = run_method("rtps", heads, Thresholds(mask_sigma=0.3, min_stuff_area=64))
     assert thing_ids(loose) == [CAR * DIVISOR + 1]
 
@@ -171,10 +172,10 @@ def test_lpsnet_drops_a_box_whose_mask_is_mostly_taken():
     heads = lpsnet_heads(scene, np.random.default_rng(1), noise=0.05)
     _stretch_boxes(heads, scene, 0, right=64.0, boost=2.0)
     strict, reference = run_method("lpsnet", heads, Thresholds(overlap_threshold=0.3, min_stuff_area=64))
-    assert_same_result(strict, reference, STRIDE4_AGREEMENT)
+    assert_same_result(strict, reference)
     assert thing_ids(strict) == [CAR * DIVISOR + 1]  # B overlapped 100% > 0.3: dropped, A takes all
     lenient, reference = run_method("lpsnet", heads, Thresholds(overlap_threshold=1.0, min_stuff_area=64))
-    assert_same_result(lenient, reference, STRIDE4_AGREEMENT)
+    assert_same_result(lenient, reference)
     assert len(thing_ids(lenient)) == 2
 
 
@@ -185,7 +186,7 @@ def test_lpsnet_overlapping_boxes_of_one_class_are_split_by_borderness():
     heads = lpsnet_heads(scene, np.random.default_rng(2), noise=0.05)
     _stretch_boxes(heads, scene, 0, right=48.0, boost=2.0)
     graph, reference = run_method("lpsnet", heads, Thresholds(overlap_threshold=0.7, min_stuff_area=64))
-    assert_same_result(graph, reference, STRIDE4_AGREEMENT)
+    assert_same_result(graph, reference)
     a, b = instance_of(graph, 60, 90), instance_of(graph, 180, 90)
     assert a == CAR * DIVISOR + 1 and b == CAR * DIVISOR + 2
     assert instance_of(graph, 108, 90) == a and instance_of(graph, 124, 90) == instance_of(graph, 150, 90) == b
@@ -235,7 +236,6 @@ def _ground_truth(scene) -> tuple[np.ndarray, dict[int, Segment]]:
     return ids, {int(i): Segment(int(i), int((i - 1) // DIVISOR)) for i in np.unique(ids)}
 
 
-@STILL_ON_THE_GRID
 def test_lpsnet_sequential_pasting_pq_matches_the_reference_over_50_scenes():
     rng = np.random.default_rng(7)
     graph_pq, reference_pq = PQAccumulator.from_label_set(LABEL_SET), PQAccumulator.from_label_set(LABEL_SET)

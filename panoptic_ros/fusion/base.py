@@ -84,8 +84,10 @@ class DenseBoxFusion(Fusion):
     """Base of the fusions over FCOS-style dense boxes (RTPS, LPSNet): K candidates from the
     network's pyramid levels at `strides`."""
 
-    def __init__(self, label_set: LabelSet, strides: tuple[int, ...], max_instances: int = 100) -> None:
-        super().__init__(label_set, num_candidates=max_instances, max_instances=max_instances)
+    def __init__(self, label_set: LabelSet, strides: tuple[int, ...], max_instances: int = 100,
+                 label_stride: int = FUSION_STRIDE) -> None:
+        super().__init__(label_set, num_candidates=max_instances, max_instances=max_instances,
+                         label_stride=label_stride)
         self.strides = tuple(strides)
 
     @classmethod

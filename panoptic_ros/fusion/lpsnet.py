@@ -1,70 +1,247 @@
-"""LPSNet fusion: the parameter-free panoptic head (Hong et al., section 3.4).
+"""LPSNet fusion: the parameter-free panoptic head (Hong et al., section 3.4), deciding every input pixel.
 
-1. Boxes: NMS of the dense per-level boxes, ranked by class probability x border-ness.
-2. Boxes are pasted onto the semantic map by confidence, high to low. A box's mask is the cells
-   inside it whose semantic class is the box's class; a mask is dropped when more than
-   overlap_threshold of it intersects masks pasted before, otherwise it is kept.
-3. Cells that several kept boxes (necessarily of one class) claim go to the box whose border-ness
-   at the cell, computed from the cell's distances to the box sides as in the paper's eq. (1),
-   is closest to the border-ness the network predicts there (at the level the box came from).
-4. The rest of the semantic map gives stuff; thing cells no box claims are void.
+1. `lpsnet_boxes`: NMS of the dense per-level boxes, ranked by class probability x border-ness (sec. 3.2).
+2. `box_masks`: a box's mask is the input pixels inside it (x1 <= j < x2, y1 <= i < y2) whose class, the
+   arg-max of the bilinearly upsampled semantic logits (`semantic_classes`), is the box's class.
+3. `paste_with_borderness`: boxes are pasted by confidence, high to low; a mask is dropped when more
+   than overlap_threshold of it is taken by the masks kept before it. A pixel that several kept masks
+   hold goes to the box whose border-ness there (eq. 1, from the pixel's distances to the box sides)
+   is closest to the border-ness the network predicts at the pixel (the box's level, at the location
+   whose stride cell contains the pixel); equal distances keep the earlier box.
+4. The rest of the semantic map gives stuff; thing pixels no box claims are void.
+
+Why it is cheap at input resolution: the box sides cut the image into an arrangement of at most
+(2K + 1)^2 rectangles, each inside the same boxes at every pixel. Integral images count every
+rectangle's pixels of each thing class exactly, so mask areas and the pasting's overlaps are sums
+over rectangles: only rectangles inside two or more boxes of their class can be taken twice (at most
+GROUP_CHUNKS x GROUPS of them are counted), and a pixel compares only the kept boxes that hold pixels of its
+rectangle (at most OWNER_CANDIDATES). Where more compete, `converged` is 0.
 center_threshold and mask_sigma are not used by this method.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from panoptic_ros.classes import LabelSet
 from panoptic_ros.fusion.base import DenseBoxFusion, Heads, RuntimeThresholds
-from panoptic_ros.fusion.core import FUSION_STRIDE, Segments
-from panoptic_ros.fusion.detections import flatten_locations, level_boxes, level_index, select_detections
-from panoptic_ros.fusion.static_ops import block_upsample, cell_centres, index_op_input, paste_by_confidence
+from panoptic_ros.fusion.core import Segments
+from panoptic_ros.fusion.detections import Detections, flatten_locations, level_boxes, level_index, select_detections
+from panoptic_ros.fusion.static_ops import index_op_input, paste_groups_by_confidence
 from panoptic_ros.pipeline_io import HEAD_BORDERNESS, HEAD_BOX_CLS, HEAD_BOX_REG, HEAD_SEMANTIC
 
+SEMANTIC_STRIDE = 4  # the semantic logits' stride: upsampled by it to input pixels
+GROUPS = 3839  # rectangles inside two or more boxes of one class that one TopK selects (TensorRT: K < 3840)
+GROUP_CHUNKS = 3  # such TopKs: up to 11517 rectangles are counted (the shipped model: 8217 at score 0.05)
+OWNER_CANDIDATES = 6  # kept boxes a pixel compares (the shipped model: at most 6 at score 0.05)
 
-def borderness(left: Tensor, top: Tensor, right: Tensor, bottom: Tensor) -> Tensor:
-    """LPSNet's border-ness of a point from its distances to the four box sides (eq. 1), in [0, 1]."""
-    distances = [d.clamp(min=0) for d in (left, top, right, bottom)]
-    horizontal = torch.minimum(distances[0], distances[2]) / torch.maximum(distances[0], distances[2]).clamp(min=1e-6)
-    vertical = torch.minimum(distances[1], distances[3]) / torch.maximum(distances[1], distances[3]).clamp(min=1e-6)
-    return torch.sqrt(horizontal * vertical)
+
+def semantic_classes(logits: Tensor) -> Tensor:
+    """(1, C, h, w) stride-4 logits -> (4h, 4w) int64: the arg-max of the bilinearly upsampled logits."""
+    upsampled = F.interpolate(logits, scale_factor=SEMANTIC_STRIDE, mode="bilinear", align_corners=False)[0]
+    return index_op_input(upsampled).argmax(dim=0)
+
+
+def lpsnet_boxes(heads: Heads, strides: tuple[int, ...], image_size: tuple[int, int], thresholds: RuntimeThresholds,
+                 k: int) -> Detections:
+    """"we multiply the predicted border-ness with the confidence score of the detected bounding boxes"
+    (sec. 3.2), then NMS: the K best boxes."""
+    per_level = level_boxes(heads[HEAD_BOX_REG], strides, image_size)
+    class_prob = torch.sigmoid(flatten_locations(heads[HEAD_BOX_CLS]))
+    predicted = torch.sigmoid(flatten_locations(heads[HEAD_BORDERNESS]))[:, 0]
+    levels = level_index([b.shape[0] for b in per_level], class_prob.device)
+    return select_detections(torch.cat(per_level), class_prob, class_prob.amax(dim=1) * predicted, levels,
+                             thresholds.score_threshold, thresholds.nms_iou, k)
+
+
+class BoxMasks(NamedTuple):
+    """The K boxes' masks, described on the arrangement of their sides (module docstring).
+
+    columns (W,) / rows (H,): the arrangement column / row of each pixel column / row; spans_x (A, K)
+    / spans_y (B, K): box k covers arrangement column a / row b; pixels (T, B, A) float32: each
+    rectangle's pixels of each thing class; thing (K,) each box's thing index; area (K,) float32 mask
+    pixels; groups (R, K) bool and group_pixels (R,): rectangles inside two or more boxes of their
+    class (an unused row has no box); exact 0-d bool: every such rectangle is a group.
+    """
+
+    columns: Tensor
+    rows: Tensor
+    spans_x: Tensor
+    spans_y: Tensor
+    pixels: Tensor
+    thing: Tensor
+    area: Tensor
+    groups: Tensor
+    group_pixels: Tensor
+    exact: Tensor
+
+    def mask(self, k: int, semantic_class: Tensor, thing_ids: Tensor) -> Tensor:
+        """(H, W) bool: box k's mask, pixel by pixel (for tests; the fusion never builds one)."""
+        inside = self.spans_y[self.rows, k][:, None] & self.spans_x[self.columns, k][None, :]
+        return inside & (semantic_class == thing_ids[self.thing[k]])
+
+
+def _arrangement(first: Tensor, end: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Pixel ranges [first, end) (K,) along one axis of `size` pixels -> (edges (2K + 2,) ascending,
+    index (size,) the interval [edges[a], edges[a + 1]) each pixel is in, spans (2K + 1, K) bool)."""
+    bounds = torch.cat((first.new_tensor([0.0, float(size)]), first, end))
+    edges = -torch.topk(index_op_input(-bounds), bounds.shape[0]).values
+    positions = torch.arange(size, dtype=torch.float32, device=first.device)
+    index = (edges[None, 1:] <= positions[:, None]).to(torch.float32).sum(dim=1).to(torch.int64)
+    spans = (first[None, :] <= edges[:-1, None]) & (edges[1:, None] <= end[None, :])
+    return edges, index, spans
+
+
+def _first_true(flags: Tensor, chunk: int, chunks: int) -> tuple[Tensor, Tensor]:
+    """(index, found) (chunks * chunk,): the positions of the first True entries of `flags` (N,),
+    lowest first, in TopKs of at most `chunk`; found is False on slots beyond the last True. The
+    keys are distinct, so every runtime picks the same entries."""
+    n = flags.shape[0]
+    count = min(chunk, n)
+    position = torch.arange(n, device=flags.device)
+    key = torch.where(flags, float(n) - position.to(torch.float32), torch.zeros((), device=flags.device))
+    indices, found = [], []
+    for _ in range(chunks):
+        value, index = torch.topk(key, count)
+        indices.append(index)
+        found.append(value > 0)
+        last = torch.where(value > 0, index, torch.full_like(index, -1)).amax()
+        key = torch.where(position > last, key, torch.zeros((), device=flags.device))
+    return torch.cat(indices), torch.cat(found)
+
+
+def box_masks(boxes: Detections, semantic_class: Tensor, thing_ids: Tensor) -> BoxMasks:
+    """"For a given bounding box of class C, the pixels within it are either of class C or not, and we
+    consider those pixels of class C as the mask of this box." Pixel (i, j) is inside (x1, y1, x2, y2)
+    when x1 <= j < x2 and y1 <= i < y2: columns ceil(x1) .. ceil(x2) - 1."""
+    height, width = semantic_class.shape
+    num_things = thing_ids.shape[0]
+    valid = boxes.valid
+    x1, y1, x2, y2 = boxes.boxes.unbind(dim=1)
+    end_x, end_y = torch.ceil(x2), torch.ceil(y2)  # the first pixel not inside: j >= x2
+    # (Boxes that are not valid cover nothing.)
+    first_x, first_y, end_x, end_y = (torch.where(valid, c, torch.zeros_like(c))
+                                      for c in (torch.ceil(x1), torch.ceil(y1), end_x, end_y))
+    x_edges, columns, spans_x = _arrangement(first_x, end_x, width)
+    y_edges, rows, spans_y = _arrangement(first_y, end_y, height)
+
+    # Integral images of every thing class (exact in float32 below 2^24 pixels).
+    one_hot = (semantic_class[None] == thing_ids[:, None, None]).to(torch.float32)
+    integral = F.pad(torch.cumsum(torch.cumsum(one_hot, dim=1), dim=2), (1, 0, 1, 0))
+    corners = integral.index_select(1, y_edges.to(torch.int64)).index_select(2, x_edges.to(torch.int64))
+    pixels = corners[:, 1:, 1:] - corners[:, :-1, 1:] - corners[:, 1:, :-1] + corners[:, :-1, :-1]  # (T, B, A)
+    flat = integral.reshape(-1)
+    row_length, plane = width + 1, (height + 1) * (width + 1)
+
+    def at(y: Tensor, x: Tensor) -> Tensor:
+        return flat[boxes.thing * plane + y.to(torch.int64) * row_length + x.to(torch.int64)]
+
+    area = at(end_y, end_x) - at(first_y, end_x) - at(end_y, first_x) + at(first_y, first_x)
+
+    # Rectangles inside two or more boxes of one class, with pixels of that class.
+    of_thing = (boxes.thing[None, :] == torch.arange(num_things, device=valid.device)[:, None]) & valid[None, :]
+    covering = torch.matmul(spans_y.to(torch.float32)[None] * of_thing.to(torch.float32)[:, None, :],
+                            spans_x.to(torch.float32).T)  # (T, B, A) boxes of the class covering the rectangle
+    shared = ((covering >= 2) & (pixels > 0)).reshape(-1)
+    index, picked = _first_true(shared, GROUPS, GROUP_CHUNKS)
+    num_rows, num_columns = spans_y.shape[0], spans_x.shape[0]
+    thing = torch.div(index, num_rows * num_columns, rounding_mode="floor")
+    row = torch.div(index, num_columns, rounding_mode="floor") - thing * num_rows
+    column = index - torch.div(index, num_columns, rounding_mode="floor") * num_columns
+    groups = spans_y[row] & spans_x[column] & of_thing[thing] & picked[:, None]
+    group_pixels = torch.where(picked, pixels.reshape(-1)[index], torch.zeros_like(pixels.reshape(-1)[index]))
+    exact = shared.to(torch.int32).sum() <= index.shape[0]
+    return BoxMasks(columns, rows, spans_x, spans_y, pixels, boxes.thing, area, groups, group_pixels, exact)
+
+
+def predicted_borderness(borderness: list[Tensor], strides: tuple[int, ...], height: int, width: int) -> Tensor:
+    """(L, H, W): each level's predicted border-ness at every input pixel, from the location whose
+    stride cell contains the pixel (clamped to the level's map)."""
+    levels = []
+    for level, stride in zip(borderness, strides, strict=True):
+        h, w = level.shape[-2:]
+        rows = torch.tensor([min(i // stride, h - 1) for i in range(height)], device=level.device)
+        cols = torch.tensor([min(j // stride, w - 1) for j in range(width)], device=level.device)
+        levels.append(torch.sigmoid(level[0, 0]).index_select(0, rows).index_select(1, cols))
+    return torch.stack(levels)
+
+
+def _side_ratio(position: Tensor, low: Tensor, high: Tensor) -> Tensor:
+    """(K, P): min / max of the distances from pixel positions (P,) to two box sides (K,) (eq. 1's factors)."""
+    near, far = position[None, :] - low[:, None], high[:, None] - position[None, :]
+    return torch.minimum(near, far).clamp(min=0) / torch.maximum(near, far).clamp(min=1e-6)
+
+
+class Pasting(NamedTuple):
+    """paste_with_borderness' result: owner (H, W) int64 box index (K: none), keep (K,) bool, converged 0-d bool."""
+
+    owner: Tensor
+    keep: Tensor
+    converged: Tensor
+
+
+def paste_with_borderness(boxes: Detections, masks: BoxMasks, semantic_class: Tensor, thing_ids: Tensor,
+                          predicted: Tensor, overlap_threshold: Tensor) -> Pasting:
+    """"we iteratively 'paste' each box to the semantic segmentation prediction by confidence from
+    high to low ... If the intersection between the current mask and those already existing is larger
+    than a threshold ... we discard this mask", and pixels of same-class overlaps go to "the box whose
+    computed border-ness is the closest to the predicted border-ness". predicted: (L, H, W)."""
+    k = boxes.valid.shape[0]
+    height, width = semantic_class.shape
+    device = semantic_class.device
+    keep, converged = paste_groups_by_confidence(masks.groups, masks.group_pixels, masks.area, boxes.valid,
+                                                 overlap_threshold)
+
+    # Each rectangle's candidates: the first OWNER_CANDIDATES kept boxes with pixels of their class in it.
+    holds = (masks.spans_y.T[:, :, None] & masks.spans_x.T[:, None, :] & (masks.pixels[masks.thing] > 0)
+             & keep[:, None, None])  # (K, B, A)
+    rank = torch.arange(k, 0, -1, dtype=torch.float32, device=device)[:, None, None]  # earlier boxes first
+    count = min(OWNER_CANDIDATES, k)
+    best, slot = torch.topk(torch.where(holds, rank, torch.zeros_like(rank)), count, dim=0)
+    candidates = torch.where(best > 0, slot, torch.full_like(slot, k)).reshape(count, -1)
+    fits = holds.to(torch.int32).sum(dim=0).amax() <= count
+
+    # Per pixel: |computed - predicted| border-ness of each candidate (infinite where it holds no pixel).
+    rectangle = (masks.rows[:, None] * masks.spans_x.shape[0] + masks.columns[None, :]).reshape(-1)
+    candidate = candidates.index_select(1, rectangle).reshape(count, height, width)
+    x1, y1, x2, y2 = boxes.boxes.unbind(dim=1)
+    xs = torch.arange(width, dtype=torch.float32, device=device)
+    ys = torch.arange(height, dtype=torch.float32, device=device)
+    none = torch.zeros((1, 1), device=device)
+    horizontal = torch.cat((torch.sqrt(_side_ratio(xs, x1, x2)), none.expand(1, width))).reshape(-1)
+    vertical = torch.cat((torch.sqrt(_side_ratio(ys, y1, y2)), none.expand(1, height))).reshape(-1)
+    box_class = torch.cat((thing_ids[boxes.thing], torch.full((1,), -1, dtype=torch.int64, device=device)))
+    box_level = torch.cat((boxes.level, torch.zeros(1, dtype=torch.int64, device=device)))
+    column = torch.arange(width, device=device)[None, None, :]
+    row = torch.arange(height, device=device)[None, :, None]
+    computed = horizontal[candidate * width + column] * vertical[candidate * height + row]
+    expected = predicted.reshape(-1)[(box_level[candidate] * height + row) * width + column]
+    holder = box_class[candidate] == semantic_class[None]
+    mismatch = torch.where(holder, (computed - expected).abs(), computed.new_tensor(float("inf")))
+    choice = torch.argmin(index_op_input(mismatch), dim=0)
+    owner = torch.gather(candidate, 0, choice[None])[0]
+    claimed = holder.to(torch.int32).amax(dim=0) > 0
+    owner = torch.where(claimed, owner, torch.full_like(owner, k))
+    return Pasting(owner, keep, converged & masks.exact & fits)
 
 
 class LPSNetFusion(DenseBoxFusion):
+    def __init__(self, label_set: LabelSet, strides: tuple[int, ...], max_instances: int = 100) -> None:
+        super().__init__(label_set, strides, max_instances, label_stride=1)
+
     def segments(self, heads: Heads, thresholds: RuntimeThresholds) -> Segments:
-        semantic = heads[HEAD_SEMANTIC][0]
-        h, w = semantic.shape[-2:]
-        k, s = self.num_candidates, FUSION_STRIDE
-
-        # 1. Boxes.
-        per_level = level_boxes(heads[HEAD_BOX_REG], self.strides, (h * s, w * s))
-        class_prob = torch.sigmoid(flatten_locations(heads[HEAD_BOX_CLS]))
-        predicted = torch.sigmoid(flatten_locations(heads[HEAD_BORDERNESS]))[:, 0]
-        levels = level_index([b.shape[0] for b in per_level], semantic.device)
-        boxes = select_detections(torch.cat(per_level), class_prob, class_prob.amax(dim=1) * predicted, levels,
-                                  thresholds.score_threshold, thresholds.nms_iou, k)
-        box_class = self.thing_ids[boxes.thing]
-
-        # 2. Masks (cells inside the box with the box's class), pasted by confidence.
-        semantic_class = index_op_input(semantic).argmax(dim=0)
-        cell_y, cell_x = cell_centres(h, w, s, (s - 1) / 2, semantic.device)
-        x1, y1, x2, y2 = (c[:, None, None] for c in boxes.boxes.unbind(dim=1))
-        inside = (cell_x >= x1) & (cell_x <= x2) & (cell_y >= y1) & (cell_y <= y2)
-        masks = (inside & (semantic_class[None] == box_class[:, None, None])).reshape(k, -1)
-        keep, _, pasted = paste_by_confidence(masks, boxes.valid, thresholds.overlap_threshold)
-
-        # 3. Border-ness tie-break among the kept boxes claiming a cell.
-        computed = borderness(cell_x - x1, cell_y - y1, x2 - cell_x, y2 - cell_y).reshape(k, -1)
-        predicted_grid = torch.stack([block_upsample(torch.sigmoid(b[0, 0]), stride // s)
-                                      for b, stride in zip(heads[HEAD_BORDERNESS], self.strides, strict=True)])
-        expected = predicted_grid.reshape(len(self.strides), -1)[boxes.level]
-        claims = masks & keep[:, None]
-        # A 0-d fill value: a full-size one would be folded into a K x HW constant in the ONNX file.
-        mismatch = torch.where(claims, (computed - expected).abs(), computed.new_tensor(float("inf")))
-        owner = torch.argmin(index_op_input(mismatch), dim=0).reshape(h, w)
-        claimed = (claims.to(torch.int32).amax(dim=0) > 0).reshape(h, w)
-
-        # 4. Stuff from the semantic map.
-        labels = torch.where(claimed, owner, self.semantic_labels(semantic_class))
-        return Segments(labels, box_class, boxes.score, keep, boxes.converged & pasted, boxes.dropped)
+        semantic_class = semantic_classes(heads[HEAD_SEMANTIC])
+        height, width = semantic_class.shape
+        boxes = lpsnet_boxes(heads, self.strides, (height, width), thresholds, self.num_candidates)
+        masks = box_masks(boxes, semantic_class, self.thing_ids)
+        predicted = predicted_borderness(heads[HEAD_BORDERNESS], self.strides, height, width)
+        pasting = paste_with_borderness(boxes, masks, semantic_class, self.thing_ids, predicted,
+                                        thresholds.overlap_threshold)
+        k = self.num_candidates
+        labels = torch.where(pasting.owner < k, pasting.owner, self.semantic_labels(semantic_class))
+        return Segments(labels, self.thing_ids[boxes.thing], boxes.score, pasting.keep,
+                        boxes.converged & pasting.converged, boxes.dropped)

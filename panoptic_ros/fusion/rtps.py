@@ -1,57 +1,230 @@
-"""RTPS fusion: parameter-free mask construction from dense detections (Hou et al., section 3.2).
+"""RTPS fusion: parameter-free mask construction from dense detections (Hou et al., section 3.2),
+deciding every input pixel.
 
-1. Query boxes: NMS of the dense per-level boxes, ranked by class probability x centerness.
-2. The global box map B(x, y) takes, at every stride-4 cell, the box of the level its levelness
-   arg-max names (level 0: no box).
-3. M(x, y, j) = IoU(B(x, y), B_j) * P_sem(x, y, c_j); instance mask j is M > mask_sigma.
-4. "Conventional fusion" of Panoptic FPN: masks pasted by confidence, a mask dropped when more than
-   overlap_threshold of it is taken already, then semantic stuff on the rest.
+1. `query_boxes`: NMS of the dense per-level boxes, ranked by class probability x centerness (eq. 4).
+2. `pixel_boxes`: the global box map B(x, y) (eq. 14): the semantic and levelness logits (stride 4)
+   are bilinearly upsampled to input pixels; a pixel takes the box of the level its levelness
+   arg-max names (0: no box), from the level's location whose stride cell contains the pixel.
+3. `instance_masks`: M(x, y, j) = IoU(B(x, y), B_j) * P_sem(x, y, c_j) > mask_sigma (eqs. 5-7).
+4. `paste`: "the conventional fusion strategy" of Panoptic FPN: masks pasted by confidence, a mask
+   dropped when more than overlap_threshold of it is taken already; semantic stuff on the rest.
+
+Every decision is per input pixel; the search is narrowed on CELL x CELL blocks (CELL = the finest
+box level's stride, so that B(x, y) takes at most one box per level in a block): each block keeps
+the CELL_CANDIDATES best queries whose mask can reach one of its pixels (an upper bound from the
+block's largest IoU and probability), and each pixel evaluates those. Pasting is the sequential
+rule itself, one query at a time: a query's overlap counts only pixels of blocks where two masks
+meet, so those blocks' pixels (at most OVERLAP_BLOCKS of them) carry the "already taken" state.
+`converged` is 0 when NMS did not converge or either bound was exceeded (then the result may
+differ from the sequential rule's).
+Overflow: the best QUERY_POOL * K queries are pasted; pixels of queries ranked beyond K become void
+and those queries are counted in candidates_dropped.
 center_threshold is not used by this method.
 """
 
 from __future__ import annotations
 
-import torch
+from typing import NamedTuple
 
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from panoptic_ros.classes import LabelSet
 from panoptic_ros.fusion.base import DenseBoxFusion, Heads, RuntimeThresholds
 from panoptic_ros.fusion.core import FUSION_STRIDE, Segments
-from panoptic_ros.fusion.detections import clip_boxes, flatten_locations, level_boxes, level_index, select_detections
-from panoptic_ros.fusion.static_ops import index_op_input, pairwise_box_iou, paste_by_confidence
-from panoptic_ros.networks.box_coding import dense_level_boxes
+from panoptic_ros.fusion.detections import (
+    Detections,
+    flatten_locations,
+    level_boxes,
+    level_index,
+    select_detections,
+)
+from panoptic_ros.fusion.static_ops import block_upsample, coordinate_iou, first_true, index_op_input
 from panoptic_ros.pipeline_io import HEAD_BOX_CLS, HEAD_BOX_REG, HEAD_CENTERNESS, HEAD_LEVELNESS, HEAD_SEMANTIC
+
+QUERY_POOL = 2  # queries pasted per K slot: pixels of queries beyond K become void, not stuff
+CELL_CANDIDATES = 8  # queries each block's pixels evaluate (the shipped model reaches 7 at sigma 0.3)
+# Blocks whose pixels carry the paste state: TensorRT's TopK picks fewer than 3840 (onnx_audit.TOPK_MAX):
+# every block up to 256 x 512 at CELL 8, 12% of a 1024 x 2048 frame.
+OVERLAP_BLOCKS = 3839
+
+
+def query_boxes(heads: Heads, strides: tuple[int, ...], image_size: tuple[int, int], thresholds: RuntimeThresholds,
+                count: int) -> Detections:
+    """Eq. 4 (NMS of the dense boxes), "we multiply the bounding box confidence with predicted
+    centerness" (sec. 4.1): the `count` best NMS survivors."""
+    per_level = level_boxes(heads[HEAD_BOX_REG], strides, image_size)
+    class_prob = torch.sigmoid(flatten_locations(heads[HEAD_BOX_CLS]))
+    centerness = torch.sigmoid(flatten_locations(heads[HEAD_CENTERNESS]))[:, 0]
+    levels = level_index([b.shape[0] for b in per_level], class_prob.device)
+    return select_detections(torch.cat(per_level), class_prob, class_prob.amax(dim=1) * centerness, levels,
+                             thresholds.score_threshold, thresholds.nms_iou, count)
+
+
+class PixelBoxes(NamedTuple):
+    """B(x, y) without an (H, W, 4) map: level (H, W) the pixel's levelness arg-max (0: no box, l:
+    level l - 1); boxes[l] (4, rows, cols) the box of level l on each CELL x CELL block (the box of
+    the level-l location whose stride cell holds the block)."""
+
+    level: Tensor
+    boxes: list[Tensor]
+
+
+def pixel_boxes(heads: Heads, strides: tuple[int, ...], image_size: tuple[int, int]) -> PixelBoxes:
+    """Eq. 14, B(x, y) = b_xy^(argmax I(x, y)), with the levelness upsampled to input pixels."""
+    levelness = F.interpolate(heads[HEAD_LEVELNESS], scale_factor=FUSION_STRIDE, mode="bilinear",
+                              align_corners=False)[0]
+    level = index_op_input(levelness).argmax(dim=0)
+    per_level = level_boxes(heads[HEAD_BOX_REG], strides, image_size)
+    blocks = []
+    for boxes, reg, stride in zip(per_level, heads[HEAD_BOX_REG], strides, strict=True):
+        h, w = reg.shape[-2:]
+        if h * stride != image_size[0] or w * stride != image_size[1]:
+            raise ValueError(f"RTPS needs image sides that are multiples of {stride}, got {image_size}")
+        blocks.append(block_upsample(boxes.T.reshape(4, h, w), stride // strides[0]))
+    return PixelBoxes(level, blocks)
+
+
+def plus_block(index: Tensor, cell: int) -> Tensor:
+    """index (H, W) int64 + the row-major number of each pixel's cell x cell block. (Added as a row
+    and a column part to the frame's tensor: an (H, W) constant would be folded into the ONNX file.)"""
+    height, width = index.shape
+    row = torch.arange(height, device=index.device)[:, None] // cell * (width // cell)
+    return index + row + torch.arange(width, device=index.device)[None, :] // cell
+
+
+class CandidateMasks(NamedTuple):
+    """instance_masks' result: query (C, cells) the queries each CELL block's pixels evaluate, best
+    first (the pool size where none); slot (P, cells) each query's position among its block's
+    candidates (C where it is none); masks (C, H, W) pixel of the block in candidate c's mask;
+    exact 0-d bool: no block had more queries reaching it than C."""
+
+    query: Tensor
+    slot: Tensor
+    masks: Tensor
+    exact: Tensor
+
+
+def in_mask(m: Tensor, sigma: Tensor) -> Tensor:
+    """Eq. 7, M_j(x, y) = M(x, y, j) > sigma: a value exactly at sigma is not in the mask."""
+    return m > sigma
+
+
+def instance_masks(queries: Detections, boxes: PixelBoxes, probability: Tensor, sigma: Tensor,
+                   cell: int) -> CandidateMasks:
+    """Eqs. 5-7, M(x, y, j) = IoU(B(x, y), B_j) * P_sem(x, y, c_j) > sigma, for the queries that
+    can reach each block. probability (T, H, W): P_sem of each thing class (queries.thing indexes it)."""
+    height, width = boxes.level.shape
+    cells = (height // cell) * (width // cell)
+    pool = queries.valid.shape[0]
+    levels = torch.arange(1, len(boxes.boxes) + 1, device=boxes.level.device)[:, None, None]
+    present = F.max_pool2d((boxes.level[None] == levels).to(torch.float32)[None], cell)[0].reshape(-1, 1, cells)
+    # Reach bound: a pixel's product is at most the block's largest IoU (over the levels its pixels
+    # take) times the block's largest probability of the class (the same float32 values as below).
+    query_box = [c[:, None] for c in queries.boxes.unbind(dim=1)]
+    bound = None
+    for level, level_box in enumerate(boxes.boxes):
+        iou = coordinate_iou(query_box, list(level_box.reshape(4, 1, cells))) * present[level]
+        bound = iou if bound is None else torch.maximum(bound, iou)
+    block_probability = F.max_pool2d(probability[None], cell)[0].reshape(probability.shape[0], -1)
+    reach = in_mask(bound * block_probability[queries.thing], sigma) & queries.valid[:, None]  # (P, cells)
+    count = min(CELL_CANDIDATES, pool)
+    rank = torch.arange(pool, 0, -1, device=bound.device, dtype=torch.float32)[:, None]  # best query first
+    key, query = torch.topk(index_op_input(reach) * rank, count, dim=0)  # (C, cells)
+    taken = key > 0
+    query = torch.where(taken, query, query.new_tensor(pool))  # (0-d fills: full-size ones become constants)
+    before = torch.cumsum(reach.to(torch.float32), dim=0)  # reaching queries up to each one
+    slot = torch.where(reach & (before <= count), before - 1, before.new_tensor(float(count))).to(torch.int64)
+    exact = before[-1].amax() <= count
+
+    # Per pixel: the IoU of its own level's box (0 without a box), times the probability of the class.
+    chosen = torch.where(taken, query, query.new_tensor(0))
+    chosen_box = [c[chosen] for c in queries.boxes.unbind(dim=1)]  # (C, cells) each
+    table = torch.stack([coordinate_iou(chosen_box, list(level_box.reshape(4, 1, cells)))
+                         for level_box in boxes.boxes]) * taken.to(torch.float32)  # (L, C, cells)
+    table = F.pad(table, (0, 0, 0, 0, 1, 0)).permute(0, 2, 1).reshape(-1, count)  # row 0: no box
+    pixel_iou = table[plus_block(boxes.level * cells, cell).reshape(-1)].T.reshape(count, height, width)
+    thing = block_upsample(queries.thing[chosen].reshape(count, height // cell, width // cell), cell)
+    masks = in_mask(pixel_iou * torch.gather(probability, 0, thing), sigma)
+    return CandidateMasks(query, slot, masks, exact)
+
+
+def paste(candidates: CandidateMasks, valid: Tensor, overlap_threshold: Tensor, cell: int) -> tuple[Tensor, Tensor,
+                                                                                                      Tensor]:
+    """Panoptic FPN's merge, one query at a time best first: a query is dropped when more than
+    `overlap_threshold` of its mask's pixels are taken by queries kept before it, else it takes its
+    free pixels. -> (keep (P,) bool, owner (H, W) query index or P, exact 0-d bool: every block
+    where masks meet carried its pixels' state)."""
+    masks, query, slot = candidates.masks, candidates.query, candidates.slot
+    count, height, width = masks.shape
+    rows, cols = height // cell, width // cell
+    pool = valid.shape[0]
+    blocks = masks.to(torch.float32).reshape(count, rows, cell, cols, cell).permute(1, 3, 0, 2, 4)
+    blocks = blocks.reshape(rows * cols, count, cell * cell)  # (cells, C, pixels of the block)
+    # Areas: each block's pixel count of each candidate, summed per query (row C: not a candidate).
+    block_area = F.pad(blocks.sum(dim=2).T, (0, 0, 0, 1))
+    area = torch.gather(block_area, 0, slot).sum(dim=1)
+
+    # Only pixels two masks cover can be taken already: the state lives on the blocks holding them.
+    meet = blocks.sum(dim=1).amax(dim=1) > 1
+    state_blocks = min(OVERLAP_BLOCKS, rows * cols)
+    order = torch.arange(rows * cols, 0, -1, device=masks.device, dtype=torch.float32)
+    _, picked = torch.topk(index_op_input(meet) * order, state_blocks)
+    exact = meet.to(torch.int32).sum() <= state_blocks
+    picked_blocks = blocks[picked]
+    picked_blocks = F.pad(picked_blocks, (0, 0, 0, 1)).reshape(-1, cell * cell)
+    # Row of each query's pixels in each picked block (the empty row C where it is no candidate).
+    row = torch.arange(state_blocks, device=masks.device)[None] * (count + 1) + slot[:, picked]  # (P, B)
+    taken = None  # (B, pixels) 1 where a kept query took the pixel
+    keep = []
+    for j in range(pool):
+        mine = picked_blocks[row[j]]
+        overlap = 0.0 if taken is None else (taken * mine).sum() / area[j].clamp(min=1.0)
+        kept = valid[j] & (area[j] > 0) & ~(overlap > overlap_threshold)
+        claimed = mine * kept.to(torch.float32)
+        taken = claimed if taken is None else torch.maximum(taken, claimed)
+        keep.append(kept)
+    keep = torch.stack(keep)
+
+    # Each pixel's owner: the first of its block's candidates that was kept and covers it.
+    kept_query = torch.cat((keep, keep.new_zeros(1))).to(torch.int32)[query]  # (C, cells)
+    first = first_true(masks & (block_upsample(kept_query.reshape(count, rows, cols), cell) > 0))  # C where none
+    owner_of = torch.cat((query, torch.full((1, rows * cols), pool, device=masks.device)))
+    owner = owner_of.reshape(-1)[plus_block(first * (rows * cols), cell)]
+    return keep, owner, exact
+
+
+def thing_probabilities(logits: Tensor, thing_ids: Tensor) -> Tensor:
+    """P_sem of the thing classes (T, H, W) from logits (classes, H, W). (A softmax written out:
+    ONNX Runtime's Softmax over the first of three axes is several times slower.)"""
+    exp = torch.exp(logits - logits.amax(dim=0, keepdim=True))
+    return exp[thing_ids] / exp.sum(dim=0, keepdim=True)
 
 
 class RTPSFusion(DenseBoxFusion):
+    def __init__(self, label_set: LabelSet, strides: tuple[int, ...], max_instances: int = 100) -> None:
+        super().__init__(label_set, strides, max_instances, label_stride=1)
+
     def segments(self, heads: Heads, thresholds: RuntimeThresholds) -> Segments:
-        semantic = heads[HEAD_SEMANTIC][0]
-        h, w = semantic.shape[-2:]
-        image_size = (h * FUSION_STRIDE, w * FUSION_STRIDE)
+        semantic = heads[HEAD_SEMANTIC]
+        height, width = (FUSION_STRIDE * n for n in semantic.shape[-2:])
+        k, cell = self.num_candidates, self.strides[0]
+        if height % cell or width % cell:
+            raise ValueError(f"RTPS needs image sides that are multiples of {cell}, got {height} x {width}")
+        pool = QUERY_POOL * k
 
-        # 1. Query boxes.
-        per_level = level_boxes(heads[HEAD_BOX_REG], self.strides, image_size)
-        boxes = torch.cat(per_level, dim=0)
-        class_prob = torch.sigmoid(flatten_locations(heads[HEAD_BOX_CLS]))
-        centerness = torch.sigmoid(flatten_locations(heads[HEAD_CENTERNESS]))[:, 0]
-        levels = level_index([b.shape[0] for b in per_level], semantic.device)
-        queries = select_detections(boxes, class_prob, class_prob.amax(dim=1) * centerness, levels,
-                                    thresholds.score_threshold, thresholds.nms_iou, self.num_candidates)
-        query_class = self.thing_ids[queries.thing]
+        queries = query_boxes(heads, self.strides, (height, width), thresholds, pool)
+        boxes = pixel_boxes(heads, self.strides, (height, width))
+        logits = F.interpolate(semantic, scale_factor=FUSION_STRIDE, mode="bilinear", align_corners=False)[0]
+        probability = thing_probabilities(logits, self.thing_ids)
+        candidates = instance_masks(queries, boxes, probability, thresholds.mask_sigma, cell)
+        keep, owner, pasted_exactly = paste(candidates, queries.valid, thresholds.overlap_threshold, cell)
 
-        # 2. B(x, y): each cell's box from the level its levelness picks (clipped, like the queries).
-        level = index_op_input(heads[HEAD_LEVELNESS][0]).argmax(dim=0)  # 0 = no instance, l = level l - 1
-        grid_boxes = dense_level_boxes(heads[HEAD_BOX_REG], self.strides, FUSION_STRIDE)[0]  # (L, 4, h, w)
-        picked_level = torch.where(level > 0, level - 1, torch.zeros_like(level))  # (no Clip: TensorRT's is float-only)
-        pick = picked_level[None, None].expand(1, 4, h, w)
-        cell_box = clip_boxes(torch.gather(grid_boxes, 0, pick)[0].reshape(4, -1).T, *image_size)  # (cells, 4)
-        has_box = (level > 0).reshape(1, -1)
-
-        # 3. Masks: IoU with the query box times the probability of the query's class.
-        location = pairwise_box_iou(queries.boxes, cell_box)  # (K, cells)
-        probability = torch.softmax(semantic, dim=0).reshape(semantic.shape[0], -1)[query_class]
-        masks = (location * probability > thresholds.mask_sigma) & has_box
-
-        # 4. Panoptic FPN merge.
-        keep, owner, pasted = paste_by_confidence(masks, queries.valid, thresholds.overlap_threshold)
-        stuff = self.semantic_labels(index_op_input(semantic).argmax(dim=0))
-        labels = torch.where(owner.reshape(h, w) < self.num_candidates, owner.reshape(h, w), stuff)
-        return Segments(labels, query_class, queries.score, keep, queries.converged & pasted, queries.dropped)
+        stuff = self.semantic_labels(index_op_input(logits).argmax(dim=0))
+        void = owner.new_tensor(k + len(self.label_set.stuff_ids))
+        labels = torch.where(owner < k, owner, torch.where(owner < pool, void, stuff))
+        survivors = queries.valid.to(torch.int64).sum() + queries.dropped
+        dropped = torch.maximum(survivors - k, torch.zeros_like(survivors))
+        converged = queries.converged & candidates.exact & pasted_exactly
+        return Segments(labels, self.thing_ids[queries.thing[:k]], queries.score[:k], keep[:k], converged, dropped)
