@@ -23,6 +23,7 @@ from panoptic_ros.evaluation.replay import (
     Recorder,
     params_file_overrides,
     replay,
+    summary,
 )
 from panoptic_ros.runtime.backends import read_onnx_info
 from panoptic_ros.runtime.model_thresholds import thresholds_in_force
@@ -112,10 +113,17 @@ def test_replay_accounts_for_every_frame_and_evaluates_by_stamp(bag, tiny_model,
 
 def test_fast_playback_counts_add_up(tmp_path, tiny_model):
     """40x the recorded rate: the node may drop frames (how many depends on the machine); whatever it drops, its
-    counters explain every frame, and the report's skipped frames are those not processed."""
+    counters explain every frame, and the report's skipped frames are those not processed. The params file also
+    sets score_threshold, which psn does not use: the replay says so."""
     bag = tmp_path / "fast.mcap"
     write_bag(bag, 24, rate_hz=10.0)
-    run = replay(bag, IMAGE, tmp_path / "report", params_file=PARAMS, model_path=tiny_model, rate=40.0)
+    params = tmp_path / "params.yaml"
+    params.write_text(PARAMS.read_text() + "    score_threshold: 0.9\n")
+    run = replay(bag, IMAGE, tmp_path / "report", params_file=params, model_path=tiny_model, rate=40.0)
+    assert run.info["threshold sources"]["score_threshold"] == "not used by psn, override ignored"
+    assert run.info["thresholds"]["score_threshold"] == 0.9
+    assert ("warning: the params file sets score_threshold, which psn does not use: no effect"
+            in summary(run).splitlines())
 
     counts = run.counts
     assert counts.sent == 24
