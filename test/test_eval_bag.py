@@ -173,7 +173,8 @@ def test_cli_report_and_prediction_bag(tmp_path, backend, model_path, capsys):
             for image, _ in bag_pairs(bag)]
     dropped = sum(r.candidates_dropped for r in runs)
     assert dropped > 0 and metrics["info"]["candidates dropped"] == dropped
-    assert metrics["info"]["frames not converged"] == sum(not r.converged for r in runs) == 0
+    # (Its crowded centres also leave PSN's closest-centre search unproven on some frames: not converged.)
+    assert metrics["info"]["frames not converged"] == sum(not r.converged for r in runs) > 0
     assert "candidates were dropped" in captured.err and f"and {dropped} candidates" in captured.err
     assert metrics["skipped_frames"] == {"total": 0}
     for stage in ("decode", "resize", "inference", "evaluation"):

@@ -31,7 +31,7 @@ from panoptic_ros.fusion.detections import PRE_NMS_TOP
 from panoptic_ros.fusion.fpsnet import FPSNetFusion
 from panoptic_ros.fusion.ideal_pq import ideal_psn_pq
 from panoptic_ros.fusion.lpsnet import LPSNetFusion
-from panoptic_ros.fusion.psn import Grouping, PSNFusion, find_instance_centres, group_pixels, vote_classes
+from panoptic_ros.fusion.psn import CANDIDATES, Grouping, PSNFusion, find_instance_centres, group_pixels, vote_classes
 from panoptic_ros.fusion.reference.fpsnet import fpsnet_reference
 from panoptic_ros.fusion.reference.lpsnet import lpsnet_reference
 from panoptic_ros.fusion.reference.psn import find_centres, psn_reference
@@ -293,12 +293,13 @@ def test_psn_pixels_join_the_centre_their_offset_points_closest_to(rng):
     centres, _ = find_instance_centres(torch.from_numpy(heads["center"][0, 0]), torch.tensor(0.1), 7, 24)
     valid = centres.valid.numpy()
     listed = [(0.0, int(y), int(x)) for y, x in zip(centres.y.numpy(), centres.x.numpy(), strict=True)]
-    owner = group_pixels(torch.from_numpy(heads["offset"][0]), centres).nearest.numpy()
-    everywhere = np.ones(scene.shape, dtype=bool)
-    expected = reference_group_pixels(everywhere, heads["offset"][0], [c for c, v in zip(listed, valid, strict=True)
-                                                                        if v])
-    positions = np.flatnonzero(valid)
-    assert (positions[expected] == owner).mean() >= 0.999
+    thing = scene.instance >= 0
+    grouping = group_pixels(torch.from_numpy(heads["offset"][0]), centres, torch.arange(valid.shape[0]),
+                            torch.from_numpy(thing))
+    expected = reference_group_pixels(thing, heads["offset"][0], [c for c, v in zip(listed, valid, strict=True) if v])
+    # Not crowded: every thing pixel's pick is exactly the reference's.
+    assert not grouping.crowded
+    np.testing.assert_array_equal(np.flatnonzero(valid)[expected[thing]], grouping.taken.numpy()[thing])
 
 
 def test_psn_vote_is_the_majority_and_ties_go_to_the_lower_class():
@@ -308,7 +309,8 @@ def test_psn_vote_is_the_majority_and_ties_go_to_the_lower_class():
     semantic[4:, 8:] = BICYCLE
     owner = np.repeat([[0] * 8 + [1] * 8], 8, axis=0)
     thing_index = torch.tensor([LABEL_SET.thing_ids.index(c) for c in semantic.reshape(-1)]).reshape(8, 16)
-    grouping = Grouping(torch.from_numpy(owner), torch.tensor([[[0, 1]]]), torch.zeros(8, 16, dtype=torch.int64))
+    grouping = Grouping(torch.from_numpy(owner), torch.tensor([[[0, 1]]]), torch.zeros(8, 16, dtype=torch.int32),
+                        torch.tensor(False))
     classes = vote_classes(grouping, torch.tensor([0, 1]), thing_index, torch.tensor(LABEL_SET.thing_ids), 2)
     assert classes.tolist() == reference_vote(semantic, owner, 2, LABEL_SET.num_classes) == [PERSON, CAR]
 
@@ -322,6 +324,32 @@ def test_psn_overflow_counts_dropped_centres_and_voids_their_pixels():
     # The weakest car's pixels become void, not part of the other car or the person.
     np.testing.assert_array_equal(capped.panoptic, np.where(scene.instance == 1, -1, expected))
     assert_same_result(capped, capped_reference)
+
+
+def crowded_cell_heads(centres: int) -> dict:
+    """A car filling a 64 x 64 frame, `centres` peaks 12 pixels apart inside one 40 x 40 square, and
+    offsets that send the 8 x 8 cell at (24, 24)'s pixels all over that square (elsewhere: zero)."""
+    size, car, road = 64, 6, 0
+    semantic = np.zeros((1, LABEL_SET.num_classes, size, size), dtype=np.float32)
+    semantic[0, car] = 10.0
+    semantic[0, road, 60:] = 20.0
+    center = np.zeros((1, 1, size, size), dtype=np.float32)
+    for n in range(centres):
+        center[0, 0, 12 + 12 * (n // 4), 12 + 12 * (n % 4)] = 0.9 - 0.01 * n
+    offset = np.zeros((1, 2, size, size), dtype=np.float32)
+    a, b = np.mgrid[0:8, 0:8]
+    offset[0, 0, 24:32, 24:32] = 10 + 5 * a - (24 + a)  # targets at rows 10, 15, ..., 45
+    offset[0, 1, 24:32, 24:32] = 10 + 5 * b - (24 + b)
+    return {"semantic": semantic, "center": center, "offset": offset}
+
+
+@pytest.mark.parametrize("centres,converged", [(CANDIDATES, True), (CANDIDATES + 1, False), (12, False)])
+def test_psn_crowded_cell_is_reported_as_not_converged(centres, converged):
+    # Every centre lies in the box of the crowded cell's targets: with more than CANDIDATES of them,
+    # one left out could be some pixel's closest, so the frame does not claim to be exact.
+    graph = run_fusion(PSNFusion(LABEL_SET, K, 7), crowded_cell_heads(centres), THRESHOLDS)
+    assert graph.converged is converged
+    assert len(thing_ids(graph)) == centres
 
 
 @pytest.mark.parametrize("height,width,frames", [(256, 512, 3), (512, 1024, 2)])

@@ -252,7 +252,8 @@ def test_diagnostics_report_rate_stages_counters_and_backend(node):
     assert (status["topic"], status["publishers"]) == ("/pn_main/image", "1")
     # The untrained test network finds more centres than its 16 slots: every frame drops candidates, and the
     # status of the period that saw them says so (WARN); a later period's, with no new frame, does not.
-    assert int(status["candidates_dropped"]) > 0 and status["not_converged"] == "0"
+    # Its crowded centres also leave PSN's closest-centre search unproven (fusion/psn.py): not converged, counted.
+    assert int(status["candidates_dropped"]) > 0 and int(status["not_converged"]) > 0
     assert status["mask_sigma"] == "0.5 (not used by psn)"
     # OK or WARN (the drops) while frames are fresh, ERROR once they have stopped (how long this status took to
     # come is up to the machine's load; the level must agree with the age it reports either way).

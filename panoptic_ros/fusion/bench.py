@@ -7,6 +7,11 @@ panoptic head runs between detector and arg-max, so inside the fusion; it is als
 (network + head). In ONNX Runtime each part is exported as its own graph and timed on its own.
 The static fusion does the same work whatever the frame holds, so untrained networks give
 representative timings.
+
+--versus-deeplab times PSN's static fusion against a straightforward full-resolution Panoptic-DeepLab
+post-processing (fusion/deeplab_postprocess.py), both eager PyTorch on CPU, on the same heads: the
+ideal heads of held-out synthetic frames (their real instance counts; the straightforward version's
+time grows with them).
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ideal", type=int, nargs="?", const=5, metavar="FRAMES",
                         help="instead of timing: PQ of PSN's fusion on ideal heads of FRAMES (default 5) held-out "
                              "synthetic frames at each size")
+    parser.add_argument("--versus-deeplab", type=int, nargs="?", const=1, metavar="FRAMES",
+                        help="instead: PSN's fusion vs a straightforward Panoptic-DeepLab post-processing, eager "
+                             "PyTorch, on ideal heads of FRAMES (default 1) held-out synthetic frames at each size")
     bench_report.add_arguments(parser)
 
 
@@ -45,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.ideal is not None:
         return _run_ideal(args)
+    if args.versus_deeplab is not None:
+        torch.set_num_threads(args.threads)
+        return _run_versus_deeplab(args)
 
     from panoptic_ros.classes import SYNTHETIC
     from panoptic_ros.fusion.pipeline import MODEL_NAMES, build_pipeline
@@ -93,6 +104,31 @@ def _run_ideal(args: argparse.Namespace) -> int:
     for height, width in (_parse_size(s) for s in args.sizes):
         pq, things = ideal_psn_pq(height, width, args.ideal)
         print(f"| {height}x{width} | {args.ideal} | {pq:.1f} | {things:.1f} |", flush=True)
+    return 0
+
+
+def _run_versus_deeplab(args: argparse.Namespace) -> int:
+    from panoptic_ros.fusion.timing import time_psn_versus_deeplab
+
+    rows = []
+    for height, width in (_parse_size(s) for s in args.sizes):
+        for frame in range(args.versus_deeplab):
+            rows.append({"size": f"{height}x{width}", "frame": frame,
+                         **time_psn_versus_deeplab(height, width, frame, args.max_instances, args.warmup,
+                                                   args.iterations)})
+            print(f"{rows[-1]['size']} frame {frame}: fusion {rows[-1]['fusion_ms']:.1f} ms, straightforward "
+                  f"{rows[-1]['deeplab_ms']:.1f} ms", flush=True)
+    lines = ["| size | frame | PSN fusion ms | straightforward ms | speed-up |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {r['size']} | {r['frame']} | {r['fusion_ms']:.1f} | {r['deeplab_ms']:.1f} | "
+              f"{r['deeplab_ms'] / r['fusion_ms']:.2f}x |" for r in rows]
+    print("\n".join(lines))
+    machine = bench_report.describe_machine(f"PyTorch intra-op {args.threads}", ("torch",))
+    bench_report.publish(args, "fusion-deeplab", machine, "\n".join(lines),
+                         f"Eager PyTorch on CPU, K = {args.max_instances}, ideal heads of held-out synthetic frames, "
+                         f"median of {args.iterations} runs after {args.warmup} warm-up, both in the same run.")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"max_instances": args.max_instances, "versus_deeplab": rows}, indent=1))
     return 0
 
 

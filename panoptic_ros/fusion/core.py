@@ -89,7 +89,7 @@ class PanopticAssembler(nn.Module):
 
     def forward(self, segments: Segments, min_stuff_area: Tensor,
                 label_divisor: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        labels = segments.labels
+        labels = segments.labels.to(torch.int32)  # half the memory traffic of int64 on every full-size pass
         device = labels.device
         kc, num_segments = self.num_candidates, self.num_candidates + self.num_stuff
         s = self.stride
@@ -127,9 +127,11 @@ class PanopticAssembler(nn.Module):
         void_class = torch.full((1,), VOID_CLASS, dtype=torch.int64, device=device)
         id_of = torch.cat((torch.where(valid, seg_id, void_id), void_id)).to(torch.int32)
         class_of = torch.cat((torch.where(valid, seg_class, void_class), void_class)).to(torch.int32)
-        panoptic = block_upsample(id_of[labels], s)
+        panoptic, semantic = id_of[labels], class_of[labels]
+        if s > 1:
+            panoptic, semantic = block_upsample(panoptic, s), block_upsample(semantic, s)
         # Through float: TensorRT 8.x casts to uint8 only from float types.
-        semantic = block_upsample(class_of[labels], s).to(torch.float32).to(torch.uint8)
+        semantic = semantic.to(torch.float32).to(torch.uint8)
         return panoptic, semantic, instances, num_instances
 
     def _table_rows(self, thing_score: Tensor, thing_class: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
@@ -192,8 +194,9 @@ def label_counts_per_row(labels: Tensor, num_labels: int) -> Tensor:
     device = labels.device
     hi = torch.div(labels, base, rounding_mode="floor")
     lo = labels - hi * base
-    digits = torch.arange(base, device=device)
-    hi_one_hot = (hi[:, None, :] == digits[None, :, None]).to(torch.float32)  # (h, base, w)
-    lo_one_hot = (lo[:, :, None] == digits[None, None, :]).to(torch.float32)  # (h, w, base)
-    counts = torch.matmul(hi_one_hot, lo_one_hot).reshape(labels.shape[0], base * base)
+    digits = torch.arange(base, device=device, dtype=labels.dtype)[None, :, None]
+    # Both one-hots (h, base, w), the layout whose broadcast compare is fast; the mat-mul takes one transposed.
+    hi_one_hot = (hi[:, None, :] == digits).to(torch.float32)
+    lo_one_hot = (lo[:, None, :] == digits).to(torch.float32)
+    counts = torch.matmul(hi_one_hot, lo_one_hot.transpose(1, 2)).reshape(labels.shape[0], base * base)
     return counts[:, :num_labels].T

@@ -13,13 +13,15 @@ import time
 import warnings
 from collections.abc import Callable
 
+import numpy as np
 import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
+from panoptic_ros.classes import DEFAULT_LABEL_DIVISOR
 from panoptic_ros.fusion.base import Heads, RuntimeThresholds
 from panoptic_ros.fusion.pipeline import PanopticPipeline
-from panoptic_ros.pipeline_io import HEAD_FEATURES
+from panoptic_ros.pipeline_io import HEAD_CENTER, HEAD_FEATURES, HEAD_OFFSET, HEAD_SEMANTIC, Thresholds
 
 HeadsLayout = list[tuple[str, "int | None"]]  # (head name, list length or None for a single tensor)
 Clock = Callable[[], float]  # seconds; injected by tests
@@ -62,6 +64,36 @@ def _panoptic_head_args(pipeline: PanopticPipeline, heads: Heads) -> tuple[Tenso
     features = heads[HEAD_FEATURES]
     masks = features.new_zeros(features.shape[0], pipeline.network.num_attention, *features.shape[-2:])
     return features, masks
+
+
+def time_psn_versus_deeplab(height: int, width: int, frame: int, max_instances: int, warmup: int, iterations: int,
+                            clock: Clock = time.perf_counter) -> dict[str, float]:
+    """{"fusion_ms", "deeplab_ms", "instances"}: PSN's static fusion and the straightforward Panoptic-DeepLab
+    post-processing (eager PyTorch, CPU) on the ideal heads of held-out synthetic frame `frame`."""
+    from panoptic_ros.classes import SYNTHETIC
+    from panoptic_ros.data.synthetic import generate_scene
+    from panoptic_ros.fusion.deeplab_postprocess import panoptic_deeplab
+    from panoptic_ros.fusion.ideal_heads import ideal_psn_heads
+    from panoptic_ros.fusion.ideal_pq import HELD_OUT_SEED
+    from panoptic_ros.fusion.psn import PSNFusion
+
+    scene = generate_scene(HELD_OUT_SEED + frame, height, width)
+    heads = {k: torch.from_numpy(v) for k, v in ideal_psn_heads(scene.semantic, scene.instance, SYNTHETIC).items()}
+    defaults = Thresholds()
+    fusion = PSNFusion(SYNTHETIC, max_instances)
+    thresholds = RuntimeThresholds.from_thresholds(defaults)
+    divisor = torch.tensor(DEFAULT_LABEL_DIVISOR, dtype=torch.int32)
+    semantic, center, offset = heads[HEAD_SEMANTIC][0], heads[HEAD_CENTER][0, 0], heads[HEAD_OFFSET][0]
+
+    def deeplab() -> Tensor:
+        return panoptic_deeplab(semantic, center, offset, list(SYNTHETIC.thing_ids), DEFAULT_LABEL_DIVISOR,
+                                int(defaults.min_stuff_area), defaults.center_threshold, fusion.nms_kernel,
+                                max_instances)
+
+    with torch.inference_mode():
+        return {"fusion_ms": median_ms(lambda: fusion(heads, thresholds, divisor), warmup, iterations, clock=clock),
+                "deeplab_ms": median_ms(deeplab, warmup, iterations, clock=clock),
+                "instances": float(len(np.unique(scene.instance[scene.instance >= 0])))}
 
 
 def median_ms(fn: Callable[[], object], warmup: int, iterations: int, sync: Callable[[], None] | None = None,
