@@ -36,6 +36,7 @@ NODE_NAME = "panoptic_node"
 OUTPUT_TYPES = {"id_image": Image, "semantic": Image, "semantic_color": Image, "overlay": Image, "track_image": Image,
                 "instances": PanopticInstanceArray, "camera_info": CameraInfo, "timing": PanopticTiming}
 KEEP_PER_TOPIC = 64  # outputs kept per topic for lookup by stamp (bounded: long runs keep no history)
+RESEND_PERIOD = 2.0  # s between repeats of a query whose request may have been lost (PanopticClient._call)
 
 StampKey = tuple[int, int]
 
@@ -222,12 +223,12 @@ class PanopticClient:
         return self._call(self._set_client, request, timeout).results
 
     def get_parameters(self, names: list[str], timeout: float = 10.0) -> dict[str, Any]:
-        response = self._call(self._get_client, GetParameters.Request(names=names), timeout)
+        response = self._call(self._get_client, GetParameters.Request(names=names), timeout, resend=True)
         return {name: parameter_value_to_python(value) for name, value in zip(names, response.values, strict=True)}
 
     def describe_parameters(self, names: list[str], timeout: float = 10.0) -> dict[str, ParameterDescriptor]:
         """What `ros2 param describe` shows for each of `names`."""
-        response = self._call(self._describe_client, DescribeParameters.Request(names=names), timeout)
+        response = self._call(self._describe_client, DescribeParameters.Request(names=names), timeout, resend=True)
         return dict(zip(names, response.descriptors, strict=True))
 
     # ---- lifecycle --------------------------------------------------------------------------
@@ -235,7 +236,7 @@ class PanopticClient:
     def lifecycle_state(self, timeout: float = 10.0) -> str:
         """The node's lifecycle state label: unconfigured, inactive, active or finalized."""
         self._wait_for_service(self._get_state_client, timeout)
-        return self._call(self._get_state_client, GetState.Request(), timeout).current_state.label
+        return self._call(self._get_state_client, GetState.Request(), timeout, resend=True).current_state.label
 
     def change_state(self, transition: str, timeout: float = 60.0) -> bool:
         """Ask for a lifecycle transition by label (configure, activate, deactivate, cleanup, shutdown); whether it
@@ -249,12 +250,21 @@ class PanopticClient:
         if not client.wait_for_service(timeout_sec=timeout):
             raise TimeoutError(f"service {client.service_name} did not appear within {timeout:.0f} s")
 
-    def _call(self, client, request, timeout: float):
+    def _call(self, client, request, timeout: float, resend: bool = False):
+        """The service's answer. A request sent just after discovery can be lost (the server may not
+        yet know the client's reply reader); `resend`, for queries that change nothing, asks again
+        every RESEND_PERIOD seconds until `timeout`."""
         future = client.call_async(request)
         deadline = time.monotonic() + timeout
+        next_send = time.monotonic() + RESEND_PERIOD
         while not future.done():
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 raise TimeoutError(f"no answer from {client.service_name} within {timeout:.0f} s")
+            if resend and now > next_send:
+                client.remove_pending_request(future)
+                future = client.call_async(request)
+                next_send = now + RESEND_PERIOD
             time.sleep(0.01)
         return future.result()
 
