@@ -277,6 +277,12 @@ def test_psn_centre_nms_window_is_nms_kernel():
     heatmap[4, 4], heatmap[4, 7] = 0.9, 0.8  # 3 columns apart: one window at kernel 7, two at kernel 5
     assert graph_centres(heatmap, 0.1, 7) == [(4, 4)]
     assert graph_centres(heatmap, 0.1, 5) == [(4, 4), (4, 7)]
+    # The same along the rows (the window is pooled one axis at a time).
+    column = np.ascontiguousarray(heatmap.T[:, :9])
+    column[:] = 0.0
+    column[4, 4], column[7, 4] = 0.9, 0.8
+    assert graph_centres(column, 0.1, 7) == [(4, 4)]
+    assert graph_centres(column, 0.1, 5) == [(4, 4), (7, 4)]
 
 
 def test_psn_centre_exactly_at_the_threshold_is_not_a_centre():
