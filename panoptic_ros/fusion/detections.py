@@ -9,13 +9,17 @@ Boxes are clipped to the image first, as FCOS and RetinaNet do.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor
 
 from panoptic_ros.fusion.static_ops import greedy_nms, index_op_input, pairwise_box_iou, top_candidates
 from panoptic_ros.networks.box_coding import level_points, ltrb_to_boxes
+from panoptic_ros.pipeline_io import HEAD_BOX_CLS, HEAD_BOX_REG
+
+if TYPE_CHECKING:  # (base imports the assembler; only the types are needed here)
+    from panoptic_ros.fusion.base import Heads, RuntimeThresholds
 
 PRE_NMS_TOP = 1000  # candidates entering NMS (FCOS keeps 1000 per level; one pool is enough here)
 
@@ -82,3 +86,15 @@ def _pad(detections: Detections, k: int) -> Detections:
     padded = (torch.cat((t, torch.zeros((missing, *t.shape[1:]), dtype=t.dtype, device=t.device)))
               for t in detections[:5])
     return Detections(*padded, detections.converged, detections.dropped)
+
+
+def quality_ranked_detections(heads: Heads, quality_head: str, strides: tuple[int, ...], image_size: tuple[int, int],
+                              thresholds: RuntimeThresholds, k: int) -> Detections:
+    """FCOS-style dense boxes of every level ranked by the best class probability times the sigmoid of a
+    per-location quality head (RTPS' centerness, LPSNet's border-ness), then NMS: the k best."""
+    per_level = level_boxes(heads[HEAD_BOX_REG], strides, image_size)
+    class_prob = torch.sigmoid(flatten_locations(heads[HEAD_BOX_CLS]))
+    quality = torch.sigmoid(flatten_locations(heads[quality_head]))[:, 0]
+    levels = level_index([b.shape[0] for b in per_level], class_prob.device)
+    return select_detections(torch.cat(per_level), class_prob, class_prob.amax(dim=1) * quality, levels,
+                             thresholds.score_threshold, thresholds.nms_iou, k)

@@ -30,9 +30,9 @@ from torch import Tensor
 from panoptic_ros.classes import LabelSet
 from panoptic_ros.fusion.base import DenseBoxFusion, Heads, RuntimeThresholds
 from panoptic_ros.fusion.core import Segments
-from panoptic_ros.fusion.detections import Detections, flatten_locations, level_boxes, level_index, select_detections
+from panoptic_ros.fusion.detections import Detections, quality_ranked_detections
 from panoptic_ros.fusion.static_ops import index_op_input, paste_groups_by_confidence
-from panoptic_ros.pipeline_io import HEAD_BORDERNESS, HEAD_BOX_CLS, HEAD_BOX_REG, HEAD_SEMANTIC
+from panoptic_ros.pipeline_io import HEAD_BORDERNESS, HEAD_SEMANTIC
 
 SEMANTIC_STRIDE = 4  # the semantic logits' stride: upsampled by it to input pixels
 GROUPS = 3839  # rectangles inside two or more boxes of one class that one TopK selects (TensorRT: K < 3840)
@@ -50,12 +50,7 @@ def lpsnet_boxes(heads: Heads, strides: tuple[int, ...], image_size: tuple[int, 
                  k: int) -> Detections:
     """"we multiply the predicted border-ness with the confidence score of the detected bounding boxes"
     (sec. 3.2), then NMS: the K best boxes."""
-    per_level = level_boxes(heads[HEAD_BOX_REG], strides, image_size)
-    class_prob = torch.sigmoid(flatten_locations(heads[HEAD_BOX_CLS]))
-    predicted = torch.sigmoid(flatten_locations(heads[HEAD_BORDERNESS]))[:, 0]
-    levels = level_index([b.shape[0] for b in per_level], class_prob.device)
-    return select_detections(torch.cat(per_level), class_prob, class_prob.amax(dim=1) * predicted, levels,
-                             thresholds.score_threshold, thresholds.nms_iou, k)
+    return quality_ranked_detections(heads, HEAD_BORDERNESS, strides, image_size, thresholds, k)
 
 
 class BoxMasks(NamedTuple):

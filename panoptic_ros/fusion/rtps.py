@@ -33,15 +33,9 @@ from torch import Tensor
 from panoptic_ros.classes import LabelSet
 from panoptic_ros.fusion.base import DenseBoxFusion, Heads, RuntimeThresholds
 from panoptic_ros.fusion.core import FUSION_STRIDE, Segments
-from panoptic_ros.fusion.detections import (
-    Detections,
-    flatten_locations,
-    level_boxes,
-    level_index,
-    select_detections,
-)
+from panoptic_ros.fusion.detections import Detections, level_boxes, quality_ranked_detections
 from panoptic_ros.fusion.static_ops import block_upsample, coordinate_iou, first_true, index_op_input
-from panoptic_ros.pipeline_io import HEAD_BOX_CLS, HEAD_BOX_REG, HEAD_CENTERNESS, HEAD_LEVELNESS, HEAD_SEMANTIC
+from panoptic_ros.pipeline_io import HEAD_BOX_REG, HEAD_CENTERNESS, HEAD_LEVELNESS, HEAD_SEMANTIC
 
 QUERY_POOL = 2  # queries pasted per K slot: pixels of queries beyond K become void, not stuff
 CELL_CANDIDATES = 8  # queries each block's pixels evaluate (the shipped model reaches 7 at sigma 0.3)
@@ -54,12 +48,7 @@ def query_boxes(heads: Heads, strides: tuple[int, ...], image_size: tuple[int, i
                 count: int) -> Detections:
     """Eq. 4 (NMS of the dense boxes), "we multiply the bounding box confidence with predicted
     centerness" (sec. 4.1): the `count` best NMS survivors."""
-    per_level = level_boxes(heads[HEAD_BOX_REG], strides, image_size)
-    class_prob = torch.sigmoid(flatten_locations(heads[HEAD_BOX_CLS]))
-    centerness = torch.sigmoid(flatten_locations(heads[HEAD_CENTERNESS]))[:, 0]
-    levels = level_index([b.shape[0] for b in per_level], class_prob.device)
-    return select_detections(torch.cat(per_level), class_prob, class_prob.amax(dim=1) * centerness, levels,
-                             thresholds.score_threshold, thresholds.nms_iou, count)
+    return quality_ranked_detections(heads, HEAD_CENTERNESS, strides, image_size, thresholds, count)
 
 
 class PixelBoxes(NamedTuple):
