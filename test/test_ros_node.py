@@ -221,8 +221,13 @@ def test_rviz_displays_get_images_rviz_can_show(node):
 
 def test_auto_qos_subscribes_reliable_to_a_reliable_camera(node):
     request(node, image_msg(2))
-    (info,) = node.node.get_subscriptions_info_by_topic("/pn_main/image")  # (DDS discovery carries no depth)
-    assert info.qos_profile.reliability == ReliabilityPolicy.RELIABLE
+
+    def reliabilities() -> list:
+        return [i.qos_profile.reliability for i in node.node.get_subscriptions_info_by_topic("/pn_main/image")]
+
+    # The node starts best effort (it matches every publisher) and re-subscribes on its refresh timer once it
+    # has discovered the camera's reliable publisher: wait for that, bounded, rather than look once.
+    node.wait_for(lambda: reliabilities() == [ReliabilityPolicy.RELIABLE], 30, "a reliable input subscription")
 
 
 def test_one_stamped_timing_message_per_frame_and_the_class_map(node):
