@@ -216,15 +216,20 @@ def test_a_mask_taken_exactly_at_the_overlap_threshold_is_kept():
     assert paste_graph([first, second], np.ones(2, bool), 0.29)[0] == [0]
 
 
-@pytest.mark.parametrize("seed", range(10))
-def test_paste_by_confidence_equals_sequential_pasting(seed):
-    rng = np.random.default_rng(seed)  # 30 dense, overlapping masks: long chains of drop decisions
+def overlapping_masks(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """30 dense, overlapping 24 x 24 masks (long chains of drop decisions) and which are valid."""
+    rng = np.random.default_rng(seed)
     k, h, w = 30, 24, 24
     masks = np.zeros((k, h, w), dtype=bool)
     for n in range(k):
         y, x = rng.integers(0, 20, size=2)
         masks[n, y:y + rng.integers(2, 10), x:x + rng.integers(2, 10)] = True
-    valid = rng.random(k) < 0.9
+    return masks, rng.random(k) < 0.9
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_paste_by_confidence_equals_sequential_pasting(seed):
+    masks, valid = overlapping_masks(seed)
     kept, owner, converged = paste_graph(list(masks), valid, 0.3)
     expected_owner, pasted = paste_reference([m & v for m, v in zip(masks, valid, strict=True)], 0.3)
     assert kept == pasted and converged
@@ -233,13 +238,8 @@ def test_paste_by_confidence_equals_sequential_pasting(seed):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_paste_in_order_is_the_sequential_rule(seed):
-    rng = np.random.default_rng(seed)
-    k, h, w = 30, 24, 24
-    masks = np.zeros((k, h, w), dtype=bool)
-    for n in range(k):
-        y, x = rng.integers(0, 20, size=2)
-        masks[n, y:y + rng.integers(2, 10), x:x + rng.integers(2, 10)] = True
-    valid = rng.random(k) < 0.9
+    masks, valid = overlapping_masks(seed)
+    k = masks.shape[0]
     keep = paste_in_order(torch.tensor(masks.reshape(k, -1)), torch.tensor(valid), torch.tensor(0.3))
     _, pasted = paste_reference([m & v for m, v in zip(masks, valid, strict=True)], 0.3)
     assert np.flatnonzero(keep.numpy()).tolist() == pasted
