@@ -70,6 +70,12 @@ class Distributed:
         if self.world_size > 1:
             torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
+    def wait_for_all(self) -> None:
+        """Every process waits here for the others (rank 0 writes the run's files first): the process
+        group is then torn down by all at once; a rank leaving while rank 0 still works aborted in gloo."""
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
     def stop(self) -> None:
         if self.world_size > 1:
             torch.distributed.destroy_process_group()
@@ -239,6 +245,7 @@ def train(config: TrainConfig, label_set: LabelSet, batches: Iterator[dict],
         summary["train_seconds"] = round(budget.elapsed(), 1)
         if dist.is_main:
             _finish(trainer, summary, evaluate)
+        dist.wait_for_all()
         return summary
     finally:
         dist.stop()
