@@ -31,7 +31,7 @@ from panoptic_ros.classes import LabelSet
 from panoptic_ros.fusion.base import DenseBoxFusion, Heads, RuntimeThresholds
 from panoptic_ros.fusion.core import Segments
 from panoptic_ros.fusion.detections import Detections, quality_ranked_detections
-from panoptic_ros.fusion.static_ops import index_op_input, paste_groups_by_confidence
+from panoptic_ros.fusion.static_ops import first_true_positions, index_op_input, paste_groups_by_confidence
 from panoptic_ros.pipeline_io import HEAD_BORDERNESS, HEAD_SEMANTIC
 
 SEMANTIC_STRIDE = 4  # the semantic logits' stride: upsampled by it to input pixels
@@ -91,24 +91,6 @@ def _arrangement(first: Tensor, end: Tensor, size: int) -> tuple[Tensor, Tensor,
     return edges, index, spans
 
 
-def _first_true(flags: Tensor, chunk: int, chunks: int) -> tuple[Tensor, Tensor]:
-    """(index, found) (chunks * chunk,): the positions of the first True entries of `flags` (N,),
-    lowest first, in TopKs of at most `chunk`; found is False on slots beyond the last True. The
-    keys are distinct, so every runtime picks the same entries."""
-    n = flags.shape[0]
-    count = min(chunk, n)
-    position = torch.arange(n, device=flags.device)
-    key = torch.where(flags, float(n) - position.to(torch.float32), torch.zeros((), device=flags.device))
-    indices, found = [], []
-    for _ in range(chunks):
-        value, index = torch.topk(key, count)
-        indices.append(index)
-        found.append(value > 0)
-        last = torch.where(value > 0, index, torch.full_like(index, -1)).amax()
-        key = torch.where(position > last, key, torch.zeros((), device=flags.device))
-    return torch.cat(indices), torch.cat(found)
-
-
 def box_masks(boxes: Detections, semantic_class: Tensor, thing_ids: Tensor) -> BoxMasks:
     """"For a given bounding box of class C, the pixels within it are either of class C or not, and we
     consider those pixels of class C as the mask of this box." Pixel (i, j) is inside (x1, y1, x2, y2)
@@ -142,7 +124,7 @@ def box_masks(boxes: Detections, semantic_class: Tensor, thing_ids: Tensor) -> B
     covering = torch.matmul(spans_y.to(torch.float32)[None] * of_thing.to(torch.float32)[:, None, :],
                             spans_x.to(torch.float32).T)  # (T, B, A) boxes of the class covering the rectangle
     shared = ((covering >= 2) & (pixels > 0)).reshape(-1)
-    index, picked = _first_true(shared, GROUPS, GROUP_CHUNKS)
+    index, picked = first_true_positions(shared, GROUPS, GROUP_CHUNKS)
     num_rows, num_columns = spans_y.shape[0], spans_x.shape[0]
     thing = torch.div(index, num_rows * num_columns, rounding_mode="floor")
     row = torch.div(index, num_columns, rounding_mode="floor") - thing * num_rows

@@ -7,9 +7,12 @@
    fixed budget, and without the local-maximum test the many locations of one large object fill it).
 2. `instance_masks`: the sampled filters' single-shot convolution with the Panoptic-Feature
    (network.dynamic_mask_logits), stride-4 mask logits.
-3. `paste`: Panoptic FPN's merge, masks pasted by confidence, a mask dropped when more than
-   overlap_threshold of it is already taken. The keep decisions count mask and overlap areas on
-   the stride-4 cells (a cell is in a mask when sigmoid(logit) > mask_sigma; declared deviation).
+3. `paste`: Panoptic FPN's merge, masks pasted by confidence one at a time, a mask dropped when
+   more than overlap_threshold of its input pixels are already taken. Mask and overlap areas are
+   pixel-exact (`block_pixels`): between cell centres a mask holds all of a 4 x 4 block or none of
+   it unless its boundary crosses the block (`corner_fraction`), and only crossed blocks are
+   evaluated pixel by pixel (at most BOUNDARY_CHUNKS x BOUNDARY_BLOCKS blocks, BOUNDARY_MASKS
+   masks each; beyond, `converged` is 0 and the masks left out count their corner fraction).
 4. `pixel_owner`: every input pixel takes the first kept mask (by confidence) whose bilinearly
    upsampled logit there has sigmoid > mask_sigma, and the arg-max of the bilinearly upsampled
    stuff logits where none does. Only the OWNER_CANDIDATES first kept masks that can reach a pixel's
@@ -34,8 +37,8 @@ from panoptic_ros.fusion.detections import flatten_locations
 from panoptic_ros.fusion.static_ops import (
     block_upsample,
     first_true,
+    first_true_positions,
     index_op_input,
-    paste_in_order,
     top_candidates,
 )
 from panoptic_ros.networks.spinet import FEATURE_STRIDE
@@ -44,6 +47,11 @@ from panoptic_ros.pipeline_io import HEAD_CLASS_LOGITS, HEAD_FILTERS, HEAD_PANOP
 SAMPLES_PER_INSTANCE = 2  # sampled filters per output instance slot
 PEAK_WINDOW = 3  # cells
 OWNER_CANDIDATES = 4  # kept masks each 4 x 4 pixel block compares (pixel_owner)
+# Blocks that mask boundaries cross, counted pixel by pixel for the merge: TopKs of fewer than
+# onnx_audit.TOPK_MAX; the shipped model crosses at most 3088 of a 256 x 512 frame's 8385 blocks.
+BOUNDARY_BLOCKS = 3839
+BOUNDARY_CHUNKS = 2
+BOUNDARY_MASKS = 32  # masks whose boundary crosses one block (the shipped model: at most 29 at 256 x 512)
 
 
 class Samples(NamedTuple):
@@ -75,20 +83,131 @@ def instance_masks(network: nn.Module, feature: Tensor, filters: list[Tensor], s
     return network.dynamic_mask_logits(feature, flatten_locations(filters)[samples.index][None]).squeeze(0)
 
 
-def cell_masks(logits: Tensor, mask_sigma: Tensor) -> Tensor:
-    """(M, h, w) bool: the stride-4 cells whose mask logit has sigmoid > mask_sigma."""
-    return torch.sigmoid(logits) > mask_sigma
+def cell_masks(logits: Tensor, mask_sigma: Tensor, valid: Tensor) -> Tensor:
+    """(M, h, w) bool: the stride-4 cells whose mask logit has sigmoid > mask_sigma, none for
+    invalid samples (valid (M,))."""
+    # Invalid samples compare with 1, which no sigmoid exceeds: one pass over the masks.
+    return torch.sigmoid(logits) > torch.where(valid, mask_sigma, torch.ones_like(mask_sigma))[:, None, None]
 
 
-def paste(cells: Tensor, samples: Samples, overlap_threshold: Tensor) -> tuple[Tensor, Tensor]:
-    """Panoptic FPN's merge decisions on the stride-4 cell masks (M, h, w): (keep (M,) bool,
-    converged 0-d bool).
+def corner_fraction(cells: Tensor) -> Tensor:
+    """(M, h + 1, w + 1) float32: the fraction of each block's corner cells in the mask, from the
+    cell_masks (M, h, w). Block (a, b) lies between the centres of cells (a - 1, b - 1) and (a, b)
+    and its pixels interpolate those 4 cells only; edge blocks take the fraction of their corners
+    inside the image (the others repeat them: the edge clamp). Averages of 1, 2 or 4 zeros and
+    ones, so exact: 0 where a mask reaches none of the block's pixels, 1 where it holds all of them
+    (bilinear values lie between the corner values), fractional where its boundary crosses the block."""
+    return F.avg_pool2d(cells.to(torch.float32)[None], 2, stride=1, padding=1, count_include_pad=False).squeeze(0)
 
-    Pasted one mask at a time (static_ops.paste_in_order: 2K masks make Jacobi sweeps costly), so
-    the result is always the sequential rule's: converged is true (computed from the frame so that
-    it stays a graph output rather than a folded constant)."""
-    keep = paste_in_order(cells.reshape(cells.shape[0], -1), samples.valid, overlap_threshold)
-    return keep, (keep | ~keep).all()
+
+class MaskBlocks(NamedTuple):
+    """The M masks' input pixels, counted on the (h + 1) x (w + 1) blocks between cell centres
+    (`block_pixels`).
+
+    A block's pixels interpolate its 4 corner cells only, so a mask holds all of a block's pixels
+    when all its corner cells are in the mask and none when none is; only the blocks a mask's
+    boundary crosses are counted pixel by pixel.
+    whole (M, blocks) float32: the pixels of each block a mask holds, on the blocks counted whole
+    (0 on the others); pixels (P * (BOUNDARY_MASKS + 2), s * s) float32: on each of the P
+    pixel-counted blocks, the pixels (in the image) of each crossing mask, then all and none;
+    row (M, P): each mask's row of `pixels` on each pixel-counted block; area (M,) float32: each
+    mask's input pixels; exact 0-d bool: every crossed block was counted pixel by pixel (else the
+    masks left out count the fraction of their corner cells in the mask on it).
+    """
+
+    whole: Tensor
+    pixels: Tensor
+    row: Tensor
+    area: Tensor
+    exact: Tensor
+
+
+def block_pixels(logits: Tensor, fraction: Tensor, mask_sigma: Tensor) -> MaskBlocks:
+    """Each mask's input pixels on the blocks between cell centres, from the stride-4 logits
+    (M, h, w) and the masks' corner_fraction: the per-pixel masks of `pixel_owner`, evaluated only on
+    the blocks a mask's boundary crosses.
+
+    The crossed blocks counted are the first BOUNDARY_CHUNKS x BOUNDARY_BLOCKS in row-major order;
+    on each, the first BOUNDARY_MASKS masks crossing it (in paste order) are evaluated pixel by pixel.
+    """
+    m, h, w = logits.shape
+    s = FEATURE_STRIDE
+    blocks = (h + 1) * (w + 1)
+    fraction = fraction.reshape(m, blocks)
+    crossed = fraction - torch.floor(fraction)  # > 0 where crossed
+    in_image = _block_pixels_in_image(h, w, s, logits.device)  # (blocks, s * s)
+    size = in_image.sum(dim=1)
+
+    # The crossed blocks counted pixel by pixel, and the masks crossing each (M, P).
+    any_crossed = crossed.amax(dim=0) > 0
+    picked, found = first_true_positions(any_crossed, BOUNDARY_BLOCKS, BOUNDARY_CHUNKS)
+    last = torch.where(found, picked, torch.full_like(picked, -1)).amax()
+    counted = any_crossed & (torch.arange(blocks, device=logits.device) <= last)  # (blocks,): among picked
+    on_picked = fraction[:, picked] * found.to(torch.float32)[None, :]
+    crosses = (on_picked > 0) & (on_picked < 1)
+    before = torch.cumsum(crosses.to(torch.float32), dim=0)  # crossing masks up to each one
+    slots = min(BOUNDARY_MASKS, m)
+    order = torch.arange(m, 0, -1, device=logits.device, dtype=torch.float32)[:, None]  # paste order first
+    key, candidate = torch.topk(index_op_input(crosses) * order, slots, dim=0)  # (slots, P)
+    flat = logits.reshape(-1)
+    offsets = [o.reshape(-1)[picked] for o in _corner_offsets(h, w, logits.device)]
+    corner_logits = torch.stack([flat[candidate * (h * w) + o] for o in offsets])[..., None]  # (4, slots, P, 1)
+    values = upsample_blocks(corner_logits, s).reshape(slots, -1, s * s)  # (slots, P, s * s)
+    pixel_in_image = in_image[picked]
+    evaluated = (torch.sigmoid(values) > mask_sigma) & (key > 0)[..., None] & (pixel_in_image > 0)[None]
+    table = torch.cat((evaluated.to(torch.float32).permute(1, 0, 2), pixel_in_image[:, None],
+                       torch.zeros_like(pixel_in_image)[:, None]), dim=1)  # (P, slots + 2, s * s)
+
+    # Each mask's row on each counted block: its slot where it crosses the block, the full row where
+    # it holds all of it, else the empty one (also for crossing masks beyond the slots: not exact).
+    full_row, empty_row = torch.full((), slots, device=logits.device), torch.full((), slots + 1, device=logits.device)
+    row = torch.where(crosses & (before <= slots), before.to(torch.int64) - 1,
+                      torch.where(on_picked == 1, full_row, empty_row))
+    row = row + (slots + 2) * torch.arange(picked.shape[0], device=logits.device)[None, :]
+    pixels = table.reshape(-1, s * s)
+    # Blocks counted whole: all pixels where all corners are in; the corner fraction of them on
+    # crossed blocks beyond the budget (not exact).
+    whole = fraction * (size * (~counted).to(torch.float32))[None, :]
+    area = whole.sum(dim=1) + pixels.sum(dim=1)[row].sum(dim=1)
+    exact = (any_crossed.to(torch.int32).sum() <= picked.shape[0]) & (before[-1].amax() <= slots)
+    return MaskBlocks(whole, pixels, row, area, exact)
+
+
+def paste(blocks: MaskBlocks, valid: Tensor, overlap_threshold: Tensor) -> tuple[Tensor, Tensor]:
+    """Panoptic FPN's merge on the masks' input pixels, one mask at a time by confidence: a mask is
+    dropped when the fraction of its pixels taken by the masks kept before it, as float32, is >
+    overlap_threshold (the reference's test), else it takes its free pixels. -> (keep (M,) bool,
+    converged 0-d bool: every pixel was counted exactly, so the decisions are the sequential rule's).
+
+    The "taken" state: on the blocks counted whole, the pixels a kept mask holds there (every mask
+    reaching such a block holds all of it, so min(mine, taken) is the overlap); on the pixel-counted
+    blocks, each pixel."""
+    whole, pixels, row, area = blocks.whole, blocks.pixels, blocks.row, blocks.area
+    candidate = valid & (area > 0)
+    taken_blocks = torch.zeros_like(whole[0])
+    taken_pixels = torch.zeros_like(pixels[row[0]])
+    keep = []
+    for n in range(whole.shape[0]):
+        mine_blocks, mine_pixels = whole[n], pixels[row[n]]
+        taken = torch.minimum(mine_blocks, taken_blocks).sum() + (mine_pixels * taken_pixels).sum()
+        kept = candidate[n] & ~(taken / area[n].clamp(min=1.0) > overlap_threshold)
+        claimed = kept.to(torch.float32)
+        taken_blocks = torch.maximum(taken_blocks, mine_blocks * claimed)
+        taken_pixels = torch.maximum(taken_pixels, mine_pixels * claimed)
+        keep.append(kept)
+    return torch.stack(keep), blocks.exact
+
+
+def _block_pixels_in_image(h: int, w: int, stride: int, device: torch.device) -> Tensor:
+    """(blocks, s * s) float32: 1 where pixel (u, v) of block (a, b) lies in the image (blocks start
+    s / 2 pixels before the first cell's centre, _crop). Constants of the shape."""
+    def side(size: int) -> Tensor:
+        pixel = torch.arange(size + 1, device=device)[:, None] * stride - stride // 2 + torch.arange(stride,
+                                                                                                 device=device)
+        return ((pixel >= 0) & (pixel < size * stride)).to(torch.float32)  # (size + 1, s)
+
+    rows, cols = side(h), side(w)
+    return (rows[:, None, :, None] * cols[None, :, None, :]).reshape((h + 1) * (w + 1), stride * stride)
 
 
 def upsample_blocks(corners: Tensor, stride: int) -> Tensor:
@@ -107,24 +226,20 @@ def upsample_blocks(corners: Tensor, stride: int) -> Tensor:
     return values.reshape(c, a * stride, b * stride)
 
 
-def pixel_owner(logits: Tensor, cells: Tensor, kept: Tensor, mask_sigma: Tensor) -> Tensor:
+def pixel_owner(logits: Tensor, fraction: Tensor, kept: Tensor, mask_sigma: Tensor) -> Tensor:
     """(H, W) index of the first kept mask whose bilinearly upsampled logit has sigmoid > mask_sigma at
-    the pixel, M where none has; logits (M, h, w) at stride FEATURE_STRIDE, their cell_masks, kept (M,)
-    in paste order.
+    the pixel, M where none has; logits (M, h, w) at stride FEATURE_STRIDE, their corner_fraction,
+    kept (M,) in paste order.
 
-    Pixels between the centres of 2 x 2 cells interpolate those 4 cells only ("blocks"; edge cells are
-    repeated, which is the edge clamp), so a mask reaches a block's pixels only if one of its 4 corner
-    logits passes. Each block compares the OWNER_CANDIDATES first kept masks that reach it.
+    A mask reaches a block's pixels (corner_fraction) only if one of its 4 corner logits passes. Each
+    block compares the OWNER_CANDIDATES first kept masks that reach it.
     """
     m, h, w = logits.shape
     s = FEATURE_STRIDE
-    # Any of a block's corner cells in the mask (edge blocks: the corners inside the image, the others
-    # repeat them).
-    reach = F.max_pool2d((cells & kept[:, None, None]).to(torch.float32)[None], 2, stride=1, padding=1).squeeze(0)
     # The first candidates by paste order: a key falling with the index, 0 where the mask does not reach.
-    order = (m - torch.arange(m, device=logits.device, dtype=torch.float32))[:, None, None]
+    order = (kept.to(torch.float32) * (m - torch.arange(m, device=logits.device, dtype=torch.float32)))[:, None, None]
     count = min(OWNER_CANDIDATES, m)
-    key, candidate = torch.topk(reach * order, count, dim=0)  # (C, h + 1, w + 1)
+    key, candidate = torch.topk(torch.ceil(fraction) * order, count, dim=0)  # (C, h + 1, w + 1)
     flat = logits.reshape(-1)
     corners = torch.stack([flat[candidate * (h * w) + offset] for offset in _corner_offsets(h, w, logits.device)])
     values = _crop(upsample_blocks(corners, s), s)  # (C, H, W)
@@ -176,8 +291,9 @@ class SPINetFusion(NetworkFusion):
         k = self.num_candidates
         samples = sampling_locations(heads[HEAD_CLASS_LOGITS], thresholds.score_threshold, SAMPLES_PER_INSTANCE * k)
         logits = instance_masks(self.network, feature, heads[HEAD_FILTERS], samples)
-        cells = cell_masks(logits, thresholds.mask_sigma)
-        keep, converged = paste(cells, samples, thresholds.overlap_threshold)
+        fraction = corner_fraction(cell_masks(logits, thresholds.mask_sigma, samples.valid))
+        keep, converged = paste(block_pixels(logits, fraction, thresholds.mask_sigma), samples.valid,
+                                thresholds.overlap_threshold)
         m = keep.shape[0]
 
         # The first K kept masks fill the slots; the pixels of kept masks beyond K become void.
@@ -185,7 +301,7 @@ class SPINetFusion(NetworkFusion):
         slot_of = first_true((slot[:, None] == torch.arange(m, device=keep.device)[None, :]) & in_slot[:, None])
         void = torch.full((1,), k + len(self.label_set.stuff_ids), dtype=torch.int64, device=keep.device)
         label_of = torch.cat((torch.where(slot_of < min(k, m), slot_of, void), void))  # index m: no mask
-        owner = pixel_owner(logits, cells, keep, thresholds.mask_sigma)
+        owner = pixel_owner(logits, fraction, keep, thresholds.mask_sigma)
         stuff_logits = F.interpolate(self.network.stuff_mask_logits(feature), scale_factor=FEATURE_STRIDE,
                                      mode="bilinear", align_corners=False).squeeze(0)
         stuff = index_op_input(stuff_logits).argmax(dim=0) + k

@@ -154,6 +154,25 @@ def first_true(mask: Tensor) -> Tensor:
     return torch.where(as_float.amax(dim=0) > 0, first, first.new_tensor(k))  # (a 0-d fill: no (N,) constant)
 
 
+def first_true_positions(flags: Tensor, chunk: int, chunks: int) -> tuple[Tensor, Tensor]:
+    """(index, found) (chunks * chunk,): the positions of the first True entries of `flags` (N,),
+    lowest first, in TopKs of at most `chunk` (TensorRT: < onnx_audit.TOPK_MAX); found is False on
+    slots beyond the last True. The keys are distinct, so every runtime picks the same entries.
+    N must stay below FLOAT_EXACT_INTEGERS."""
+    n = flags.shape[0]
+    count = min(chunk, n)
+    position = torch.arange(n, device=flags.device)
+    key = torch.where(flags, float(n) - position.to(torch.float32), torch.zeros((), device=flags.device))
+    indices, found = [], []
+    for _ in range(chunks):
+        value, index = torch.topk(key, count)
+        indices.append(index)
+        found.append(value > 0)
+        last = torch.where(value > 0, index, torch.full_like(index, -1)).amax()
+        key = torch.where(position > last, key, torch.zeros((), device=flags.device))
+    return torch.cat(indices), torch.cat(found)
+
+
 def paste_by_confidence(masks: Tensor, valid: Tensor, overlap_threshold: Tensor,
                         sweeps: int = PASTE_SWEEPS) -> tuple[Tensor, Tensor, Tensor]:
     """Paste masks (K, N) bool, sorted best first, as Panoptic FPN / LPSNet do:
@@ -176,22 +195,6 @@ def paste_by_confidence(masks: Tensor, valid: Tensor, overlap_threshold: Tensor,
         taken_before = (covered_before.to(torch.float32) * as_float).sum(dim=1)
         keep = candidate & (taken_before <= overlap_threshold * area)
     return keep, first_true(masks & keep[:, None]), unchanged(keep, previous)
-
-
-def paste_in_order(masks: Tensor, valid: Tensor, overlap_threshold: Tensor) -> Tensor:
-    """Keep (M,) of pasting masks (M, N) bool, sorted best first, one at a time: the sequential rule
-    of `paste_by_confidence` itself, unrolled over the M masks (each step one (N,) product and sum:
-    cheaper than sweeps over all M masks when M is large, and always exact)."""
-    as_float = masks.to(torch.float32)
-    area = as_float.sum(dim=1)
-    candidate = valid & (area > 0)
-    covered = torch.zeros_like(as_float[0])
-    keep = []
-    for n in range(masks.shape[0]):
-        taken = (as_float[n] * covered).sum()
-        keep.append(candidate[n] & (taken <= overlap_threshold * area[n]))
-        covered = torch.maximum(covered, as_float[n] * keep[-1].to(torch.float32))
-    return torch.stack(keep)
 
 
 def paste_groups_by_confidence(member: Tensor, count: Tensor, area: Tensor, valid: Tensor, overlap_threshold: Tensor,
