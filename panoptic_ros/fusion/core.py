@@ -205,7 +205,8 @@ def label_counts_per_row(labels: Tensor, num_labels: int) -> Tensor:
     hi_one_hot = (hi[:, None, :] == digits).to(torch.float32)  # (h, base, w): the layout whose compare is fast
     table = torch.tensor([[float(radix ** (d % packed)) if d // packed == c else 0.0 for c in range(channels)]
                           for d in range(base)], device=device)  # (base, channels)
-    sums = torch.matmul(hi_one_hot, table[lo])  # (h, base, channels)
+    lo_packed = torch.index_select(table, 0, lo.reshape(-1)).reshape(height, width, channels)  # (faster than table[lo])
+    sums = torch.matmul(hi_one_hot, lo_packed)  # (h, base, channels)
     scale = torch.tensor([float(radix**n) for n in range(packed + 1)], device=device)
     shifted = torch.floor(sums[..., None] / scale)  # the places from each one up
     counts = (shifted[..., :-1] - shifted[..., 1:] * float(radix)).reshape(height, base, channels * packed)
