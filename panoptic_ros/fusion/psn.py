@@ -10,11 +10,12 @@ deciding every input pixel.
 
 The heads come at input resolution (the network upsamples its stride-4 predictions 4x) and every
 decision is per input pixel. Only the search for a pixel's closest centre is narrowed on the
-GROUP_STRIDE grid: each cell keeps the CANDIDATES centres nearest to the box of its pixels' targets
-among those that can be closest to one of them (group_pixels), and each pixel compares those. That is
-exact unless a cell has more such centres and the nearest one left out is as close to the box as some
-thing pixel of the cell is to its pick: the frame's `converged` output is then 0 (the only way PSN's
-is; it has no sequential rule).
+GROUP_STRIDE grid: each block of SUPER_CELLS x SUPER_CELLS cells shortlists the SUPER_CANDIDATES
+centres nearest to the box of its thing pixels' targets among those that can be closest to one of
+them, each cell keeps the CANDIDATES of those nearest to its own box (group_pixels), and each pixel
+compares those. That is exact unless more such centres exist and the nearest one left out is as close
+to the cell's box as some thing pixel of the cell is to its pick: the frame's `converged` output is
+then 0 (the only way PSN's is; it has no sequential rule).
 Overflow: the best CENTRE_POOL * K centres are grouped; pixels of centres ranked beyond K become
 void and those centres are counted in candidates_dropped.
 score_threshold, nms_iou, mask_sigma and overlap_threshold are not used by this method.
@@ -190,17 +191,17 @@ def group_pixels(offset: Tensor, centres: Centres, values: Tensor, thing: Tensor
     # invalid centres sit infinitely far away.
     far = torch.where(centres.valid, centres.y, inf)
     cell_y, cell_x = far[candidates][:, :, None, :, None], centres.x[candidates][:, :, None, :, None]
-    cell_value = values[candidates][:, :, None, :, None]
     target_y, target_x = target_y.reshape(h, s, w, s), target_x.reshape(h, s, w, s)
     best = (target_y - cell_y[0]) ** 2 + (target_x - cell_x[0]) ** 2
     choice = torch.zeros_like(best, dtype=torch.int32)
-    taken = cell_value[0] + torch.zeros_like(choice, dtype=values.dtype)
     for c in range(1, count):
         distance = (target_y - cell_y[c]) ** 2 + (target_x - cell_x[c]) ** 2
         closer = distance < best
         best = torch.minimum(distance, best)
-        choice = torch.where(closer, torch.full_like(choice, c), choice)
-        taken = torch.where(closer, cell_value[c], taken)
+        choice = torch.where(closer, torch.tensor(c, dtype=torch.int32, device=device), choice)
+    # The pick's value, looked up once: entry choice * cells + cell of the candidates' values (C, h, w).
+    cell = torch.arange(h * w, dtype=torch.int32, device=device).reshape(h, 1, w, 1)
+    taken = values[candidates].reshape(-1)[choice * (h * w) + cell]
     # A centre left out is no closer to any target in the box than to the box: the picks are exact
     # unless the nearest one left out (by the cell or by its block) is as close to the box as some
     # thing pixel of the cell is to its pick.
