@@ -68,9 +68,12 @@ class PanopticClient:
 
     def __init__(self, namespace: str = "", cameras: tuple[str, ...] = ("",), input_type: str = "raw",
                  outputs: tuple[str, ...] = ("id_image", "semantic", "overlay", "instances"),
-                 timing: bool = False, on_output: Callable[[str, str, Any], None] | None = None) -> None:
+                 timing: bool = False, on_output: Callable[[str, str, Any], None] | None = None,
+                 resend_period: float = RESEND_PERIOD) -> None:
         """`on_output(camera, topic, msg)`, if given, is called for every output as it arrives (spin thread).
-        With `timing`, every frame's PanopticTiming goes into `latencies[(camera, stage)]` (ms)."""
+        With `timing`, every frame's PanopticTiming goes into `latencies[(camera, stage)]` (ms). Queries that
+        change nothing are asked again every `resend_period` seconds until answered (see `_call`)."""
+        self.resend_period = resend_period
         self.context = Context()
         rclpy.init(context=self.context)
         self.node = rclpy.create_node("panoptic_client", namespace=namespace or "/", context=self.context)
@@ -253,10 +256,10 @@ class PanopticClient:
     def _call(self, client, request, timeout: float, resend: bool = False):
         """The service's answer. A request sent just after discovery can be lost (the server may not
         yet know the client's reply reader); `resend`, for queries that change nothing, asks again
-        every RESEND_PERIOD seconds until `timeout`."""
+        every `resend_period` seconds until `timeout`."""
         future = client.call_async(request)
         deadline = time.monotonic() + timeout
-        next_send = time.monotonic() + RESEND_PERIOD
+        next_send = time.monotonic() + self.resend_period
         while not future.done():
             now = time.monotonic()
             if now > deadline:
@@ -264,7 +267,7 @@ class PanopticClient:
             if resend and now > next_send:
                 client.remove_pending_request(future)
                 future = client.call_async(request)
-                next_send = now + RESEND_PERIOD
+                next_send = now + self.resend_period
             time.sleep(0.01)
         return future.result()
 
