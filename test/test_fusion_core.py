@@ -15,9 +15,9 @@ from panoptic_ros.fusion.static_ops import (
     NMS_SWEEPS,
     PASTE_SWEEPS,
     block_upsample,
+    first_true_positions,
     greedy_nms,
     paste_by_confidence,
-    paste_in_order,
     top_candidates,
 )
 from panoptic_ros.pipeline_io import COL, PanopticResult
@@ -249,18 +249,10 @@ def test_paste_by_confidence_equals_sequential_pasting(seed):
     np.testing.assert_array_equal(owner, expected_owner)
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_paste_in_order_is_the_sequential_rule(seed):
-    masks, valid = overlapping_masks(seed)
-    k = masks.shape[0]
-    keep = paste_in_order(torch.tensor(masks.reshape(k, -1)), torch.tensor(valid), torch.tensor(0.3))
-    _, pasted = paste_reference([m & v for m, v in zip(masks, valid, strict=True)], 0.3)
-    assert np.flatnonzero(keep.numpy()).tolist() == pasted
-    chain = np.stack(paste_chain(32)).reshape(32, -1)
-    assert np.flatnonzero(paste_in_order(torch.tensor(chain), torch.ones(32, dtype=torch.bool),
-                                         torch.tensor(0.3)).numpy()).tolist() == chain_keep(32)
-    first, second = np.zeros(10, bool), np.ones(10, bool)
-    first[:3] = True  # 3 of the second's 10 pixels taken: exactly 0.3 is kept
-    pair = torch.tensor(np.stack([first, second]))
-    assert paste_in_order(pair, torch.ones(2, dtype=torch.bool), torch.tensor(0.3)).tolist() == [True, True]
-    assert paste_in_order(pair, torch.ones(2, dtype=torch.bool), torch.tensor(0.29)).tolist() == [True, False]
+def test_first_true_positions_picks_the_first_trues_in_chunks():
+    flags = torch.zeros(50, dtype=torch.bool)
+    flags[[3, 7, 8, 20, 31, 49]] = True
+    index, found = first_true_positions(flags, 2, 2)  # 4 slots: the first 4, lowest first
+    assert index[found].tolist() == [3, 7, 8, 20] and found.all()
+    index, found = first_true_positions(flags, 4, 2)  # 8 slots, 6 trues: the last 2 not found
+    assert index[found].tolist() == [3, 7, 8, 20, 31, 49] and found.tolist() == [True] * 6 + [False] * 2

@@ -13,10 +13,13 @@ from panoptic_ros.classes import VOID_ID
 from panoptic_ros.fusion.reference.common import paste_by_confidence as reference_paste
 from panoptic_ros.fusion.reference.spinet import instance_mask, sampling_locations
 from panoptic_ros.fusion.spinet import (
+    BOUNDARY_MASKS,
     OWNER_CANDIDATES,
     PEAK_WINDOW,
     Samples,
+    block_pixels,
     cell_masks,
+    corner_fraction,
     instance_masks,
     paste,
     pixel_owner,
@@ -80,13 +83,24 @@ def random_masks(count: int, h: int = 12, w: int = 20,
     return feature, head, filters
 
 
+def fraction_of(logits: torch.Tensor) -> torch.Tensor:
+    return corner_fraction(cell_masks(logits, SIGMA, torch.ones(logits.shape[0], dtype=torch.bool)))
+
+
+def graph_keep(logits: torch.Tensor, overlap: float, valid: torch.Tensor | None = None) -> tuple[list[int], bool]:
+    """Kept mask indices and `converged` of the graph's paste on stride-4 logits (M, h, w)."""
+    valid = torch.ones(logits.shape[0], dtype=torch.bool) if valid is None else valid
+    fraction = corner_fraction(cell_masks(logits, SIGMA, valid))
+    keep, converged = paste(block_pixels(logits, fraction, SIGMA), valid, torch.tensor(overlap))
+    return torch.nonzero(keep)[:, 0].tolist(), bool(converged)
+
 
 def test_each_pixel_of_an_instance_mask_is_the_references_upsampled_mask():
     feature, head, filters = random_masks(6)
     logits = head.dynamic_mask_logits(feature, filters[None])[0]
     for n in range(6):
         expected = instance_mask(head, feature, filters[n].numpy(), 0.5)
-        owner = pixel_owner(logits[n:n + 1], cell_masks(logits[n:n + 1], SIGMA), torch.tensor([True]), SIGMA).numpy()
+        owner = pixel_owner(logits[n:n + 1], fraction_of(logits[n:n + 1]), torch.tensor([True]), SIGMA).numpy()
         assert 0.2 < expected.mean() < 0.8
         np.testing.assert_array_equal(owner == 0, expected)
 
@@ -108,7 +122,7 @@ def test_pixels_go_to_the_first_kept_mask_covering_them(kept):
     owner, pasted = reference_paste(masks, 1.0)  # overlap 1.0: every mask is pasted
     expected = np.where(owner >= 0, positions[owner], len(kept))
     assert len(pasted) == len(masks) and len(np.unique(expected)) == len(masks) + 1
-    np.testing.assert_array_equal(pixel_owner(logits, cell_masks(logits, SIGMA), torch.tensor(kept), SIGMA).numpy(),
+    np.testing.assert_array_equal(pixel_owner(logits, fraction_of(logits), torch.tensor(kept), SIGMA).numpy(),
                                   expected)
 
 
@@ -121,8 +135,46 @@ def test_paste_keeps_every_other_mask_of_a_chain(length):
     samples = Samples(index, torch.ones(length, dtype=torch.int64), torch.linspace(0.9, 0.5, length),
                       torch.ones(length, dtype=torch.bool))
     logits = instance_masks(head, torch.from_numpy(heads["panoptic_feature"]), filters, samples)
-    keep, converged = paste(cell_masks(logits, SIGMA), samples, torch.tensor(0.3))
-    assert torch.nonzero(keep)[:, 0].tolist() == chain_keep(length) and bool(converged)
+    assert graph_keep(logits, 0.3) == (chain_keep(length), True)
+
+
+def ramp_masks(left_edge: float, right_edge: float) -> tuple[torch.Tensor, AnalyticSPINetHead, torch.Tensor]:
+    """(feature, head, filters) of two masks on a 12 x 20 cell (48 x 80 pixel) frame: A, the pixels
+    right of a slanted edge near column left_edge (cells), and B, those left of one near right_edge,
+    so that B's overlap with A is a band whose sides cross cells."""
+    head = AnalyticSPINetHead(max_objects=2)
+    y, x = np.mgrid[0:12, 0:20]
+    feature = np.zeros((1, head.stuff_filters.shape[1], 12, 20), dtype=np.float32)
+    feature[0, 0] = 0.7 * (x - left_edge) + 0.3 * (y - 5.1)
+    feature[0, 1] = -0.6 * (x - right_edge) + 0.2 * (y - 4.0)
+    return torch.from_numpy(feature), head, torch.eye(2, feature.shape[1])
+
+
+@pytest.mark.parametrize(("left_edge", "right_edge", "overlap"), [
+    (8.6, 11.7, 0.3),  # B's pixels 29.85% taken (kept at 0.3), its stride-4 cells 30.5% (dropped)
+    (9.3, 11.2, 0.2275),  # pixels 22.88% taken (dropped), cells 22.6% (kept)
+])
+def test_paste_decides_on_input_pixels_not_cells(left_edge, right_edge, overlap):
+    feature, head, filters = ramp_masks(left_edge, right_edge)
+    logits = head.dynamic_mask_logits(feature, filters[None])[0]
+    a, b = (instance_mask(head, feature, f.numpy(), 0.5) for f in filters)
+    cells_a, cells_b = (torch.sigmoid(logits) > SIGMA).numpy()
+    exact = np.float32(np.count_nonzero(a & b) / np.count_nonzero(b))
+    on_cells = np.count_nonzero(cells_a & cells_b) / np.count_nonzero(cells_b)
+    assert (exact > overlap) != (on_cells > overlap)  # counting cells would flip the decision
+    _, pasted = reference_paste([a, b], overlap)
+    assert graph_keep(logits, overlap) == (pasted, True)
+    assert pasted == ([0] if exact > overlap else [0, 1])
+
+
+def test_paste_beyond_its_pixel_budget_is_not_converged():
+    # BOUNDARY_MASKS + 1 copies of one mask cross the same blocks: the last is left out.
+    feature, head, _ = ramp_masks(8.6, 11.7)
+    filters = torch.zeros(BOUNDARY_MASKS + 1, feature.shape[1])
+    filters[:, 1] = 1.0
+    logits = head.dynamic_mask_logits(feature, filters[None])[0]
+    assert graph_keep(logits, 0.3) == ([0], False)
+    assert graph_keep(logits[:BOUNDARY_MASKS], 0.3) == ([0], True)
 
 
 def test_kept_masks_beyond_k_are_void_and_counted():
