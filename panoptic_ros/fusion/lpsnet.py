@@ -14,8 +14,10 @@ Why it is cheap at input resolution: the box sides cut the image into an arrange
 (2K + 1)^2 rectangles, each inside the same boxes at every pixel. Integral images count every
 rectangle's pixels of each thing class exactly, so mask areas and the pasting's overlaps are sums
 over rectangles: only rectangles inside two or more boxes of their class can be taken twice (at most
-GROUP_CHUNKS x GROUPS of them are counted), and a pixel compares only the kept boxes that hold pixels of its
-rectangle (at most OWNER_CANDIDATES). Where more compete, `converged` is 0.
+GROUP_CHUNKS x GROUPS of them are counted, and never more than the frame's pixels), the boxes are
+pasted one at a time over those (the sequential rule itself, K steps of a few (groups,) operations),
+and a pixel compares only the kept boxes of its class that hold pixels of its rectangle (at most
+OWNER_CANDIDATES). Where more compete, `converged` is 0.
 center_threshold and mask_sigma are not used by this method.
 """
 

@@ -171,14 +171,14 @@ def paste(candidates: CandidateMasks, valid: Tensor, overlap_threshold: Tensor, 
     picked_blocks = F.pad(picked_blocks, (0, 0, 0, 1)).reshape(-1, cell * cell)
     # Row of each query's pixels in each picked block (the empty row C where it is no candidate).
     row = torch.arange(state_blocks, device=masks.device)[None] * (count + 1) + slot[:, picked]  # (P, B)
-    taken = None  # (B, pixels) 1 where a kept query took the pixel
+    candidate = valid & (area > 0)
+    safe_area = area.clamp(min=1.0)
+    taken = torch.zeros_like(picked_blocks[row[0]])  # (B, pixels) 1 where a kept query took the pixel
     keep = []
     for j in range(pool):
         mine = picked_blocks[row[j]]
-        overlap = 0.0 if taken is None else (taken * mine).sum() / area[j].clamp(min=1.0)
-        kept = valid[j] & (area[j] > 0) & ~(overlap > overlap_threshold)
-        claimed = mine * kept.to(torch.float32)
-        taken = claimed if taken is None else torch.maximum(taken, claimed)
+        kept = candidate[j] & ~((taken * mine).sum() / safe_area[j] > overlap_threshold)
+        taken = torch.maximum(taken, mine * kept.to(torch.float32))
         keep.append(kept)
     keep = torch.stack(keep)
 

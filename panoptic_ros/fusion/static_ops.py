@@ -98,7 +98,8 @@ def top_candidates(scores: Tensor, valid: Tensor, k: int) -> tuple[Tensor, Tenso
     tie_key = torch.where(masked == kth, -position.to(torch.float32), torch.full((), -float(n), device=scores.device))
     _, tie_index = torch.topk(index_op_input(tie_key), k)
     slot = position[:k]
-    picked = torch.where(slot < above, top_index, tie_index[(slot - above).clamp(min=0)])
+    from_ties = torch.where(slot < above, torch.zeros_like(slot), slot - above)  # (no integer Clip: TensorRT has none)
+    picked = torch.where(slot < above, top_index, tie_index[from_ties])
     index = picked[rank_order(masked[picked], picked)]
     return index, scores[index], valid[index]
 
