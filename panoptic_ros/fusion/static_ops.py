@@ -95,7 +95,8 @@ def top_candidates(scores: Tensor, valid: Tensor, k: int) -> tuple[Tensor, Tenso
     top_value, top_index = torch.topk(index_op_input(masked), k)
     kth = top_value[k - 1]
     above = (top_value > kth).to(torch.int64).sum()
-    tie_key = torch.where(masked == kth, -position.to(torch.float32), torch.full((), -float(n), device=scores.device))
+    tied = masked == kth
+    tie_key = torch.where(tied, -position.to(torch.float32), torch.full((), -float(n), device=scores.device))
     _, tie_index = torch.topk(index_op_input(tie_key), k)
     slot = position[:k]
     from_ties = torch.where(slot < above, torch.zeros_like(slot), slot - above)  # (no integer Clip: TensorRT has none)
