@@ -113,6 +113,19 @@ def test_label_counts_per_row_is_a_histogram_of_every_row():
     np.testing.assert_array_equal(counts.numpy(), expected)
 
 
+@pytest.mark.parametrize("width", [2047, 2048, 4096])
+def test_label_counts_per_row_counts_a_full_row_of_every_digit_place(width):
+    # Rows as wide as the packing allows, each all one label: the largest count (width) in every
+    # place of the packed lo digits (113 labels: base 11, every hi and lo digit used).
+    rng = np.random.default_rng(width)
+    labels = torch.from_numpy(rng.integers(0, 113, size=(6, width))).to(torch.int32)
+    labels[:3] = torch.tensor([112, 111, 110], dtype=torch.int32)[:, None]
+    counts = label_counts_per_row(labels, 113).numpy()
+    expected = np.stack([np.bincount(row, minlength=113) for row in labels.numpy()], axis=1)
+    np.testing.assert_array_equal(counts, expected)
+    assert counts[112, 0] == counts[111, 1] == counts[110, 2] == width
+
+
 def test_block_upsample_repeats_cells_as_blocks():
     x = torch.arange(6).reshape(2, 3)
     np.testing.assert_array_equal(block_upsample(x, 2).numpy(), np.kron(x.numpy(), np.ones((2, 2), dtype=int)))

@@ -4,6 +4,7 @@ equal, plus the behaviour the paper describes) and random structured scenes (>= 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from fusion_cases import weakest_centre_case
 from test_fusion_scenes import (
     ANCHOR_RATIOS,
@@ -31,7 +32,15 @@ from panoptic_ros.fusion.detections import PRE_NMS_TOP
 from panoptic_ros.fusion.fpsnet import FPSNetFusion
 from panoptic_ros.fusion.ideal_pq import ideal_psn_pq
 from panoptic_ros.fusion.lpsnet import LPSNetFusion
-from panoptic_ros.fusion.psn import CANDIDATES, Grouping, PSNFusion, find_instance_centres, group_pixels, vote_classes
+from panoptic_ros.fusion.psn import (
+    CANDIDATES,
+    Grouping,
+    PSNFusion,
+    find_instance_centres,
+    group_pixels,
+    vote_classes,
+    window_max,
+)
 from panoptic_ros.fusion.reference.fpsnet import fpsnet_reference
 from panoptic_ros.fusion.reference.lpsnet import lpsnet_reference
 from panoptic_ros.fusion.reference.psn import find_centres, psn_reference
@@ -283,6 +292,14 @@ def test_psn_centre_nms_window_is_nms_kernel():
     column[4, 4], column[7, 4] = 0.9, 0.8
     assert graph_centres(column, 0.1, 7) == [(4, 4)]
     assert graph_centres(column, 0.1, 5) == [(4, 4), (7, 4)]
+
+
+@pytest.mark.parametrize("kernel", [1, 3, 7, 9])
+def test_psn_window_max_is_max_pooling_with_stride_one(rng, kernel):
+    x = torch.from_numpy(rng.random((11, 6)).astype(np.float32))
+    x[4, :] = x[4, 0]  # a flat row: ties
+    pooled = F.max_pool2d(x[None, None], kernel, stride=1, padding=kernel // 2)[0, 0]
+    assert torch.equal(window_max(window_max(x, kernel, 0), kernel, 1), pooled)
 
 
 def test_psn_centre_exactly_at_the_threshold_is_not_a_centre():

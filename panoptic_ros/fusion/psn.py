@@ -10,11 +10,12 @@ deciding every input pixel.
 
 The heads come at input resolution (the network upsamples its stride-4 predictions 4x) and every
 decision is per input pixel. Only the search for a pixel's closest centre is narrowed on the
-GROUP_STRIDE grid: each cell keeps the CANDIDATES centres nearest to the box of its pixels' targets
-among those that can be closest to one of them (group_pixels), and each pixel compares those. That is
-exact unless a cell has more such centres and the nearest one left out is as close to the box as some
-thing pixel of the cell is to its pick: the frame's `converged` output is then 0 (the only way PSN's
-is; it has no sequential rule).
+GROUP_STRIDE grid: each block of SUPER_CELLS x SUPER_CELLS cells shortlists the SUPER_CANDIDATES
+centres nearest to the box of its thing pixels' targets among those that can be closest to one of
+them, each cell keeps the CANDIDATES of those nearest to its own box (group_pixels), and each pixel
+compares those. That is exact unless more such centres exist and the nearest one left out is as close
+to the cell's box as some thing pixel of the cell is to its pick: the frame's `converged` output is
+then 0 (the only way PSN's is; it has no sequential rule).
 Overflow: the best CENTRE_POOL * K centres are grouped; pixels of centres ranked beyond K become
 void and those centres are counted in candidates_dropped.
 score_threshold, nms_iou, mask_sigma and overlap_threshold are not used by this method.
@@ -22,6 +23,7 @@ score_threshold, nms_iou, mask_sigma and overlap_threshold are not used by this 
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -37,6 +39,8 @@ from panoptic_ros.pipeline_io import HEAD_CENTER, HEAD_OFFSET, HEAD_SEMANTIC
 CENTRE_POOL = 2  # centres grouped per K slot: pixels of centres beyond K become void, not another instance
 GROUP_STRIDE = 8  # pixels per side of the cells that narrow the closest-centre search
 CANDIDATES = 5  # centres each cell's pixels compare (group_pixels): 4 left 4 of the 50 held-out frames crowded
+SUPER_CELLS = 4  # cells per side of the blocks that shortlist centres for their cells (group_pixels)
+SUPER_CANDIDATES = 16  # centres each block shortlists: the cells then search 16, not all CENTRE_POOL * K
 
 
 class Centres:
@@ -55,8 +59,7 @@ def find_instance_centres(center: Tensor, threshold: Tensor, kernel: int, count:
     """
     width = center.shape[1]
     # The window's maximum as a row maximum of column maxima: the same values, a fraction of the work.
-    rows = F.max_pool2d(center[None, None], (kernel, 1), stride=1, padding=(kernel // 2, 0))
-    pooled = F.max_pool2d(rows, (1, kernel), stride=1, padding=(0, kernel // 2))[0, 0]
+    pooled = window_max(window_max(center, kernel, 0), kernel, 1)
     peak = (center == pooled) & (center > threshold)
     index, score, valid = top_candidates(center.reshape(-1), peak.reshape(-1), count)
     y = torch.div(index, width, rounding_mode="floor")
@@ -64,6 +67,23 @@ def find_instance_centres(center: Tensor, threshold: Tensor, kernel: int, count:
     duplicate = plateau_followers(center, y, x, score, kernel // 2) & valid
     total = peak.to(torch.int64).sum() - duplicate.to(torch.int64).sum()
     return Centres(y.to(torch.float32), x.to(torch.float32), score, valid & ~duplicate), total
+
+
+def window_max(x: Tensor, kernel: int, dim: int) -> Tensor:
+    """The maximum of the `kernel` (odd) entries centred on each entry of x along dim, entries beyond
+    the edges ignored: max-pooling with stride 1, as a few element-wise maxima of shifted slices
+    (windows doubling in length), several times cheaper than MaxPool's sliding window."""
+    length = x.shape[dim]
+    pad_shape = list(x.shape)
+    pad_shape[dim] = kernel // 2
+    pad = torch.full(pad_shape, -float("inf"), dtype=x.dtype, device=x.device)
+    span, spans = 1, torch.cat((pad, x, pad), dim=dim)  # spans[i]: the maximum of padded[i : i + span]
+    while 2 * span <= kernel:
+        size = spans.shape[dim] - span
+        spans = torch.maximum(spans.narrow(dim, 0, size), spans.narrow(dim, span, size))
+        span *= 2
+    # Two overlapping spans cover the window (span <= kernel < 2 * span).
+    return torch.maximum(spans.narrow(dim, 0, length), spans.narrow(dim, kernel - span, length))
 
 
 def plateau_followers(center: Tensor, y: Tensor, x: Tensor, score: Tensor, radius: int) -> Tensor:
@@ -96,69 +116,103 @@ class Grouping(NamedTuple):
     crowded: Tensor
 
 
-def group_pixels(offset: Tensor, centres: Centres, values: Tensor, thing: Tensor) -> Grouping:
-    """Each pixel takes `values` (P,) of the centre closest to its position + offset (dy, dx) (2, H, W);
-    only the picks of `thing` (H, W) pixels are certified (`crowded`).
+def nearest_centres(low: Tensor, high: Tensor, centre_y: Tensor, centre_x: Tensor, valid: Tensor,
+                    count: int) -> tuple[Tensor, Tensor]:
+    """For each box (low, high (2, n, 1): the corners of a block's thing-pixel targets), the `count`
+    centres nearest to the box among the (n or 1, M) given that can be closest to some target in it:
+    (keys (n, count) squared distances to the box, ascending, inf where none; index (n, count) into M).
 
-    The search is narrowed on a coarse grid of GROUP_STRIDE-pixel cells (module docstring): for
-    each cell, the box around its pixels' targets. A centre farther from the box than some centre
-    is from the box's farthest corner is closer to no target in it; of the centres left, the
-    CANDIDATES nearest to the box are compared per pixel (exact while no more are left: `crowded`
-    says when more were). Pixels are compared in cells, (h, s, w, s) views of the (H, W) maps, so
-    that each cell's candidates broadcast over its pixels without being repeated; a running minimum
-    over the candidates (first one on ties, as an arg-min) keeps the pick and its value.
+    A centre farther from the box than some centre is from the box's farthest corner is closer to
+    no target in it. An empty box (low +inf, high -inf) has only infinite keys.
+    """
+    inf = centre_y.new_tensor(float("inf"))
+    above_y, below_y = high[0] - centre_y, centre_y - low[0]  # both >= 0 when the centre's row is in the box
+    above_x, below_x = high[1] - centre_x, centre_x - low[1]
+    near_y = torch.minimum(above_y, below_y).clamp(max=0.0)
+    near_x = torch.minimum(above_x, below_x).clamp(max=0.0)
+    far_y, far_x = torch.maximum(above_y, below_y), torch.maximum(above_x, below_x)
+    bound = torch.where(valid, far_y * far_y + far_x * far_x, inf).amin(dim=1, keepdim=True)
+    near = near_y * near_y + near_x * near_x
+    key = torch.where(valid & (near <= bound), near, inf)
+    keys, index = torch.topk(index_op_input(-key), count, dim=1)
+    return -keys, index
+
+
+def block_repeat(x: Tensor, factor: int) -> Tensor:
+    """(hs, ws, ...) -> (hs * factor * ws * factor, ...): each block's entry for each of its cells, row-major."""
+    hs, ws, *rest = x.shape
+    spread = x[:, None, :, None] + torch.zeros((factor, 1, factor, *([1] * len(rest))), dtype=x.dtype, device=x.device)
+    return spread.reshape(hs * factor * ws * factor, *rest)
+
+
+def group_pixels(offset: Tensor, centres: Centres, values: Tensor, thing: Tensor) -> Grouping:
+    """Each `thing` (H, W) pixel takes `values` (P,) of the centre closest to its position + offset
+    (dy, dx) (2, H, W) (ties: the earlier centre); other pixels take any centre's.
+
+    The search is narrowed in two steps (module docstring): each block of SUPER_CELLS x SUPER_CELLS
+    GROUP_STRIDE-pixel cells keeps the SUPER_CANDIDATES centres nearest to the box of its thing
+    pixels' targets (`nearest_centres`), and each cell the CANDIDATES of those nearest to its own
+    box. Exact unless the nearest centre left out at either step is as close to the cell's box as
+    some thing pixel of the cell is to its pick (`crowded`). Pixels are compared in cells, (h, s, w, s)
+    views of the (H, W) maps, so that each cell's candidates broadcast over its pixels without being
+    repeated; a running minimum over the candidates, in centre order, keeps the pick and its value.
     """
     s = GROUP_STRIDE
     _, height, width = offset.shape
     h, w = height // s, width // s
+    f = max(n for n in (SUPER_CELLS, 2, 1) if h % n == 0 and w % n == 0)
     device = offset.device
+    inf = offset.new_tensor(float("inf"))
     ys = torch.arange(height, dtype=torch.float32, device=device)[:, None]
     xs = torch.arange(width, dtype=torch.float32, device=device)[None, :]
     target_y, target_x = ys + offset[0], xs + offset[1]
-    # Per cell (rows of a (cells, 1) column against (1, P) centres: broadcasts ONNX Runtime runs fast).
+    # Box of each cell's thing-pixel targets, (2, h, w): empty (+inf low, -inf high) without thing pixels.
     target = torch.stack((target_y, target_x))[None]
-    high = F.max_pool2d(target, s)[0].reshape(2, -1, 1)
-    low = -F.max_pool2d(-target, s)[0].reshape(2, -1, 1)
-    mean = F.avg_pool2d(target, s)[0].reshape(2, -1, 1)
-    centre_y, centre_x = centres.y[None, :], centres.x[None, :]
-    inf = offset.new_tensor(float("inf"))
-    to_mean = torch.where(centres.valid[None, :], (mean[0] - centre_y) ** 2 + (mean[1] - centre_x) ** 2, inf)
-    closest_to_mean = torch.argmin(index_op_input(to_mean), dim=1)  # (cells,): bounds the others
-    anchor_y, anchor_x = centres.y[closest_to_mean], centres.x[closest_to_mean]
-    bound_y = torch.maximum((high[0, :, 0] - anchor_y).abs(), (low[0, :, 0] - anchor_y).abs())
-    bound_x = torch.maximum((high[1, :, 0] - anchor_x).abs(), (low[1, :, 0] - anchor_x).abs())
-    bound = (bound_y**2 + bound_x**2)[:, None]
-    outside_y = F.relu(low[0] - centre_y) + F.relu(centre_y - high[0])  # (cells, P) distance to the box
-    outside_x = F.relu(low[1] - centre_x) + F.relu(centre_x - high[1])
-    to_box = outside_y ** 2 + outside_x ** 2
-    key = torch.where(centres.valid[None, :] & (to_box <= bound), to_box, inf)
-    count = min(CANDIDATES, key.shape[1])
-    # One more than compared: the nearest centre left out, to certify the picks (below).
-    nearest_keys, nearest = torch.topk(index_op_input(-key), min(count + 1, key.shape[1]), dim=1)
-    candidates = nearest[:, :count].T.reshape(count, h, w)
+    high = F.max_pool2d(torch.where(thing, target, -inf), s)[0]
+    low = -F.max_pool2d(torch.where(thing, -target, -inf), s)[0]
+    # Step 1, per block: the SUPER_CANDIDATES nearest centres, and one more to bound those left out.
+    pool = centres.y.shape[0]
+    kept = min(SUPER_CANDIDATES, pool)
+    block_high = F.max_pool2d(high[None], f)[0].reshape(2, -1, 1)
+    block_low = -F.max_pool2d(-low[None], f)[0].reshape(2, -1, 1)
+    block_keys, block_nearest = nearest_centres(block_low, block_high, centres.y[None], centres.x[None],
+                                                centres.valid[None], min(kept + 1, pool))
+    block_hs, block_ws = h // f, w // f
+    shortlist = block_repeat(block_nearest[:, :kept].reshape(block_hs, block_ws, kept), f)  # (cells, kept)
+    # Step 2, per cell: the CANDIDATES nearest of its block's shortlist.
+    count = min(CANDIDATES, kept)
+    cell_keys, cell_nearest = nearest_centres(low.reshape(2, -1, 1), high.reshape(2, -1, 1), centres.y[shortlist],
+                                              centres.x[shortlist], centres.valid[shortlist], min(count + 1, kept))
+    picked = torch.gather(shortlist, 1, cell_nearest[:, :count])
+    # In centre order (lower pool index first), so that ties go to the earlier centre as in the paper's loop.
+    picked = -torch.topk(index_op_input(-picked), count, dim=1).values.to(picked.dtype)
+    candidates = picked.T.reshape(count, h, w)
     # Each cell's candidates as (C, h, 1, w, 1), against its pixels' targets (h, s, w, s);
     # invalid centres sit infinitely far away.
     far = torch.where(centres.valid, centres.y, inf)
     cell_y, cell_x = far[candidates][:, :, None, :, None], centres.x[candidates][:, :, None, :, None]
-    cell_value = values[candidates][:, :, None, :, None]
     target_y, target_x = target_y.reshape(h, s, w, s), target_x.reshape(h, s, w, s)
     best = (target_y - cell_y[0]) ** 2 + (target_x - cell_x[0]) ** 2
     choice = torch.zeros_like(best, dtype=torch.int32)
-    taken = cell_value[0] + torch.zeros_like(choice, dtype=values.dtype)
     for c in range(1, count):
         distance = (target_y - cell_y[c]) ** 2 + (target_x - cell_x[c]) ** 2
         closer = distance < best
         best = torch.minimum(distance, best)
-        choice = torch.where(closer, torch.full_like(choice, c), choice)
-        taken = torch.where(closer, cell_value[c], taken)
+        choice = torch.where(closer, torch.tensor(c, dtype=torch.int32, device=device), choice)
+    # The pick's value, looked up once: entry choice * cells + cell of the candidates' values (C, h, w).
+    cell = torch.arange(h * w, dtype=torch.int32, device=device).reshape(h, 1, w, 1)
+    taken = values[candidates].reshape(-1)[choice * (h * w) + cell]
     # A centre left out is no closer to any target in the box than to the box: the picks are exact
-    # unless it is as close to the box as some pixel of the cell is to its pick.
-    crowded = torch.zeros((), dtype=torch.bool, device=device)
-    if nearest_keys.shape[1] > count:
-        left_out = -nearest_keys[:, count]
-        counted = torch.where(thing.reshape(h, s, w, s), best, torch.zeros_like(best))
-        farthest_pick = F.max_pool2d(counted.reshape(1, 1, height, width), s).reshape(-1)
-        crowded = ((left_out < inf) & (left_out <= farthest_pick)).to(torch.int32).amax() > 0
+    # unless the nearest one left out (by the cell or by its block) is as close to the box as some
+    # thing pixel of the cell is to its pick.
+    left_out = inf.expand(h * w)
+    if cell_keys.shape[1] > count:
+        left_out = cell_keys[:, count]
+    if block_keys.shape[1] > kept:
+        left_out = torch.minimum(left_out, block_repeat(block_keys[:, kept].reshape(block_hs, block_ws), f))
+    counted = torch.where(thing.reshape(h, s, w, s), best, torch.zeros_like(best))
+    farthest_pick = F.max_pool2d(counted.reshape(1, 1, height, width), s).reshape(-1)
+    crowded = ((left_out < inf) & (left_out <= farthest_pick)).to(torch.int32).amax() > 0
     return Grouping(taken.reshape(height, width), candidates, choice.reshape(height, width), crowded)
 
 
@@ -168,24 +222,57 @@ def vote_classes(grouping: Grouping, instance_of: Tensor, thing_index: Tensor, t
 
     instance_of (P,) maps centres to instances (count: none); thing_index (H, W) is a pixel's index
     into thing_ids, len(thing_ids) or more for pixels that join no instance. Votes are counted per
-    cell and candidate (a one-hot of candidate x class per pixel, summed over each cell), then per
-    instance.
+    cell and (candidate, class) pair (`cell_pair_counts`), then per instance (`instance_votes`).
     """
-    s = GROUP_STRIDE
-    num_things = thing_ids.shape[0]
-    candidates = grouping.candidates.shape[0]
-    codes = torch.arange(candidates * num_things, device=thing_index.device, dtype=torch.int32)
-    # Pixels of no thing class get a code beyond the one-hot's.
+    candidates, num_things = grouping.candidates.shape[0], thing_ids.shape[0]
+    pairs = candidates * num_things
+    # Pixels of no thing class get the code past the pairs, which counts nowhere.
     code = torch.where(thing_index < num_things, grouping.choice * num_things + thing_index,
-                       torch.full_like(thing_index, candidates * num_things))
-    one_hot = (code[None] == codes[:, None, None]).to(torch.float32)
-    # Block sums (exact: at most s * s per cell) -> (C, classes, cells).
-    per_cell = (F.avg_pool2d(one_hot[None], s)[0] * float(s * s)).reshape(candidates, num_things,
-                                                                          grouping.candidates[0].numel())
-    instance = instance_of[grouping.candidates].reshape(candidates, 1, -1)  # (C, 1, cells)
-    member = (instance == torch.arange(count, device=code.device)[None, :, None]).to(torch.float32)  # (C, K, cells)
-    votes = torch.matmul(member, per_cell.transpose(1, 2)).sum(dim=0)  # (K, T)
+                       torch.full_like(thing_index, pairs))
+    per_cell = cell_pair_counts(code, pairs, GROUP_STRIDE)  # (pairs, cells)
+    instance = instance_of[grouping.candidates].reshape(-1)  # (C * cells,)
+    votes = instance_votes(instance, per_cell.reshape(candidates, num_things, -1).transpose(0, 1)
+                           .reshape(num_things, -1), count)
     return thing_ids[index_op_input(votes).argmax(dim=1)]
+
+
+def cell_pair_counts(code: Tensor, codes: int, s: int) -> Tensor:
+    """(H, W) codes in [0, codes] -> (codes, cells) float32: how many pixels of each s x s cell hold
+    each code below `codes` (code `codes` counts nowhere).
+
+    Without a per-pixel one-hot over the codes: several codes share one float32 channel as digits
+    of base 2^bits (a cell has fewer than 2^bits pixels), so a pixel writes one value per channel
+    (a Gather from a small table), block sums add the digits without carries (exact: below 2^24),
+    and the digits are read back per cell.
+    """
+    bits = (s * s).bit_length()
+    per_channel = 24 // bits
+    channels = -(-codes // per_channel)
+    radix = 2**bits
+    table = torch.tensor([[float(radix ** (c % per_channel)) if c < codes and c // per_channel == channel else 0.0
+                           for c in range(codes + 1)] for channel in range(channels)], device=code.device)
+    packed = torch.index_select(table, 1, code.reshape(-1)).reshape(1, channels, *code.shape)
+    sums = F.avg_pool2d(packed, s)[0].reshape(channels, 1, -1) * float(s * s)  # (channels, 1, cells)
+    scale = torch.tensor([float(radix**n) for n in range(per_channel + 1)], device=code.device)[None, :, None]
+    shifted = torch.floor(sums / scale)  # (channels, per_channel + 1, cells): the digits from each place up
+    digits = shifted[:, :-1] - shifted[:, 1:] * float(radix)
+    return digits.reshape(channels * per_channel, -1)[:codes]
+
+
+def instance_votes(instance: Tensor, counts: Tensor, count: int) -> Tensor:
+    """(count, T) float32: counts (T, N) summed per instance (N,) in [0, count] (count: none).
+
+    A histogram without scatter-add and without an (N, count) one-hot: the instance as two digits,
+    hi * base + lo, and one mat-mul of the hi one-hot with the lo one-hot times the counts.
+    """
+    base = math.isqrt(count) + 1
+    digits = torch.arange(base, device=instance.device, dtype=instance.dtype)
+    hi = torch.div(instance, base, rounding_mode="floor")
+    lo = instance - hi * base
+    hi_one_hot = (hi[None, :] == digits[:, None]).to(torch.float32)  # (base, N)
+    lo_weighted = (lo[:, None, None] == digits[None, :, None]).to(torch.float32) * counts.T[:, None, :]  # (N, base, T)
+    votes = torch.matmul(hi_one_hot, lo_weighted.reshape(instance.shape[0], -1))  # (base, base * T)
+    return votes.reshape(base * base, counts.shape[0])[:count]
 
 
 def semantic_codes(logits: Tensor, class_codes: list[int]) -> Tensor:

@@ -6,8 +6,9 @@ this process while subscribing to its outputs, and reports:
 - freshness: every output comes from the newest frame: when the node starts on a frame, typically (median)
   at most one newer frame has been sent (one can be in transit), this lag does not grow over the run,
   and outputs never go back to an older frame; the outputs' age (receive time minus send time) is reported;
-- drops: the node's drop counter equals frames received minus frames processed (with the default reliable
-  input every sent frame is received; --input-qos SENSOR_DATA shows what a best-effort link loses too);
+- drops: the node's drop counter equals frames received minus frames processed; a frame sent but never
+  received was replaced in the node's reader history (keep last 1) before its executor took it, or, with
+  --input-qos SENSOR_DATA (best effort), lost on the link;
 - the node's own per-frame overhead: everything except the backend run (convert, resize both ways,
   messages, publishing), from its per-frame timing messages (panoptic/timing), and the cost of receiving (deserializing)
   one frame, which happens in the executor thread before the node's callback runs; also the worker's CPU
@@ -48,8 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds to publish (default: 60)")
     parser.add_argument("--overlay", action="store_true", help="also subscribe to panoptic/overlay (RViz watching)")
     parser.add_argument("--input-qos", default="DEFAULT", choices=("auto", "DEFAULT", "SENSOR_DATA"),
-                        help="the node's input QoS: DEFAULT (reliable: every sent frame reaches the node, so the "
-                             "drop check covers all of them) or SENSOR_DATA (best effort, as a camera driver)")
+                        help="the node's input QoS: DEFAULT (reliable: no frame is lost on the link) or SENSOR_DATA "
+                             "(best effort, as a camera driver); the node keeps only the newest frame either way")
     parser.add_argument("--max-rss-growth-mb", type=float, default=50.0,
                         help="allowed RSS growth from the second to the last quarter of the run (default: 50; the "
                              "first quarter is warm-up: buffers and DDS histories fill)")

@@ -68,9 +68,12 @@ class PanopticClient:
 
     def __init__(self, namespace: str = "", cameras: tuple[str, ...] = ("",), input_type: str = "raw",
                  outputs: tuple[str, ...] = ("id_image", "semantic", "overlay", "instances"),
-                 timing: bool = False, on_output: Callable[[str, str, Any], None] | None = None) -> None:
+                 timing: bool = False, on_output: Callable[[str, str, Any], None] | None = None,
+                 resend_period: float = RESEND_PERIOD) -> None:
         """`on_output(camera, topic, msg)`, if given, is called for every output as it arrives (spin thread).
-        With `timing`, every frame's PanopticTiming goes into `latencies[(camera, stage)]` (ms)."""
+        With `timing`, every frame's PanopticTiming goes into `latencies[(camera, stage)]` (ms). Queries that
+        change nothing are asked again every `resend_period` seconds until answered (see `_call`)."""
+        self.resend_period = resend_period
         self.context = Context()
         rclpy.init(context=self.context)
         self.node = rclpy.create_node("panoptic_client", namespace=namespace or "/", context=self.context)
@@ -162,7 +165,9 @@ class PanopticClient:
             self._lock.notify_all()
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-        """Wait until predicate() (evaluated under the lock, re-checked on every arrival) is truthy; its value."""
+        """Wait until predicate() (evaluated under the lock, re-checked on every arrival) is truthy; its value.
+        The predicate reads what was received; one that asks the node (a service call) goes to `wait_until`:
+        under the lock its answer could not arrive (the spin thread would wait for the lock to store a message)."""
         deadline = time.monotonic() + timeout
         with self._lock:
             while not (value := predicate()):
@@ -171,6 +176,16 @@ class PanopticClient:
                     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
                 self._lock.wait(min(remaining, 0.1))
             return value
+
+    def wait_until(self, condition: Callable[[], Any], timeout: float, what: str, period: float = 0.05) -> Any:
+        """Wait until condition() is truthy, asking it again every `period` seconds; its value. Evaluated without
+        the lock, so a condition may query the node (get_parameters, lifecycle_state)."""
+        deadline = time.monotonic() + timeout
+        while not (value := condition()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+            time.sleep(period)
+        return value
 
     def outputs(self, camera: str, stamp: StampKey, topics: tuple[str, ...], timeout: float = 20.0) -> dict[str, Any]:
         """The outputs on `topics` for the frame with `stamp`, waiting until all have arrived."""
@@ -253,10 +268,10 @@ class PanopticClient:
     def _call(self, client, request, timeout: float, resend: bool = False):
         """The service's answer. A request sent just after discovery can be lost (the server may not
         yet know the client's reply reader); `resend`, for queries that change nothing, asks again
-        every RESEND_PERIOD seconds until `timeout`."""
+        every `resend_period` seconds until `timeout`."""
         future = client.call_async(request)
         deadline = time.monotonic() + timeout
-        next_send = time.monotonic() + RESEND_PERIOD
+        next_send = time.monotonic() + self.resend_period
         while not future.done():
             now = time.monotonic()
             if now > deadline:
@@ -264,7 +279,7 @@ class PanopticClient:
             if resend and now > next_send:
                 client.remove_pending_request(future)
                 future = client.call_async(request)
-                next_send = now + RESEND_PERIOD
+                next_send = now + self.resend_period
             time.sleep(0.01)
         return future.result()
 

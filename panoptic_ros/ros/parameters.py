@@ -135,8 +135,9 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("input_type", "raw", "subscribe to image (sensor_msgs/Image) or image/compressed",
                   read_only=True, choices=INPUT_TYPES),
     ParameterSpec("input_qos", "auto", "QoS of the image and camera_info subscriptions: auto (reliable when the "
-                  "publishers offer reliable, else best effort; keep last 1; re-decided as publishers change), "
-                  "SENSOR_DATA (best effort, depth 5), DEFAULT (reliable, depth 10), SYSTEM_DEFAULT",
+                  "publishers offer reliable, else best effort; re-decided as publishers change), SENSOR_DATA "
+                  "(best effort), DEFAULT (reliable), SYSTEM_DEFAULT; each keeps only the newest message (keep "
+                  "last 1: no backlog of old frames)",
                   read_only=True, choices=INPUT_QOS_CHOICES),
     ParameterSpec("output_qos", "DEFAULT", "QoS of the outputs (DEFAULT: reliable)", read_only=True,
                   choices=QOS_PRESET_NAMES),

@@ -1,6 +1,11 @@
 """QoS of the node's topics: the named presets, and an image subscription whose reliability follows
 the camera's publishers (`input_qos: auto`).
 
+Every input subscription keeps only the newest message (keep last 1), whatever the QoS choice: the node
+works on the newest frame, and a deeper reader history is a queue in front of it. Whenever the executor
+thread falls behind the camera (it shares the GIL with the worker; under load Jazzy's Python executor takes
+fewer than 30 large frames a second), a depth-10 history handed it frames ten frames old.
+
 Why auto: a reliable subscription does not match a best-effort publisher at all (DDS reports an
 incompatible-QoS event and no frame arrives), and a best-effort subscription to a reliable publisher
 loses most large frames. Asking for what the publishers offer is the one choice that works with
@@ -9,6 +14,7 @@ every driver; with several publishers on one topic best effort is the only polic
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -26,11 +32,19 @@ from rclpy.qos import (
 
 from panoptic_ros.ros.parameters import AUTO_QOS, QOS_PRESET_NAMES
 
+# Their reliability and durability; every use sets its own history depth (input_profile, output_depth).
 QOS_PRESETS: dict[str, QoSProfile] = dict(zip(QOS_PRESET_NAMES, (
-    qos_profile_sensor_data,  # best effort, keep last 5
-    QoSProfile(depth=10),  # reliable, keep last 10
+    qos_profile_sensor_data,  # best effort
+    QoSProfile(depth=10),  # reliable
     qos_profile_system_default,
 ), strict=True))
+
+
+def input_profile(preset: str) -> QoSProfile:
+    """A preset's reliability and durability, keeping only the newest message (see the module doc)."""
+    profile = copy.copy(QOS_PRESETS[preset])
+    profile.history, profile.depth = HistoryPolicy.KEEP_LAST, 1
+    return profile
 
 
 def auto_reliability(offered: Iterable[ReliabilityPolicy]) -> ReliabilityPolicy | None:
@@ -69,12 +83,17 @@ class InputSubscription:
         self.preset = preset
         self._on_problem = on_problem
         self._subscription = None
-        self._subscribe(auto_profile(self.INITIAL) if preset == AUTO_QOS else QOS_PRESETS[preset])
+        self._subscribe(auto_profile(self.INITIAL) if preset == AUTO_QOS else input_profile(preset))
 
     @property
     def topic(self) -> str:
         """The fully resolved topic name."""
         return self._subscription.topic_name
+
+    @property
+    def profile(self) -> QoSProfile:
+        """The QoS subscribed with now."""
+        return self._profile
 
     @property
     def reliability(self) -> ReliabilityPolicy:
