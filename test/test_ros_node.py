@@ -356,7 +356,7 @@ def test_failing_model_switch_keeps_the_running_model(node, models):
     status = node.camera_status("", lambda v: v["model_state"].startswith("failed"))
     assert "corrupt.onnx" in status["model_state"] and status["model"] == "psn"
     assert_level_agrees_with_the_age(status, WARN) and status["model_state"] in status["message"]
-    node.wait_for(lambda: node.get_parameters(["model"])["model"] == str(models["psn"]), 20,
+    node.wait_until(lambda: node.get_parameters(["model"])["model"] == str(models["psn"]), 20,
                   "model parameter set back to the running model")
     assert request(node, image_msg(70))["instances"].model_name == "psn"
 
@@ -423,7 +423,7 @@ def test_thresholds_are_the_models_unless_overridden_and_unused_ones_are_reporte
         assert client.set_parameters({"model": str(models["psn"])})[0].successful
         wait_for_log(log_path, "thresholds of psn: center_threshold 0.5 (override), min_stuff_area 64 (model "
                                "default); not used by psn: score_threshold, nms_iou, mask_sigma, overlap_threshold")
-        client.wait_for(lambda: client.get_parameters(["mask_sigma"])["mask_sigma"] == 0.5, 20, "psn's mask_sigma")
+        client.wait_until(lambda: client.get_parameters(["mask_sigma"])["mask_sigma"] == 0.5, 20, "psn's mask_sigma")
         assert client.get_parameters(["nms_iou", "score_threshold"]) == {"nms_iou": 0.6, "score_threshold": 0.3}
         assert client.describe_parameters(["center_threshold"])["center_threshold"].additional_constraints == (
             "in force for psn: 0.5 (override)")
@@ -524,7 +524,7 @@ def test_lifecycle_transitions_and_immediate_warning_of_a_failed_device_change(m
         assert result.successful
         status = client.camera_status("", lambda v: v["model_state"].startswith("failed"), timeout=60)
         assert_level_agrees_with_the_age(status, WARN) and "CUDA is not available" in status["message"]
-        client.wait_for(lambda: client.get_parameters(["device"])["device"] == "auto", 20, "device set back")
+        client.wait_until(lambda: client.get_parameters(["device"])["device"] == "auto", 20, "device set back")
 
         assert client.change_state("deactivate") and client.lifecycle_state() == "inactive"
         status = client.camera_status("", lambda v: v["message"].startswith("inactive"), timeout=60)

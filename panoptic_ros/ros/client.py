@@ -165,7 +165,9 @@ class PanopticClient:
             self._lock.notify_all()
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-        """Wait until predicate() (evaluated under the lock, re-checked on every arrival) is truthy; its value."""
+        """Wait until predicate() (evaluated under the lock, re-checked on every arrival) is truthy; its value.
+        The predicate reads what was received; one that asks the node (a service call) goes to `wait_until`:
+        under the lock its answer could not arrive (the spin thread would wait for the lock to store a message)."""
         deadline = time.monotonic() + timeout
         with self._lock:
             while not (value := predicate()):
@@ -174,6 +176,16 @@ class PanopticClient:
                     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
                 self._lock.wait(min(remaining, 0.1))
             return value
+
+    def wait_until(self, condition: Callable[[], Any], timeout: float, what: str, period: float = 0.05) -> Any:
+        """Wait until condition() is truthy, asking it again every `period` seconds; its value. Evaluated without
+        the lock, so a condition may query the node (get_parameters, lifecycle_state)."""
+        deadline = time.monotonic() + timeout
+        while not (value := condition()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+            time.sleep(period)
+        return value
 
     def outputs(self, camera: str, stamp: StampKey, topics: tuple[str, ...], timeout: float = 20.0) -> dict[str, Any]:
         """The outputs on `topics` for the frame with `stamp`, waiting until all have arrived."""
