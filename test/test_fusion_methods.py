@@ -375,6 +375,24 @@ def test_psn_crowded_cell_is_reported_as_not_converged(centres, converged):
     assert len(thing_ids(graph)) == centres
 
 
+def test_psn_pixel_equidistant_from_two_centres_joins_the_earlier_one():
+    # Centres (20, 20) and (20, 40); the 8 x 8 cell at rows 16-23, columns 32-39 sends its targets to
+    # (20, 30 + j): its box is nearer the second centre, but the column of targets at x = 30 is as far
+    # from both, and the paper's loop (first centre first, strict "closer") gives it to the first.
+    size, car = 64, 6
+    semantic = np.zeros((1, LABEL_SET.num_classes, size, size), dtype=np.float32)
+    semantic[0, car] = 10.0
+    center = np.zeros((1, 1, size, size), dtype=np.float32)
+    center[0, 0, 20, 20], center[0, 0, 20, 40] = 0.9, 0.8
+    offset = np.zeros((1, 2, size, size), dtype=np.float32)
+    a, b = np.mgrid[16:24, 32:40]
+    offset[0, 0, 16:24, 32:40] = 20 - a
+    offset[0, 1, 16:24, 32:40] = 30 + (b - 32) - b
+    graph, reference = run_method("psn", {"semantic": semantic, "center": center, "offset": offset})
+    assert reference.panoptic[16, 32] == reference.panoptic[20, 20] != reference.panoptic[16, 33]
+    assert_same_result(graph, reference)
+
+
 @pytest.mark.parametrize("height,width,frames", [(256, 512, 3), (512, 1024, 2)])
 def test_psn_graph_reproduces_ground_truth_from_ideal_heads(height, width, frames):
     pq, things = ideal_psn_pq(height, width, frames)

@@ -115,7 +115,8 @@ def _queries(boxes: list[list[float]]) -> Detections:
 def test_a_block_with_more_reaching_queries_than_candidates_is_not_exact(reaching, exact):
     # Every pixel's box is (0, 0, 16, 16); queries shifted by a pixel each all reach the blocks.
     level = torch.ones(16, 16, dtype=torch.int64)
-    boxes = rtps.PixelBoxes(level, [torch.tensor([0.0, 0.0, 16.0, 16.0])[:, None, None].expand(4, 2, 2)])
+    box = torch.tensor([0.0, 0.0, 16.0, 16.0])[:, None, None]
+    boxes = rtps.PixelBoxes(level, [box.expand(4, 2, 2)], [box])  # one level of stride 16 on 8 x 8 blocks
     queries = _queries([[float(i), 0.0, 16.0 + i, 16.0] for i in range(reaching)])
     candidates = rtps.instance_masks(queries, boxes, torch.ones(1, 16, 16), torch.tensor(0.3), 8)
     assert bool(candidates.exact) == exact

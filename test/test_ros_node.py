@@ -186,7 +186,7 @@ def test_semantic_color_and_camera_info_for_rviz(node):
     from panoptic_ros.imaging import class_colors
 
     info_publisher = node.node.create_publisher(CameraInfo, "/pn_main/camera_info", 10)
-    node.wait_for(lambda: info_publisher.get_subscription_count() > 0, 20, "the node's camera_info subscription")
+    node.wait_for(lambda: info_publisher.get_subscription_count() > 0, 60, "the node's camera_info subscription")
     info = CameraInfo(width=CAMERA_HW[1], height=CAMERA_HW[0], distortion_model="plumb_bob", k=[1.0] * 9)
     info.header.frame_id, info.header.stamp.sec = "driver_frame", 5
     msg = image_msg(4)
@@ -227,7 +227,7 @@ def test_auto_qos_subscribes_reliable_to_a_reliable_camera(node):
 
     # The node starts best effort (it matches every publisher) and re-subscribes on its refresh timer once it
     # has discovered the camera's reliable publisher: wait for that, bounded, rather than look once.
-    node.wait_for(lambda: reliabilities() == [ReliabilityPolicy.RELIABLE], 30, "a reliable input subscription")
+    node.wait_for(lambda: reliabilities() == [ReliabilityPolicy.RELIABLE], 60, "a reliable input subscription")
 
 
 def test_one_stamped_timing_message_per_frame_and_the_class_map(node):
@@ -241,7 +241,7 @@ def test_one_stamped_timing_message_per_frame_and_the_class_map(node):
     assert timing.total_ms == pytest.approx(sum(stages), abs=1e-6)  # the stages split the node's time exactly
     # Stamped before it was sent, published after the node's work: at least the node's own time.
     assert timing.end_to_end_ms >= timing.total_ms
-    class_map = node.wait_for(lambda: node.class_maps[""], 10, "class_map")[-1]
+    class_map = node.wait_for(lambda: node.class_maps[""], 60, "class_map")[-1]
     assert class_map.model_name == "psn" and class_map.label_divisor == DIVISOR
     assert [c.name for c in class_map.classes] == list(SYNTHETIC.names)
 
@@ -337,7 +337,7 @@ def test_model_switch_at_runtime_and_back(node, models):
     try:
         (result,) = node.set_parameters({"model": str(models["rtps"])})
         assert result.successful
-        node.wait_for(lambda: any(m.model_name == "rtps" for m in node.class_maps[""]), 30, "rtps class map")
+        node.wait_for(lambda: any(m.model_name == "rtps" for m in node.class_maps[""]), 60, "rtps class map")
         for index in range(30, 60):  # frames in flight during the swap may still come from psn
             if request(node, image_msg(index))["instances"].model_name == "rtps":
                 break
@@ -347,7 +347,7 @@ def test_model_switch_at_runtime_and_back(node, models):
         assert status["model_state"] == "ok"
     finally:
         node.set_parameters({"model": str(models["psn"])})
-        node.wait_for(lambda: node.class_maps[""][-1].model_name == "psn", 30, "psn class map")
+        node.wait_for(lambda: node.class_maps[""][-1].model_name == "psn", 60, "psn class map")
 
 
 def test_failing_model_switch_keeps_the_running_model(node, models):
@@ -356,7 +356,7 @@ def test_failing_model_switch_keeps_the_running_model(node, models):
     status = node.camera_status("", lambda v: v["model_state"].startswith("failed"))
     assert "corrupt.onnx" in status["model_state"] and status["model"] == "psn"
     assert_level_agrees_with_the_age(status, WARN) and status["model_state"] in status["message"]
-    node.wait_until(lambda: node.get_parameters(["model"])["model"] == str(models["psn"]), 20,
+    node.wait_until(lambda: node.get_parameters(["model"])["model"] == str(models["psn"]), 60,
                   "model parameter set back to the running model")
     assert request(node, image_msg(70))["instances"].model_name == "psn"
 
@@ -423,7 +423,7 @@ def test_thresholds_are_the_models_unless_overridden_and_unused_ones_are_reporte
         assert client.set_parameters({"model": str(models["psn"])})[0].successful
         wait_for_log(log_path, "thresholds of psn: center_threshold 0.5 (override), min_stuff_area 64 (model "
                                "default); not used by psn: score_threshold, nms_iou, mask_sigma, overlap_threshold")
-        client.wait_until(lambda: client.get_parameters(["mask_sigma"])["mask_sigma"] == 0.5, 20, "psn's mask_sigma")
+        client.wait_until(lambda: client.get_parameters(["mask_sigma"])["mask_sigma"] == 0.5, 60, "psn's mask_sigma")
         assert client.get_parameters(["nms_iou", "score_threshold"]) == {"nms_iou": 0.6, "score_threshold": 0.3}
         assert client.describe_parameters(["center_threshold"])["center_threshold"].additional_constraints == (
             "in force for psn: 0.5 (override)")
@@ -517,19 +517,19 @@ def test_lifecycle_transitions_and_immediate_warning_of_a_failed_device_change(m
         assert client.change_state("configure") and client.lifecycle_state() == "inactive"
         assert camera.get_subscription_count() == 0  # inactive: not subscribed
         assert client.change_state("activate") and client.lifecycle_state() == "active"
-        client.wait_for_node(timeout=30)
+        client.wait_for_node(timeout=60)
         assert request(client, image_msg(80), ("instances",))["instances"].model_name == "psn"
 
         (result,) = client.set_parameters({"device": "cuda:0"})  # no CUDA here: fails after the call
         assert result.successful
         status = client.camera_status("", lambda v: v["model_state"].startswith("failed"), timeout=60)
         assert_level_agrees_with_the_age(status, WARN) and "CUDA is not available" in status["message"]
-        client.wait_until(lambda: client.get_parameters(["device"])["device"] == "auto", 20, "device set back")
+        client.wait_until(lambda: client.get_parameters(["device"])["device"] == "auto", 60, "device set back")
 
         assert client.change_state("deactivate") and client.lifecycle_state() == "inactive"
         status = client.camera_status("", lambda v: v["message"].startswith("inactive"), timeout=60)
         assert (status["level"], status["model_state"], status["model"]) == (OK, "not loaded (inactive)", "")
-        client.wait_for(lambda: camera.get_subscription_count() == 0, 20, "the node to unsubscribe")
+        client.wait_for(lambda: camera.get_subscription_count() == 0, 60, "the node to unsubscribe")
 
         assert client.change_state("activate")  # loads the model again
         assert request(client, image_msg(81), ("instances",))["instances"].model_name == "psn"

@@ -14,8 +14,10 @@ Why it is cheap at input resolution: the box sides cut the image into an arrange
 (2K + 1)^2 rectangles, each inside the same boxes at every pixel. Integral images count every
 rectangle's pixels of each thing class exactly, so mask areas and the pasting's overlaps are sums
 over rectangles: only rectangles inside two or more boxes of their class can be taken twice (at most
-GROUP_CHUNKS x GROUPS of them are counted), and a pixel compares only the kept boxes that hold pixels of its
-rectangle (at most OWNER_CANDIDATES). Where more compete, `converged` is 0.
+GROUP_CHUNKS x GROUPS of them are counted, and never more than the frame's pixels), the boxes are
+pasted one at a time over those (the sequential rule itself, K steps of a few (groups,) operations),
+and a pixel compares only the kept boxes of its class that hold pixels of its rectangle (at most
+OWNER_CANDIDATES). Where more compete, `converged` is 0.
 center_threshold and mask_sigma are not used by this method.
 """
 
@@ -31,7 +33,7 @@ from panoptic_ros.classes import LabelSet
 from panoptic_ros.fusion.base import DenseBoxFusion, Heads, RuntimeThresholds
 from panoptic_ros.fusion.core import Segments
 from panoptic_ros.fusion.detections import Detections, quality_ranked_detections
-from panoptic_ros.fusion.static_ops import first_true_positions, index_op_input, paste_groups_by_confidence
+from panoptic_ros.fusion.static_ops import first_true_positions, index_op_input, paste_groups_in_order
 from panoptic_ros.pipeline_io import HEAD_BORDERNESS, HEAD_SEMANTIC
 
 SEMANTIC_STRIDE = 4  # the semantic logits' stride: upsampled by it to input pixels
@@ -124,7 +126,9 @@ def box_masks(boxes: Detections, semantic_class: Tensor, thing_ids: Tensor) -> B
     covering = torch.matmul(spans_y.to(torch.float32)[None] * of_thing.to(torch.float32)[:, None, :],
                             spans_x.to(torch.float32).T)  # (T, B, A) boxes of the class covering the rectangle
     shared = ((covering >= 2) & (pixels > 0)).reshape(-1)
-    index, picked = first_true_positions(shared, GROUPS, GROUP_CHUNKS)
+    # A group holds at least one pixel (a pixel has one class and lies in one rectangle): small frames need fewer.
+    capacity = min(GROUPS * GROUP_CHUNKS, height * width, shared.shape[0])
+    index, picked = first_true_positions(shared, min(GROUPS, capacity), -(-capacity // GROUPS))
     num_rows, num_columns = spans_y.shape[0], spans_x.shape[0]
     thing = torch.div(index, num_rows * num_columns, rounding_mode="floor")
     row = torch.div(index, num_columns, rounding_mode="floor") - thing * num_rows
@@ -170,40 +174,49 @@ def paste_with_borderness(boxes: Detections, masks: BoxMasks, semantic_class: Te
     k = boxes.valid.shape[0]
     height, width = semantic_class.shape
     device = semantic_class.device
-    keep, converged = paste_groups_by_confidence(masks.groups, masks.group_pixels, masks.area, boxes.valid,
-                                                 overlap_threshold)
+    keep = paste_groups_in_order(masks.groups, masks.group_pixels, masks.area, boxes.valid, overlap_threshold)
 
     # Each rectangle's candidates: the first OWNER_CANDIDATES kept boxes with pixels of their class in it.
-    holds = (masks.spans_y.T[:, :, None] & masks.spans_x.T[:, None, :] & (masks.pixels[masks.thing] > 0)
-             & keep[:, None, None])  # (K, B, A)
-    rank = torch.arange(k, 0, -1, dtype=torch.float32, device=device)[:, None, None]  # earlier boxes first
+    # Key (K, B, A): the box's rank (earlier boxes higher) where it holds pixels of its class, else 0.
+    rank = torch.arange(k, 0, -1, dtype=torch.float32, device=device) * keep.to(torch.float32)
+    holds = (masks.spans_y.T.to(torch.float32) * rank[:, None])[:, :, None] * masks.spans_x.T.to(torch.float32)[:, None]
+    holds = holds * (masks.pixels > 0).to(torch.float32)[masks.thing]
     count = min(OWNER_CANDIDATES, k)
-    best, slot = torch.topk(torch.where(holds, rank, torch.zeros_like(rank)), count, dim=0)
+    # One more than the candidates: where it is a holder too, some rectangle has more than `count`.
+    best, slot = torch.topk(holds, min(count + 1, k), dim=0)
+    fits = best[count:].amax() == 0 if count < k else torch.ones((), dtype=torch.bool, device=device)
+    best, slot = best[:count], slot[:count]
     candidates = torch.where(best > 0, slot, torch.full_like(slot, k)).reshape(count, -1)
-    fits = holds.to(torch.int32).sum(dim=0).amax() <= count
+    # ... split by class: row n of `table` keeps the candidates of thing n - 1 (row 0: pixels of no
+    # thing class), so that a pixel looks up only boxes of its own class.
+    thing_number = torch.cat((boxes.thing + 1, torch.zeros(1, dtype=torch.int64, device=device)))
+    numbers = torch.arange(thing_ids.shape[0] + 1, device=device)[:, None, None]
+    table = torch.where(thing_number[candidates][None] == numbers, candidates[None], torch.full_like(candidates, k))
+    table = table.permute(1, 0, 2).reshape(count, -1)  # (count, (T + 1) * rectangles)
 
-    # Per pixel: |computed - predicted| border-ness of each candidate (infinite where it holds no pixel).
-    rectangle = (masks.rows[:, None] * masks.spans_x.shape[0] + masks.columns[None, :]).reshape(-1)
-    candidate = candidates.index_select(1, rectangle).reshape(count, height, width)
+    # Per pixel: |computed - predicted| border-ness of each candidate (infinite where it is none);
+    # the closest wins, equal ones the earlier box.
+    is_thing = (semantic_class[None] == thing_ids[:, None, None]).to(torch.float32)
+    pixel_number = (is_thing * numbers[1:].to(torch.float32)).sum(dim=0).to(torch.int64)  # 0: no thing
+    rectangles = masks.spans_y.shape[0] * masks.spans_x.shape[0]
+    lookup = pixel_number * rectangles + masks.rows[:, None] * masks.spans_x.shape[0] + masks.columns[None, :]
+    candidate = table.index_select(1, lookup.reshape(-1)).reshape(count, height, width)
     x1, y1, x2, y2 = boxes.boxes.unbind(dim=1)
     xs = torch.arange(width, dtype=torch.float32, device=device)
     ys = torch.arange(height, dtype=torch.float32, device=device)
     none = torch.zeros((1, 1), device=device)
     horizontal = torch.cat((torch.sqrt(_side_ratio(xs, x1, x2)), none.expand(1, width))).reshape(-1)
     vertical = torch.cat((torch.sqrt(_side_ratio(ys, y1, y2)), none.expand(1, height))).reshape(-1)
-    box_class = torch.cat((thing_ids[boxes.thing], torch.full((1,), -1, dtype=torch.int64, device=device)))
     box_level = torch.cat((boxes.level, torch.zeros(1, dtype=torch.int64, device=device)))
     column = torch.arange(width, device=device)[None, None, :]
     row = torch.arange(height, device=device)[None, :, None]
     computed = horizontal[candidate * width + column] * vertical[candidate * height + row]
-    expected = predicted.reshape(-1)[(box_level[candidate] * height + row) * width + column]
-    holder = box_class[candidate] == semantic_class[None]
-    mismatch = torch.where(holder, (computed - expected).abs(), computed.new_tensor(float("inf")))
+    expected = torch.gather(predicted, 0, box_level[candidate])
+    mismatch = torch.where(candidate < k, (computed - expected).abs(), computed.new_tensor(float("inf")))
     choice = torch.argmin(index_op_input(mismatch), dim=0)
+    # (Where no candidate holds the pixel, every slot is K: so is the owner, whichever slot is chosen.)
     owner = torch.gather(candidate, 0, choice[None])[0]
-    claimed = holder.to(torch.int32).amax(dim=0) > 0
-    owner = torch.where(claimed, owner, torch.full_like(owner, k))
-    return Pasting(owner, keep, converged & masks.exact & fits)
+    return Pasting(owner, keep, masks.exact & fits)
 
 
 class LPSNetFusion(DenseBoxFusion):

@@ -54,10 +54,12 @@ def query_boxes(heads: Heads, strides: tuple[int, ...], image_size: tuple[int, i
 class PixelBoxes(NamedTuple):
     """B(x, y) without an (H, W, 4) map: level (H, W) the pixel's levelness arg-max (0: no box, l:
     level l - 1); boxes[l] (4, rows, cols) the box of level l on each CELL x CELL block (the box of
-    the level-l location whose stride cell holds the block)."""
+    the level-l location whose stride cell holds the block); native[l] (4, h, w) the same boxes on
+    the level's own grid (each holds (stride / CELL)^2 blocks)."""
 
     level: Tensor
     boxes: list[Tensor]
+    native: list[Tensor]
 
 
 def pixel_boxes(heads: Heads, strides: tuple[int, ...], image_size: tuple[int, int]) -> PixelBoxes:
@@ -66,13 +68,14 @@ def pixel_boxes(heads: Heads, strides: tuple[int, ...], image_size: tuple[int, i
                               align_corners=False)[0]
     level = index_op_input(levelness).argmax(dim=0)
     per_level = level_boxes(heads[HEAD_BOX_REG], strides, image_size)
-    blocks = []
+    blocks, native = [], []
     for boxes, reg, stride in zip(per_level, heads[HEAD_BOX_REG], strides, strict=True):
         h, w = reg.shape[-2:]
         if h * stride != image_size[0] or w * stride != image_size[1]:
             raise ValueError(f"RTPS needs image sides that are multiples of {stride}, got {image_size}")
-        blocks.append(block_upsample(boxes.T.reshape(4, h, w), stride // strides[0]))
-    return PixelBoxes(level, blocks)
+        native.append(boxes.T.reshape(4, h, w))
+        blocks.append(block_upsample(native[-1], stride // strides[0]))
+    return PixelBoxes(level, blocks, native)
 
 
 def plus_block(index: Tensor, cell: int) -> Tensor:
@@ -111,10 +114,13 @@ def instance_masks(queries: Detections, boxes: PixelBoxes, probability: Tensor, 
     present = F.max_pool2d((boxes.level[None] == levels).to(torch.float32)[None], cell)[0].reshape(-1, 1, cells)
     # Reach bound: a pixel's product is at most the block's largest IoU (over the levels its pixels
     # take) times the block's largest probability of the class (the same float32 values as below).
-    query_box = [c[:, None] for c in queries.boxes.unbind(dim=1)]
+    # (Each level's IoUs on its own grid, then repeated over its blocks: the same values, fewer pairs.)
+    query_box = [c[:, None, None] for c in queries.boxes.unbind(dim=1)]
     bound = None
-    for level, level_box in enumerate(boxes.boxes):
-        iou = coordinate_iou(query_box, list(level_box.reshape(4, 1, cells))) * present[level]
+    for level, level_box in enumerate(boxes.native):
+        factor = boxes.boxes[level].shape[-1] // level_box.shape[-1]
+        iou = block_upsample(coordinate_iou(query_box, list(level_box[:, None])), factor).reshape(pool, cells)
+        iou = iou * present[level]
         bound = iou if bound is None else torch.maximum(bound, iou)
     block_probability = F.max_pool2d(probability[None], cell)[0].reshape(probability.shape[0], -1)
     reach = in_mask(bound * block_probability[queries.thing], sigma) & queries.valid[:, None]  # (P, cells)
@@ -165,14 +171,14 @@ def paste(candidates: CandidateMasks, valid: Tensor, overlap_threshold: Tensor, 
     picked_blocks = F.pad(picked_blocks, (0, 0, 0, 1)).reshape(-1, cell * cell)
     # Row of each query's pixels in each picked block (the empty row C where it is no candidate).
     row = torch.arange(state_blocks, device=masks.device)[None] * (count + 1) + slot[:, picked]  # (P, B)
-    taken = None  # (B, pixels) 1 where a kept query took the pixel
+    candidate = valid & (area > 0)
+    safe_area = area.clamp(min=1.0)
+    taken = torch.zeros_like(picked_blocks[row[0]])  # (B, pixels) 1 where a kept query took the pixel
     keep = []
     for j in range(pool):
         mine = picked_blocks[row[j]]
-        overlap = 0.0 if taken is None else (taken * mine).sum() / area[j].clamp(min=1.0)
-        kept = valid[j] & (area[j] > 0) & ~(overlap > overlap_threshold)
-        claimed = mine * kept.to(torch.float32)
-        taken = claimed if taken is None else torch.maximum(taken, claimed)
+        kept = candidate[j] & ~((taken * mine).sum() / safe_area[j] > overlap_threshold)
+        taken = torch.maximum(taken, mine * kept.to(torch.float32))
         keep.append(kept)
     keep = torch.stack(keep)
 

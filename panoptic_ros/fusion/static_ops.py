@@ -83,40 +83,40 @@ def top_candidates(scores: Tensor, valid: Tensor, k: int) -> tuple[Tensor, Tenso
     """The k best of `scores` (N,) among `valid` ones, best first: (index, score, valid), each (k,).
 
     Order: descending score, equal scores by lower index, compared exactly. Runtimes' TopK differ
-    in how they order ties, so TopK only supplies the k-th best value: every entry above it is in,
-    the entries equal to it are taken lowest index first (a second TopK, on -index, which has no
-    ties), and the k picked are put in order by pairwise comparison. Scores must be >= 0 where
-    valid; invalid entries come last (valid False). N must stay below FLOAT_EXACT_INTEGERS.
+    in how they order ties, so TopK only supplies the k-th best value: the entries above it come
+    first (TopK's values are sorted), the entries equal to it follow lowest index first (a second
+    TopK, on -index, which has no ties), and the k picked are put in order by pairwise comparison.
+    Scores must be >= 0 where valid; invalid entries come last (valid False). N must stay below
+    FLOAT_EXACT_INTEGERS.
     """
     n = scores.shape[0]
     position = torch.arange(n, device=scores.device)
     masked = torch.where(valid, scores, scores.new_tensor(-1.0))
     top_value, top_index = torch.topk(index_op_input(masked), k)
     kth = top_value[k - 1]
-    above = top_value > kth
+    above = (top_value > kth).to(torch.int64).sum()
     tied = masked == kth
     tie_key = torch.where(tied, -position.to(torch.float32), torch.full((), -float(n), device=scores.device))
     _, tie_index = torch.topk(index_op_input(tie_key), k)
-    needed = k - above.to(torch.int64).sum()
-    tie_taken = (position[:k] < needed) & tied[tie_index]
-    picked = torch.cat((top_index, tie_index))
-    taken = torch.cat((above, tie_taken))
-    order = rank_order(masked[picked], picked, taken, k)
-    index = picked[order]
+    slot = position[:k]
+    from_ties = torch.where(slot < above, torch.zeros_like(slot), slot - above)  # (no integer Clip: TensorRT has none)
+    picked = torch.where(slot < above, top_index, tie_index[from_ties])
+    index = picked[rank_order(masked[picked], picked)]
     return index, scores[index], valid[index]
 
 
-def rank_order(score: Tensor, index: Tensor, taken: Tensor, k: int) -> Tensor:
-    """Positions (k,) into `score` (M,) of the k `taken` entries (exactly k are), by descending
-    score, equal scores by lower `index`: a pairwise rank, then a one-hot pick of rank r."""
+def rank_order(score: Tensor, index: Tensor) -> Tensor:
+    """Positions (k,) into `score` (k,) by descending score, equal scores by lower `index`: a
+    pairwise rank, then a one-hot pick of rank r."""
+    k = score.shape[0]
     tie = (score[:, None] == score[None, :]) & (index[:, None] < index[None, :])
     before = (score[:, None] > score[None, :]) | tie
-    rank = (before & taken[:, None]).to(torch.int32).sum(dim=0, dtype=torch.int32)
-    wanted = torch.arange(k, device=score.device, dtype=torch.int32)
-    pick = (rank[None, :] == wanted[:, None]) & taken[None, :]
-    # Positions < 2^24 are exact as a float sum with one non-zero term (no integer ReduceSum needed;
-    # and no MatMul with a constant, which engine building would take for a learned layer).
-    position = torch.arange(score.shape[0], device=score.device, dtype=torch.float32)
+    # Ranks and positions < 2^24 are exact as float sums (no integer ReduceSum, which ONNX Runtime
+    # runs in int64; and no MatMul with a constant, which engine building would take for a learned layer).
+    rank = before.to(torch.float32).sum(dim=0)
+    wanted = torch.arange(k, device=score.device, dtype=torch.float32)
+    pick = rank[None, :] == wanted[:, None]
+    position = torch.arange(k, device=score.device, dtype=torch.float32)
     return (pick.to(torch.float32) * position[None, :]).sum(dim=1).to(torch.int64)
 
 
@@ -197,24 +197,25 @@ def paste_by_confidence(masks: Tensor, valid: Tensor, overlap_threshold: Tensor,
     return keep, first_true(masks & keep[:, None]), unchanged(keep, previous)
 
 
-def paste_groups_by_confidence(member: Tensor, count: Tensor, area: Tensor, valid: Tensor, overlap_threshold: Tensor,
-                               sweeps: int = PASTE_SWEEPS) -> tuple[Tensor, Tensor]:
-    """paste_by_confidence's keep decisions when pixels come in groups covered by the same masks:
-    (keep (K,), converged 0-d bool).
+def paste_groups_in_order(member: Tensor, count: Tensor, area: Tensor, valid: Tensor,
+                          overlap_threshold: Tensor) -> Tensor:
+    """paste_by_confidence's keep decisions (K,) when pixels come in groups covered by the same masks,
+    one mask at a time (the sequential rule itself: always exact).
 
     member (R, K) bool: the masks (sorted best first) that hold group r's `count` (R,) pixels;
     area (K,) each mask's pixels in all. A pixel of one mask only is never taken before it, so only
     groups of two or more masks are needed. A mask is dropped when the fraction of its pixels taken
-    by kept masks before it, as float32, is > overlap_threshold (the references' test). A sweep
-    costs a few (R, K) operations instead of (K, pixels).
+    by kept masks before it, as float32, is > overlap_threshold (the references' test). A step costs
+    a few (R,) operations: K steps are cheaper than Jacobi sweeps over (R, K).
     """
-    as_float = member.to(torch.float32)
+    held = member.T.to(torch.float32)  # (K, R): rows are contiguous slices
+    weighted = held * count[None, :]
     candidate = valid & (area > 0)
-    keep = previous = candidate
-    for _ in range(sweeps):
-        previous = keep
-        kept = as_float * keep.to(torch.float32)[None, :]
-        held_before = (torch.cumsum(kept, dim=1) - kept) > 0  # [r, k]: a kept mask before k holds group r
-        taken_before = (count[:, None] * as_float * held_before.to(torch.float32)).sum(dim=0)
-        keep = candidate & ~(taken_before / area.clamp(min=1.0) > overlap_threshold)
-    return keep, unchanged(keep, previous)
+    safe_area = area.clamp(min=1.0)
+    covered = torch.zeros_like(count)  # 1 on the groups a kept mask holds
+    keep = []
+    for k in range(held.shape[0]):
+        ratio = (weighted[k] * covered).sum() / safe_area[k]
+        keep.append(candidate[k] & ~(ratio > overlap_threshold))
+        covered = torch.maximum(covered, held[k] * keep[-1].to(torch.float32))
+    return torch.stack(keep)

@@ -36,6 +36,9 @@ NODE_NAME = "panoptic_node"
 OUTPUT_TYPES = {"id_image": Image, "semantic": Image, "semantic_color": Image, "overlay": Image, "track_image": Image,
                 "instances": PanopticInstanceArray, "camera_info": CameraInfo, "timing": PanopticTiming}
 KEEP_PER_TOPIC = 64  # outputs kept per topic for lookup by stamp (bounded: long runs keep no history)
+# Bounds, not expectations: an answer takes milliseconds, but the node's executor shares the GIL with its worker
+# and the machine may be loaded; a generous bound costs nothing when the answer comes.
+QUERY_TIMEOUT = 30.0  # s: parameter and lifecycle-state services
 RESEND_PERIOD = 2.0  # s between repeats of a query whose request may have been lost (PanopticClient._call)
 
 StampKey = tuple[int, int]
@@ -51,7 +54,7 @@ def start_node(ros_args: list[str], env: dict[str, str] | None = None, **popen: 
     return subprocess.Popen(command, env={**os.environ, **(env or {})}, **popen)
 
 
-def stop_node(process: subprocess.Popen, timeout: float = 10.0) -> int:
+def stop_node(process: subprocess.Popen, timeout: float = 30.0) -> int:
     """Ask the node to stop (SIGINT, as Ctrl-C would), kill it if it does not; its exit code."""
     if process.poll() is None:
         process.send_signal(2)
@@ -231,24 +234,24 @@ class PanopticClient:
 
     # ---- parameters -------------------------------------------------------------------------
 
-    def set_parameters(self, values: dict[str, Any], timeout: float = 10.0) -> list[SetParametersResult]:
+    def set_parameters(self, values: dict[str, Any], timeout: float = QUERY_TIMEOUT) -> list[SetParametersResult]:
         """Set parameters of the node (one result per parameter, in order)."""
         request = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()
                                                     for name, value in values.items()])
         return self._call(self._set_client, request, timeout).results
 
-    def get_parameters(self, names: list[str], timeout: float = 10.0) -> dict[str, Any]:
+    def get_parameters(self, names: list[str], timeout: float = QUERY_TIMEOUT) -> dict[str, Any]:
         response = self._call(self._get_client, GetParameters.Request(names=names), timeout, resend=True)
         return {name: parameter_value_to_python(value) for name, value in zip(names, response.values, strict=True)}
 
-    def describe_parameters(self, names: list[str], timeout: float = 10.0) -> dict[str, ParameterDescriptor]:
+    def describe_parameters(self, names: list[str], timeout: float = QUERY_TIMEOUT) -> dict[str, ParameterDescriptor]:
         """What `ros2 param describe` shows for each of `names`."""
         response = self._call(self._describe_client, DescribeParameters.Request(names=names), timeout, resend=True)
         return dict(zip(names, response.descriptors, strict=True))
 
     # ---- lifecycle --------------------------------------------------------------------------
 
-    def lifecycle_state(self, timeout: float = 10.0) -> str:
+    def lifecycle_state(self, timeout: float = QUERY_TIMEOUT) -> str:
         """The node's lifecycle state label: unconfigured, inactive, active or finalized."""
         self._wait_for_service(self._get_state_client, timeout)
         return self._call(self._get_state_client, GetState.Request(), timeout, resend=True).current_state.label
