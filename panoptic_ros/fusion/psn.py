@@ -250,13 +250,16 @@ def cell_pair_counts(code: Tensor, codes: int, s: int) -> Tensor:
     channels = -(-codes // per_channel)
     radix = 2**bits
     table = torch.tensor([[float(radix ** (c % per_channel)) if c < codes and c // per_channel == channel else 0.0
-                           for c in range(codes + 1)] for channel in range(channels)], device=code.device)
-    packed = torch.index_select(table, 1, code.reshape(-1)).reshape(1, channels, *code.shape)
-    sums = F.avg_pool2d(packed, s)[0].reshape(channels, 1, -1) * float(s * s)  # (channels, 1, cells)
-    scale = torch.tensor([float(radix**n) for n in range(per_channel + 1)], device=code.device)[None, :, None]
-    shifted = torch.floor(sums / scale)  # (channels, per_channel + 1, cells): the digits from each place up
-    digits = shifted[:, :-1] - shifted[:, 1:] * float(radix)
-    return digits.reshape(channels * per_channel, -1)[:codes]
+                           for channel in range(channels)] for c in range(codes + 1)], device=code.device)
+    # Gathered along the table's first axis (rows of `channels` values: ONNX Runtime's fast Gather), the block
+    # sums taken in that pixel-major layout, so only the per-cell sums are transposed.
+    height, width = code.shape
+    packed = torch.index_select(table, 0, code.reshape(-1)).reshape(height // s, s, width // s, s, channels)
+    sums = packed.sum(dim=3).sum(dim=1).reshape(-1, channels, 1)  # (cells, channels, 1)
+    scale = torch.tensor([float(radix**n) for n in range(per_channel + 1)], device=code.device)[None, None, :]
+    shifted = torch.floor(sums / scale)  # (cells, channels, per_channel + 1): the digits from each place up
+    digits = shifted[:, :, :-1] - shifted[:, :, 1:] * float(radix)
+    return digits.reshape(-1, channels * per_channel)[:, :codes].T
 
 
 def instance_votes(instance: Tensor, counts: Tensor, count: int) -> Tensor:
