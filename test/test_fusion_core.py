@@ -13,11 +13,11 @@ from panoptic_ros.fusion.reference.common import paste_by_confidence as paste_re
 from panoptic_ros.fusion.static_ops import (
     FLOAT_EXACT_INTEGERS,
     NMS_SWEEPS,
-    PASTE_SWEEPS,
     block_upsample,
+    first_true,
     first_true_positions,
     greedy_nms,
-    paste_by_confidence,
+    paste_groups_in_order,
     top_candidates,
 )
 from panoptic_ros.pipeline_io import COL, PanopticResult
@@ -200,26 +200,23 @@ def test_greedy_nms_equals_sequential_greedy(seed):
     assert kept == sorted(nms_reference(boxes, scores, classes, 0.4)) and converged
 
 
-def paste_graph(masks: list[np.ndarray], valid: np.ndarray, threshold: float, sweeps: int = PASTE_SWEEPS):
+def paste_graph(masks: list[np.ndarray], valid: np.ndarray, threshold: float):
+    """The graph's paste with every pixel its own group: (kept indices, owner map with -1 for none)."""
     k = len(masks)
-    keep, owner, converged = paste_by_confidence(torch.tensor(np.stack(masks).reshape(k, -1)), torch.tensor(valid),
-                                                 torch.tensor(threshold), sweeps)
-    owner = np.where(owner.numpy() < k, owner.numpy(), -1).reshape(masks[0].shape)
-    return np.flatnonzero(keep.numpy()).tolist(), owner, bool(converged)
+    flat = torch.tensor(np.stack(masks).reshape(k, -1))
+    keep = paste_groups_in_order(flat.T, torch.ones(flat.shape[1]), flat.sum(dim=1).float(), torch.tensor(valid),
+                                 torch.tensor(threshold))
+    owner = first_true(flat & keep[:, None]).numpy()
+    return np.flatnonzero(keep.numpy()).tolist(), np.where(owner < k, owner, -1).reshape(masks[0].shape)
 
 
 @pytest.mark.parametrize("length", [8, 16, 32])
 def test_pasting_is_exact_on_adversarial_chains(length):
     masks = paste_chain(length)
-    kept, owner, converged = paste_graph(masks, np.ones(length, bool), 0.3)
+    kept, owner = paste_graph(masks, np.ones(length, bool), 0.3)
     expected_owner, pasted = paste_reference(masks, 0.3)
-    assert kept == pasted == chain_keep(length) and converged
+    assert kept == pasted == chain_keep(length)
     np.testing.assert_array_equal(owner, expected_owner)
-
-
-def test_pasting_says_when_its_sweeps_do_not_reach_the_fixed_point():
-    kept, _, converged = paste_graph(paste_chain(10), np.ones(10, bool), 0.3, sweeps=5)
-    assert kept != chain_keep(10) and not converged
 
 
 def test_a_mask_taken_exactly_at_the_overlap_threshold_is_kept():
@@ -241,11 +238,11 @@ def overlapping_masks(seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("seed", range(10))
-def test_paste_by_confidence_equals_sequential_pasting(seed):
+def test_paste_groups_in_order_equals_sequential_pasting(seed):
     masks, valid = overlapping_masks(seed)
-    kept, owner, converged = paste_graph(list(masks), valid, 0.3)
+    kept, owner = paste_graph(list(masks), valid, 0.3)
     expected_owner, pasted = paste_reference([m & v for m, v in zip(masks, valid, strict=True)], 0.3)
-    assert kept == pasted and converged
+    assert kept == pasted
     np.testing.assert_array_equal(owner, expected_owner)
 
 

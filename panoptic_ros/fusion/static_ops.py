@@ -8,12 +8,13 @@ FP16 (which overflows at 65504: engines keep the fusion FP32); TopK, ArgMax and 
 float32 inputs (`index_op_input`: TensorRT 8.5's parser rejects INT32 inputs to them, TensorRT has
 no bool ArgMax, and float32 is exact for integers below 2^24).
 
-Inherently sequential rules (greedy NMS, pasting masks by confidence) are computed as unrolled
-Jacobi sweeps of the sequential recurrence. Sweep t makes the decisions of the first t candidates
+Greedy NMS, an inherently sequential rule, is computed as unrolled Jacobi sweeps of the sequential
+recurrence. Sweep t makes the decisions of the first t candidates
 exact, and a fixed point is the sequential result (decision j depends only on decisions before j),
 so the sweeps needed are the longest chain of flipping decisions, not the number of candidates.
-NMS_SWEEPS and PASTE_SWEEPS cover adversarial chains of 32; each function also says whether its
-last sweep changed nothing (`converged`), which the graph outputs. The references in
+NMS_SWEEPS covers adversarial chains of 32; greedy_nms also says whether its last sweep changed
+nothing (`converged`), which the graph outputs. Pasting masks by confidence is unrolled one mask at
+a time (`paste_groups_in_order`), the sequential rule itself. The references in
 panoptic_ros/fusion/reference are the literal sequential versions the tests compare with.
 """
 
@@ -22,11 +23,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-# Unrolled sweeps of the sequential rules (see above): a chain of n decisions, each flipping the
-# next, needs n - 1 sweeps; one more shows the fixed point. NMS costs one (M, M) mat-vec a sweep,
-# pasting a few (K, cells) compares and sums.
+# Unrolled sweeps of greedy NMS (see above): a chain of n decisions, each flipping the next, needs
+# n - 1 sweeps; one more shows the fixed point. A sweep costs one (M, M) mat-vec.
 NMS_SWEEPS = 34
-PASTE_SWEEPS = 34
 # Float32 represents every integer below 2^24 exactly: the largest index TopK/ArgMax may rank by.
 FLOAT_EXACT_INTEGERS = 2**24
 
@@ -47,13 +46,6 @@ def block_upsample(x: Tensor, stride: int) -> Tensor:
     *lead, h, w = (int(n) for n in x.shape)
     blocks = x[..., :, None, :, None] + torch.zeros((stride, 1, stride), dtype=x.dtype, device=x.device)
     return blocks.reshape(*lead, h * stride, w * stride)
-
-
-def cell_centres(height: int, width: int, stride: int, offset: float, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Pixel coordinates (y (h, 1), x (1, w)) of the cells of a stride-`stride` grid: i * stride + offset."""
-    ys = torch.arange(height, dtype=torch.float32, device=device) * stride + offset
-    xs = torch.arange(width, dtype=torch.float32, device=device) * stride + offset
-    return ys[:, None], xs[None, :]
 
 
 def pairwise_box_iou(a: Tensor, b: Tensor) -> Tensor:
@@ -173,34 +165,10 @@ def first_true_positions(flags: Tensor, chunk: int, chunks: int) -> tuple[Tensor
     return torch.cat(indices), torch.cat(found)
 
 
-def paste_by_confidence(masks: Tensor, valid: Tensor, overlap_threshold: Tensor,
-                        sweeps: int = PASTE_SWEEPS) -> tuple[Tensor, Tensor, Tensor]:
-    """Paste masks (K, N) bool, sorted best first, as Panoptic FPN / LPSNet do:
-    (keep (K,), owner (N,), converged 0-d bool).
-
-    A mask is dropped when more than `overlap_threshold` of its pixels are already taken by kept
-    masks before it; otherwise it takes its pixels not yet taken. owner[n] is the first kept mask
-    covering pixel n, or K when none does. Pixel counts are float32 sums (exact below 2^24): a
-    running CumSum over the masks says which pixels earlier kept masks cover, several times cheaper
-    than an arg-max per sweep.
-    """
-    as_float = masks.to(torch.float32)
-    area = as_float.sum(dim=1)
-    candidate = valid & (area > 0)
-    keep = previous = candidate
-    for _ in range(sweeps):
-        previous = keep
-        kept = as_float * keep.to(torch.float32)[:, None]
-        covered_before = (torch.cumsum(kept, dim=0) - kept) > 0  # [k, n]: a kept mask before k covers n
-        taken_before = (covered_before.to(torch.float32) * as_float).sum(dim=1)
-        keep = candidate & (taken_before <= overlap_threshold * area)
-    return keep, first_true(masks & keep[:, None]), unchanged(keep, previous)
-
-
 def paste_groups_in_order(member: Tensor, count: Tensor, area: Tensor, valid: Tensor,
                           overlap_threshold: Tensor) -> Tensor:
-    """paste_by_confidence's keep decisions (K,) when pixels come in groups covered by the same masks,
-    one mask at a time (the sequential rule itself: always exact).
+    """Panoptic FPN's paste by confidence: keep decisions (K,) when pixels come in groups covered by the
+    same masks, one mask at a time (the sequential rule itself: always exact).
 
     member (R, K) bool: the masks (sorted best first) that hold group r's `count` (R,) pixels;
     area (K,) each mask's pixels in all. A pixel of one mask only is never taken before it, so only
