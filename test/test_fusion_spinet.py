@@ -100,7 +100,9 @@ def test_each_pixel_of_an_instance_mask_is_the_references_upsampled_mask():
     logits = head.dynamic_mask_logits(feature, filters[None])[0]
     for n in range(6):
         expected = instance_mask(head, feature, filters[n].numpy(), 0.5)
-        owner = pixel_owner(logits[n:n + 1], fraction_of(logits[n:n + 1]), torch.tensor([True]), SIGMA).numpy()
+        owner, exact = pixel_owner(logits[n:n + 1], fraction_of(logits[n:n + 1]), torch.tensor([True]), SIGMA)
+        owner = owner.numpy()
+        assert bool(exact)
         assert 0.2 < expected.mean() < 0.8
         np.testing.assert_array_equal(owner == 0, expected)
 
@@ -122,8 +124,22 @@ def test_pixels_go_to_the_first_kept_mask_covering_them(kept):
     owner, pasted = reference_paste(masks, 1.0)  # overlap 1.0: every mask is pasted
     expected = np.where(owner >= 0, positions[owner], len(kept))
     assert len(pasted) == len(masks) and len(np.unique(expected)) == len(masks) + 1
-    np.testing.assert_array_equal(pixel_owner(logits, fraction_of(logits), torch.tensor(kept), SIGMA).numpy(),
-                                  expected)
+    owner, exact = pixel_owner(logits, fraction_of(logits), torch.tensor(kept), SIGMA)
+    np.testing.assert_array_equal(owner.numpy(), expected)
+    assert bool(exact)
+
+
+@pytest.mark.parametrize("masks", [OWNER_CANDIDATES, OWNER_CANDIDATES + 1])
+def test_pixel_owner_says_when_a_block_has_more_masks_than_it_compares(masks):
+    # The first OWNER_CANDIDATES masks hold only cell (0, 0); the last one holds every cell, so past the budget
+    # it reaches the blocks around (0, 0) where the others leave pixels uncovered.
+    logits = torch.full((masks, 4, 4), -5.0)
+    logits[:, 0, 0] = 5.0
+    logits[OWNER_CANDIDATES:] = 5.0
+    owner, exact = pixel_owner(logits, fraction_of(logits), torch.ones(masks, dtype=torch.bool), SIGMA)
+    assert bool(exact) == (masks == OWNER_CANDIDATES)
+    # In both cases pixels near (0, 0) are left without an owner: past the budget the last mask would cover them.
+    assert (owner == 0).any() and (owner == masks).any()
 
 
 @pytest.mark.parametrize("length", [16, 32])

@@ -16,7 +16,8 @@
 4. `pixel_owner`: every input pixel takes the first kept mask (by confidence) whose bilinearly
    upsampled logit there has sigmoid > mask_sigma, and the arg-max of the bilinearly upsampled
    stuff logits where none does. Only the OWNER_CANDIDATES first kept masks that can reach a pixel's
-   4 x 4 block are compared (exact while no more reach it: kept masks overlap little).
+   4 x 4 block are compared; where more reach a block and a pixel of it is left uncovered,
+   `converged` is 0.
 Kept masks ranked beyond K are dropped: their pixels become void and they are counted in
 candidates_dropped (samples beyond the sampling budget are not counted).
 center_threshold and nms_iou are not used by this method.
@@ -226,20 +227,23 @@ def upsample_blocks(corners: Tensor, stride: int) -> Tensor:
     return values.reshape(c, a * stride, b * stride)
 
 
-def pixel_owner(logits: Tensor, fraction: Tensor, kept: Tensor, mask_sigma: Tensor) -> Tensor:
-    """(H, W) index of the first kept mask whose bilinearly upsampled logit has sigmoid > mask_sigma at
-    the pixel, M where none has; logits (M, h, w) at stride FEATURE_STRIDE, their corner_fraction,
-    kept (M,) in paste order.
+def pixel_owner(logits: Tensor, fraction: Tensor, kept: Tensor, mask_sigma: Tensor) -> tuple[Tensor, Tensor]:
+    """(owner, exact): owner (H, W) index of the first kept mask whose bilinearly upsampled logit has
+    sigmoid > mask_sigma at the pixel, M where none has; logits (M, h, w) at stride FEATURE_STRIDE, their
+    corner_fraction, kept (M,) in paste order.
 
     A mask reaches a block's pixels (corner_fraction) only if one of its 4 corner logits passes. Each
-    block compares the OWNER_CANDIDATES first kept masks that reach it.
+    block compares the OWNER_CANDIDATES first kept masks that reach it; exact (0-d bool) is False when
+    a pixel none of them covers lies in a block that more masks reach (a later one might cover it).
     """
     m, h, w = logits.shape
     s = FEATURE_STRIDE
     # The first candidates by paste order: a key falling with the index, 0 where the mask does not reach.
     order = (kept.to(torch.float32) * (m - torch.arange(m, device=logits.device, dtype=torch.float32)))[:, None, None]
     count = min(OWNER_CANDIDATES, m)
-    key, candidate = torch.topk(torch.ceil(fraction) * order, count, dim=0)  # (C, h + 1, w + 1)
+    key, candidate = torch.topk(torch.ceil(fraction) * order, min(count + 1, m), dim=0)  # (C [+ 1], h + 1, w + 1)
+    more = key[count] > 0 if m > count else torch.zeros_like(key[0], dtype=torch.bool)
+    key, candidate = key[:count], candidate[:count]
     flat = logits.reshape(-1)
     corners = torch.stack([flat[candidate * (h * w) + offset] for offset in _corner_offsets(h, w, logits.device)])
     values = _crop(upsample_blocks(corners, s), s)  # (C, H, W)
@@ -249,7 +253,9 @@ def pixel_owner(logits: Tensor, fraction: Tensor, kept: Tensor, mask_sigma: Tens
     as_float = index_op_input(covers)
     choice = torch.argmax(as_float, dim=0)
     owner = torch.gather(_pixels_of_blocks(candidate, s), 0, choice[None]).squeeze(0)
-    return torch.where(as_float.amax(dim=0) > 0, owner, owner.new_tensor(m))
+    covered = as_float.amax(dim=0) > 0
+    unproven = (~covered & (_pixels_of_blocks(more.to(torch.float32), s) > 0)).to(torch.int32).amax() > 0
+    return torch.where(covered, owner, owner.new_tensor(m)), ~unproven
 
 
 def _crop(x: Tensor, stride: int) -> Tensor:
@@ -301,14 +307,14 @@ class SPINetFusion(NetworkFusion):
         slot_of = first_true((slot[:, None] == torch.arange(m, device=keep.device)[None, :]) & in_slot[:, None])
         void = torch.full((1,), k + len(self.label_set.stuff_ids), dtype=torch.int64, device=keep.device)
         label_of = torch.cat((torch.where(slot_of < min(k, m), slot_of, void), void))  # index m: no mask
-        owner = pixel_owner(logits, fraction, keep, thresholds.mask_sigma)
+        owner, owners_exact = pixel_owner(logits, fraction, keep, thresholds.mask_sigma)
         stuff_logits = F.interpolate(self.network.stuff_mask_logits(feature), scale_factor=FEATURE_STRIDE,
                                      mode="bilinear", align_corners=False).squeeze(0)
         stuff = index_op_input(stuff_logits).argmax(dim=0) + k
         labels = torch.where(owner < m, label_of[owner], stuff)
         dropped = torch.maximum(keep.to(torch.int64).sum() - k, torch.zeros((), dtype=torch.int64))
-        return _pad_segments(Segments(labels, self.thing_ids[samples.thing[slot]], score, in_slot, converged,
-                                      dropped), k)
+        return _pad_segments(Segments(labels, self.thing_ids[samples.thing[slot]], score, in_slot,
+                                      converged & owners_exact, dropped), k)
 
 
 def _pad_segments(segments: Segments, k: int) -> Segments:
