@@ -6,10 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from fusion_cases import chain_keep, seeded_scenes, spinet_chain_heads
-from test_fusion_methods import run_method
+from test_fusion_methods import run_fusion, run_method
 from test_fusion_scenes import LABEL_SET, AnalyticSPINetHead, spinet_heads
 
 from panoptic_ros.classes import VOID_ID
+from panoptic_ros.fusion import spinet
 from panoptic_ros.fusion.reference.common import paste_by_confidence as reference_paste
 from panoptic_ros.fusion.reference.spinet import instance_mask, sampling_locations
 from panoptic_ros.fusion.spinet import (
@@ -17,6 +18,7 @@ from panoptic_ros.fusion.spinet import (
     OWNER_CANDIDATES,
     PEAK_WINDOW,
     Samples,
+    SPINetFusion,
     block_pixels,
     cell_masks,
     corner_fraction,
@@ -140,6 +142,15 @@ def test_pixel_owner_says_when_a_block_has_more_masks_than_it_compares(masks):
     assert bool(exact) == (masks == OWNER_CANDIDATES)
     # In both cases pixels near (0, 0) are left without an owner: past the budget the last mask would cover them.
     assert (owner == 0).any() and (owner == masks).any()
+
+
+def test_a_frame_whose_blocks_hold_more_masks_than_compared_is_not_converged(monkeypatch):
+    scene = seeded_scenes(1, seed=0, objects=8)[0]  # neighbouring objects: blocks that two masks reach
+    heads = spinet_heads(scene, np.random.default_rng(0), noise=0.0)
+    run_method("spinet", heads, Thresholds(min_stuff_area=64), k=20)  # converged with OWNER_CANDIDATES
+    monkeypatch.setattr(spinet, "OWNER_CANDIDATES", 1)
+    fusion = SPINetFusion(AnalyticSPINetHead(), LABEL_SET, 20)
+    assert not run_fusion(fusion, heads, Thresholds(min_stuff_area=64)).converged
 
 
 @pytest.mark.parametrize("length", [16, 32])
