@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from panoptic_ros.classes import VOID_CLASS, VOID_ID, LabelSet
-from panoptic_ros.fusion.static_ops import block_upsample
+from panoptic_ros.fusion.static_ops import block_upsample, place_table, read_places
 from panoptic_ros.pipeline_io import INSTANCE_COLUMNS
 
 FUSION_STRIDE = 4  # every fusion works on the stride-4 grid of the input
@@ -188,26 +188,18 @@ def label_counts_per_row(labels: Tensor, num_labels: int) -> Tensor:
     A histogram without scatter-add (TensorRT has none without a plugin) and without a
     (num_labels, h, w) one-hot: each label is written as two digits, hi * base + lo, and one batched
     mat-mul of the hi digit's one-hot (h, base, w) with the lo digit's (h, w, base) counts every
-    (hi, lo) pair per row. The lo one-hot is packed: `packed` lo digits share one float32 channel as
-    places of radix 2^bits > w (a Gather from a small table, a fraction of the one-hot's writes), and
-    the counts are read back from the places. Exact in float32: every sum is an integer below 2^24.
+    (hi, lo) pair per row. The lo one-hot is packed: several lo digits share one float32 channel as
+    places of radix 2^bits > w (static_ops.place_table: a Gather from a small table, a fraction of the
+    one-hot's writes), read back with read_places. Exact in float32: every sum is an integer below 2^24.
     """
     height, width = (int(n) for n in labels.shape)
     base = math.isqrt(num_labels - 1) + 1
     bits = width.bit_length()  # a row count is at most width < 2^bits
-    packed = 24 // bits
-    channels = -(-base // packed)
-    radix = 2**bits
-    device = labels.device
     hi = torch.div(labels, base, rounding_mode="floor")
     lo = labels - hi * base
-    digits = torch.arange(base, device=device, dtype=labels.dtype)[None, :, None]
+    digits = torch.arange(base, device=labels.device, dtype=labels.dtype)[None, :, None]
     hi_one_hot = (hi[:, None, :] == digits).to(torch.float32)  # (h, base, w): the layout whose compare is fast
-    table = torch.tensor([[float(radix ** (d % packed)) if d // packed == c else 0.0 for c in range(channels)]
-                          for d in range(base)], device=device)  # (base, channels)
-    lo_packed = torch.index_select(table, 0, lo.reshape(-1)).reshape(height, width, channels)  # (faster than table[lo])
-    sums = torch.matmul(hi_one_hot, lo_packed)  # (h, base, channels)
-    scale = torch.tensor([float(radix**n) for n in range(packed + 1)], device=device)
-    shifted = torch.floor(sums[..., None] / scale)  # the places from each one up
-    counts = (shifted[..., :-1] - shifted[..., 1:] * float(radix)).reshape(height, base, channels * packed)
+    table = place_table(base, bits, base, labels.device)  # (base, channels)
+    lo_packed = torch.index_select(table, 0, lo.reshape(-1)).reshape(height, width, -1)  # (faster than table[lo])
+    counts = read_places(torch.matmul(hi_one_hot, lo_packed), bits)  # (h, base, channels * places)
     return counts[:, :, :base].reshape(height, base * base)[:, :num_labels].T

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from panoptic_ros.classes import LabelSet
 from panoptic_ros.fusion.base import Fusion, Heads, RuntimeThresholds
 from panoptic_ros.fusion.core import Segments
-from panoptic_ros.fusion.static_ops import first_true, index_op_input, top_candidates
+from panoptic_ros.fusion.static_ops import first_true, index_op_input, place_table, read_places, top_candidates
 from panoptic_ros.pipeline_io import HEAD_CENTER, HEAD_OFFSET, HEAD_SEMANTIC
 
 CENTRE_POOL = 2  # centres grouped per K slot: pixels of centres beyond K become void, not another instance
@@ -246,20 +246,13 @@ def cell_pair_counts(code: Tensor, codes: int, s: int) -> Tensor:
     and the digits are read back per cell.
     """
     bits = (s * s).bit_length()
-    per_channel = 24 // bits
-    channels = -(-codes // per_channel)
-    radix = 2**bits
-    table = torch.tensor([[float(radix ** (c % per_channel)) if c < codes and c // per_channel == channel else 0.0
-                           for channel in range(channels)] for c in range(codes + 1)], device=code.device)
+    table = place_table(codes, bits, codes + 1, code.device)  # (codes + 1, channels)
     # Gathered along the table's first axis (rows of `channels` values: ONNX Runtime's fast Gather), the block
     # sums taken in that pixel-major layout, so only the per-cell sums are transposed.
     height, width = code.shape
-    packed = torch.index_select(table, 0, code.reshape(-1)).reshape(height // s, s, width // s, s, channels)
-    sums = packed.sum(dim=3).sum(dim=1).reshape(-1, channels, 1)  # (cells, channels, 1)
-    scale = torch.tensor([float(radix**n) for n in range(per_channel + 1)], device=code.device)[None, None, :]
-    shifted = torch.floor(sums / scale)  # (cells, channels, per_channel + 1): the digits from each place up
-    digits = shifted[:, :, :-1] - shifted[:, :, 1:] * float(radix)
-    return digits.reshape(-1, channels * per_channel)[:, :codes].T
+    packed = torch.index_select(table, 0, code.reshape(-1)).reshape(height // s, s, width // s, s, -1)
+    sums = packed.sum(dim=3).sum(dim=1).reshape(-1, table.shape[1])  # (cells, channels)
+    return read_places(sums, bits)[:, :codes].T
 
 
 def instance_votes(instance: Tensor, counts: Tensor, count: int) -> Tensor:

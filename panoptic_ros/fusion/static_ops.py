@@ -48,6 +48,26 @@ def block_upsample(x: Tensor, stride: int) -> Tensor:
     return blocks.reshape(*lead, h * stride, w * stride)
 
 
+def place_table(codes: int, bits: int, rows: int, device: torch.device) -> Tensor:
+    """(rows, channels) float32: row d < codes is code d's one-hot packed into places of radix 2^bits,
+    24 // bits codes per float32 channel (code d writes 2^(bits * (d % per)) in channel d // per); rows
+    past `codes` are zero (codes that count nowhere). Sums of gathered rows add counts below 2^bits per
+    place without carries, exact in float32; `read_places` reads them back."""
+    per = 24 // bits
+    channels = -(-codes // per)
+    return torch.tensor([[float(2 ** (bits * (d % per))) if d < codes and d // per == c else 0.0
+                          for c in range(channels)] for d in range(rows)], device=device)
+
+
+def read_places(sums: Tensor, bits: int) -> Tensor:
+    """Sums (..., channels) of place_table rows -> the counts (..., channels * (24 // bits)), code order."""
+    per = 24 // bits
+    scale = torch.tensor([float(2 ** (bits * n)) for n in range(per + 1)], device=sums.device)
+    shifted = torch.floor(sums[..., None] / scale)  # the places from each one up
+    counts = shifted[..., :-1] - shifted[..., 1:] * float(2**bits)
+    return counts.reshape(*sums.shape[:-1], sums.shape[-1] * per)
+
+
 def pairwise_box_iou(a: Tensor, b: Tensor) -> Tensor:
     """IoU of boxes a (M, 4) and b (N, 4), x1y1x2y2 -> (M, N). Degenerate boxes have IoU 0.
 
