@@ -166,7 +166,8 @@ def mask_pairs(logits: Tensor, fraction: Tensor, mask_sigma: Tensor) -> MaskPair
     # as a constant.)
     zero = (fraction[:1] * 0).to(torch.int64)
     position = torch.arange(m, device=device)[:, None] * blocks + (torch.arange(blocks, device=device)[None, :] + zero)
-    pair = zero[0, :1].expand(budget + 1).scatter(0, slot.reshape(-1).to(torch.int64), position.reshape(-1))
+    # (ScatterND: TensorRT's ScatterElements takes no more indices than the data has entries.)
+    pair = zero[0, :1].expand(budget + 1).index_put((slot.reshape(-1).to(torch.int64),), position.reshape(-1))
     used = torch.arange(budget + 1, device=device, dtype=torch.float32) < counted.sum().clamp(max=float(budget))
     mask_of = pair // blocks
     block_of = pair - mask_of * blocks
