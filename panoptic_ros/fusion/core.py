@@ -22,7 +22,6 @@ TensorRT has only as a plugin), exact in float32.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
@@ -130,7 +129,7 @@ class PanopticAssembler(nn.Module):
         void_class = torch.full((1,), VOID_CLASS, dtype=torch.int64, device=device)
         id_of = torch.cat((torch.where(valid, seg_id, void_id), void_id)).to(torch.int32)
         class_of = torch.cat((torch.where(valid, seg_class, void_class), void_class)).to(torch.int32)
-        panoptic, semantic = lookup_pair(id_of, class_of, labels)
+        panoptic, semantic = lookup_columns([id_of, class_of], labels)
         if s > 1:
             panoptic, semantic = block_upsample(panoptic, s), block_upsample(semantic, s)
         # Through float: TensorRT 8.x casts to uint8 only from float types.
@@ -185,11 +184,11 @@ class PanopticAssembler(nn.Module):
         return torch.stack([columns[name] for name in INSTANCE_COLUMNS], dim=1)
 
 
-def lookup_pair(first: Tensor, second: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """(first[labels], second[labels]) for tables (L,) of one dtype: one Gather of (L, 2) rows, which in
-    ONNX Runtime costs about what one of the two single-value Gathers does (its cost is per index)."""
-    pairs = torch.index_select(torch.stack((first, second), dim=1), 0, labels.reshape(-1))
-    return pairs[:, 0].reshape(labels.shape), pairs[:, 1].reshape(labels.shape)
+def lookup_columns(tables: list[Tensor], index: Tensor) -> list[Tensor]:
+    """[table[index] for table in tables], tables (L,) of one dtype: one Gather of (L, len(tables))
+    rows, which in ONNX Runtime costs about what one single-value Gather does (its cost is per index)."""
+    rows = torch.index_select(torch.stack(tables, dim=1), 0, index.reshape(-1))
+    return [rows[:, n].reshape(index.shape) for n in range(len(tables))]
 
 
 class LabelDigits(NamedTuple):
@@ -212,12 +211,14 @@ def label_digits(labels: Tensor, num_labels: int, bits: int) -> LabelDigits:
     """(h, w) labels in [0, num_labels) as LabelDigits whose packed places have `bits` bits (row
     counts must stay below 2^bits).
 
-    The lo digit fills every place of its channels: a base near sqrt(num_labels), rounded up to a
-    multiple of the places per channel (fewer hi digits than base isqrt + 1, for the same channels).
+    The lo digit fills every place of its channels (base = channels * places per channel). Per
+    cell, the hi one-hot writes hi_count floats (after a compare and a cast) and the gather
+    `channels`: the split minimises hi_count + channels, ties going to fewer hi digits (at
+    1024x2048 and 106 labels, 6 hi digits x 9 channels count ~15% faster than 9 x 6).
     """
     height, width = (int(n) for n in labels.shape)
     per = 24 // bits
-    channels = -(-(math.isqrt(num_labels - 1) + 1) // per)
+    channels = min(range(1, -(-num_labels // per) + 1), key=lambda c: (c + -(-num_labels // (c * per)), -c))
     base = channels * per
     # Labels are >= 0: truncating division is one Div (floor division exports as six ops).
     hi = torch.div(labels, base, rounding_mode="trunc")

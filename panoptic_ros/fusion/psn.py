@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from panoptic_ros.classes import LabelSet
 from panoptic_ros.fusion.base import Fusion, Heads, RuntimeThresholds
-from panoptic_ros.fusion.core import Segments
+from panoptic_ros.fusion.core import Segments, lookup_columns
 from panoptic_ros.fusion.static_ops import first_true, index_op_input, place_table, read_places, top_candidates
 from panoptic_ros.pipeline_io import HEAD_CENTER, HEAD_OFFSET, HEAD_SEMANTIC
 
@@ -189,8 +189,9 @@ def group_pixels(offset: Tensor, centres: Centres, values: Tensor, thing: Tensor
     shortlist = block_repeat(block_nearest[:, :kept].reshape(block_hs, block_ws, kept), f)  # (cells, kept)
     # Step 2, per cell: the CANDIDATES nearest of its block's shortlist.
     count = min(CANDIDATES, kept)
-    cell_keys, cell_nearest = nearest_centres(low.reshape(2, -1, 1), high.reshape(2, -1, 1), centres.y[shortlist],
-                                              centres.x[shortlist], centres.valid[shortlist], min(count + 1, kept))
+    listed = lookup_columns([centres.y, centres.x, centres.valid.to(torch.float32)], shortlist)  # one Gather
+    cell_keys, cell_nearest = nearest_centres(low.reshape(2, -1, 1), high.reshape(2, -1, 1), listed[0], listed[1],
+                                              listed[2] > 0, min(count + 1, kept))
     picked = torch.gather(shortlist, 1, cell_nearest[:, :count])
     # In centre order (lower pool index first), so that ties go to the earlier centre as in the paper's loop.
     picked = -torch.topk(index_op_input(-picked), count, dim=1).values.to(picked.dtype)
@@ -198,7 +199,7 @@ def group_pixels(offset: Tensor, centres: Centres, values: Tensor, thing: Tensor
     # Each cell's candidates as (C, h, 1, w, 1), against its pixels' targets (h, s, w, s);
     # invalid centres sit infinitely far away.
     far = torch.where(centres.valid, centres.y, inf)
-    cell_y, cell_x = far[candidates][:, :, None, :, None], centres.x[candidates][:, :, None, :, None]
+    cell_y, cell_x = (c[:, :, None, :, None] for c in lookup_columns([far, centres.x], candidates))
     target_y, target_x = target_y.reshape(h, s, w, s), target_x.reshape(h, s, w, s)
     # The pick's value is carried along (a Where per candidate is cheaper than one Gather per pixel).
     cell_value = values[candidates][:, :, None, :, None]
