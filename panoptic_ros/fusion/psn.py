@@ -161,9 +161,10 @@ def group_pixels(offset: Tensor, centres: Centres, values: Tensor, thing: Tensor
     GROUP_STRIDE-pixel cells keeps the SUPER_CANDIDATES centres nearest to the box of its thing
     pixels' targets (`nearest_centres`), and each cell the CANDIDATES of those nearest to its own
     box. Exact unless the nearest centre left out at either step is as close to the cell's box as
-    some thing pixel of the cell is to its pick (`crowded`). Pixels are compared in cells, (h, s, w, s)
-    views of the (H, W) maps, so that each cell's candidates broadcast over its pixels without being
-    repeated; a running minimum over the candidates, in centre order, keeps the pick and its value.
+    some thing pixel of the cell is to its pick (`crowded`). Pixels are compared in cells: the maps
+    as (cells, s * s) rows, one per cell (`to_cells`), so that each cell's candidate broadcasts over
+    its row (ONNX Runtime runs that broadcast several times faster than an (h, 1, w, 1) one over
+    (h, s, w, s)); a running minimum over the candidates, in centre order, keeps the pick and its value.
     """
     s = GROUP_STRIDE
     _, height, width = offset.shape
@@ -173,11 +174,10 @@ def group_pixels(offset: Tensor, centres: Centres, values: Tensor, thing: Tensor
     inf = offset.new_tensor(float("inf"))
     ys = torch.arange(height, dtype=torch.float32, device=device)[:, None]
     xs = torch.arange(width, dtype=torch.float32, device=device)[None, :]
-    target_y, target_x = ys + offset[0], xs + offset[1]
+    target = torch.stack((ys + offset[0], xs + offset[1]))
     # Box of each cell's thing-pixel targets, (2, h, w): empty (+inf low, -inf high) without thing pixels.
-    target = torch.stack((target_y, target_x))[None]
-    high = F.max_pool2d(torch.where(thing, target, -inf), s)[0]
-    low = -F.max_pool2d(torch.where(thing, -target, -inf), s)[0]
+    high = F.max_pool2d(torch.where(thing, target, -inf)[None], s)[0]
+    low = -F.max_pool2d(torch.where(thing, -target, -inf)[None], s)[0]
     # Step 1, per block: the SUPER_CANDIDATES nearest centres, and one more to bound those left out.
     pool = centres.y.shape[0]
     kept = min(SUPER_CANDIDATES, pool)
@@ -196,13 +196,13 @@ def group_pixels(offset: Tensor, centres: Centres, values: Tensor, thing: Tensor
     # In centre order (lower pool index first), so that ties go to the earlier centre as in the paper's loop.
     picked = -torch.topk(index_op_input(-picked), count, dim=1).values.to(picked.dtype)
     candidates = picked.T.reshape(count, h, w)
-    # Each cell's candidates as (C, h, 1, w, 1), against its pixels' targets (h, s, w, s);
+    # Each cell's candidates as (C, cells, 1), against its pixels' targets (cells, s * s);
     # invalid centres sit infinitely far away.
     far = torch.where(centres.valid, centres.y, inf)
-    cell_y, cell_x = (c[:, :, None, :, None] for c in lookup_columns([far, centres.x], candidates))
-    target_y, target_x = target_y.reshape(h, s, w, s), target_x.reshape(h, s, w, s)
+    cell_y, cell_x = (c.reshape(count, -1, 1) for c in lookup_columns([far, centres.x], candidates))
+    target_y, target_x = to_cells(target, s)
     # The pick's value is carried along (a Where per candidate is cheaper than one Gather per pixel).
-    cell_value = values[candidates][:, :, None, :, None]
+    cell_value = values[candidates].reshape(count, -1, 1)
     best = squared_distance(target_y, target_x, cell_y[0], cell_x[0])
     choice = torch.zeros_like(best, dtype=torch.int32)
     taken = cell_value[0]
@@ -220,12 +220,24 @@ def group_pixels(offset: Tensor, centres: Centres, values: Tensor, thing: Tensor
         left_out = cell_keys[:, count]
     if block_keys.shape[1] > kept:
         left_out = torch.minimum(left_out, block_repeat(block_keys[:, kept].reshape(block_hs, block_ws), f))
-    counted = torch.where(thing.reshape(h, s, w, s), best, torch.zeros_like(best))
-    farthest_pick = F.max_pool2d(counted.reshape(1, 1, height, width), s).reshape(-1)
+    farthest_pick = torch.where(to_cells(thing, s), best, torch.zeros_like(best)).amax(dim=1)
     crowded = ((left_out < inf) & (left_out <= farthest_pick)).to(torch.int32).amax() > 0
     if count == 1:  # (otherwise the Wheres made it full size already)
         taken = taken.expand(best.shape)
-    return Grouping(taken.reshape(height, width), candidates, choice.reshape(height, width), crowded)
+    return Grouping(from_cells(taken, h, s), candidates, from_cells(choice, h, s), crowded)
+
+
+def to_cells(x: Tensor, s: int) -> Tensor:
+    """(..., H, W) -> (..., cells, s * s): the pixels of each s x s cell as one row, cells row-major."""
+    *lead, height, width = x.shape
+    cells = x.reshape(*lead, height // s, s, width // s, s).transpose(-3, -2)
+    return cells.reshape(*lead, (height // s) * (width // s), s * s)
+
+
+def from_cells(x: Tensor, h: int, s: int) -> Tensor:
+    """to_cells' inverse for one map: (cells, s * s) -> (h * s, W), h cells high."""
+    w = x.shape[0] // h
+    return x.reshape(h, w, s, s).transpose(1, 2).reshape(h * s, w * s)
 
 
 def vote_classes(grouping: Grouping, instance_of: Tensor, thing_index: Tensor, thing_ids: Tensor,
