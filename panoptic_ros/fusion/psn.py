@@ -174,10 +174,11 @@ def group_pixels(offset: Tensor, centres: Centres, values: Tensor, thing: Tensor
     inf = offset.new_tensor(float("inf"))
     ys = torch.arange(height, dtype=torch.float32, device=device)[:, None]
     xs = torch.arange(width, dtype=torch.float32, device=device)[None, :]
-    target = torch.stack((ys + offset[0], xs + offset[1]))
+    target = to_cells(torch.stack((ys + offset[0], xs + offset[1])), s)  # (2, cells, s * s)
+    in_thing = to_cells(thing, s)
     # Box of each cell's thing-pixel targets, (2, h, w): empty (+inf low, -inf high) without thing pixels.
-    high = F.max_pool2d(torch.where(thing, target, -inf)[None], s)[0]
-    low = -F.max_pool2d(torch.where(thing, -target, -inf)[None], s)[0]
+    high = torch.where(in_thing, target, -inf).amax(dim=2).reshape(2, h, w)
+    low = torch.where(in_thing, target, inf).amin(dim=2).reshape(2, h, w)
     # Step 1, per block: the SUPER_CANDIDATES nearest centres, and one more to bound those left out.
     pool = centres.y.shape[0]
     kept = min(SUPER_CANDIDATES, pool)
@@ -200,7 +201,7 @@ def group_pixels(offset: Tensor, centres: Centres, values: Tensor, thing: Tensor
     # invalid centres sit infinitely far away.
     far = torch.where(centres.valid, centres.y, inf)
     cell_y, cell_x = (c.reshape(count, -1, 1) for c in lookup_columns([far, centres.x], candidates))
-    target_y, target_x = to_cells(target, s)
+    target_y, target_x = target
     # The pick's value is carried along (a Where per candidate is cheaper than one Gather per pixel).
     cell_value = values[candidates].reshape(count, -1, 1)
     best = squared_distance(target_y, target_x, cell_y[0], cell_x[0])
@@ -220,7 +221,7 @@ def group_pixels(offset: Tensor, centres: Centres, values: Tensor, thing: Tensor
         left_out = cell_keys[:, count]
     if block_keys.shape[1] > kept:
         left_out = torch.minimum(left_out, block_repeat(block_keys[:, kept].reshape(block_hs, block_ws), f))
-    farthest_pick = torch.where(to_cells(thing, s), best, torch.zeros_like(best)).amax(dim=1)
+    farthest_pick = torch.where(in_thing, best, torch.zeros_like(best)).amax(dim=1)
     crowded = ((left_out < inf) & (left_out <= farthest_pick)).to(torch.int32).amax() > 0
     if count == 1:  # (otherwise the Wheres made it full size already)
         taken = taken.expand(best.shape)
