@@ -14,15 +14,14 @@ from panoptic_ros.fusion import spinet
 from panoptic_ros.fusion.reference.common import paste_by_confidence as reference_paste
 from panoptic_ros.fusion.reference.spinet import instance_mask, sampling_locations
 from panoptic_ros.fusion.spinet import (
-    BOUNDARY_MASKS,
     OWNER_CANDIDATES,
     PEAK_WINDOW,
     Samples,
     SPINetFusion,
-    block_pixels,
     cell_masks,
     corner_fraction,
     instance_masks,
+    mask_pairs,
     paste,
     pixel_owner,
 )
@@ -93,7 +92,7 @@ def graph_keep(logits: torch.Tensor, overlap: float, valid: torch.Tensor | None 
     """Kept mask indices and `converged` of the graph's paste on stride-4 logits (M, h, w)."""
     valid = torch.ones(logits.shape[0], dtype=torch.bool) if valid is None else valid
     fraction = corner_fraction(cell_masks(logits, SIGMA, valid))
-    keep, converged = paste(block_pixels(logits, fraction, SIGMA), valid, torch.tensor(overlap))
+    keep, converged = paste(mask_pairs(logits, fraction, SIGMA), valid, torch.tensor(overlap))
     return torch.nonzero(keep)[:, 0].tolist(), bool(converged)
 
 
@@ -194,14 +193,49 @@ def test_paste_decides_on_input_pixels_not_cells(left_edge, right_edge, overlap)
     assert pasted == ([0] if exact > overlap else [0, 1])
 
 
-def test_paste_beyond_its_pixel_budget_is_not_converged():
-    # BOUNDARY_MASKS + 1 copies of one mask cross the same blocks: the last is left out.
+def crossed_blocks(logits: torch.Tensor) -> list[int]:
+    """Blocks each mask's boundary crosses (its corner fraction strictly between 0 and 1)."""
+    fraction = fraction_of(logits).reshape(logits.shape[0], -1)
+    return ((fraction > 0) & (fraction < 1)).sum(dim=1).tolist()
+
+
+def test_every_crossing_pair_counts_its_pixels_whatever_its_neighbours():
+    # Many copies of one mask cross the same blocks (no limit per block): only the first is kept.
     feature, head, _ = ramp_masks(8.6, 11.7)
-    filters = torch.zeros(BOUNDARY_MASKS + 1, feature.shape[1])
+    filters = torch.zeros(60, feature.shape[1])
     filters[:, 1] = 1.0
     logits = head.dynamic_mask_logits(feature, filters[None])[0]
-    assert graph_keep(logits, 0.3) == ([0], False)
-    assert graph_keep(logits[:BOUNDARY_MASKS], 0.3) == ([0], True)
+    assert graph_keep(logits, 0.3) == ([0], True)
+
+
+def test_pair_budgets_grow_with_the_frame():
+    # Shares of the (h + 1) x (w + 1) blocks: 256 x 512 and 1024 x 2048 inputs (stride-4 cells).
+    assert spinet.pair_budgets(200, 64, 128) == (-(-8385 // spinet.MASK_BLOCK_SHARE), spinet.PAIRS_PER_BLOCK * 8385)
+    assert spinet.pair_budgets(200, 256, 512) == (-(-131841 // spinet.MASK_BLOCK_SHARE),
+                                                  spinet.PAIRS_PER_BLOCK * 131841)
+    assert spinet.pair_budgets(2, 4, 4) == (-(-25 // spinet.MASK_BLOCK_SHARE), 2 * -(-25 // spinet.MASK_BLOCK_SHARE))
+
+
+@pytest.mark.parametrize("spare", [0, 1])
+def test_paste_beyond_a_masks_pair_budget_is_not_converged(monkeypatch, spare):
+    # B pairs per mask: exactly B crossed blocks fit, one more does not.
+    feature, head, filters = ramp_masks(8.6, 11.7)
+    logits = head.dynamic_mask_logits(feature, filters[None])[0]
+    blocks = (logits.shape[1] + 1) * (logits.shape[2] + 1)
+    widest = max(crossed_blocks(logits))
+    monkeypatch.setattr(spinet, "pair_budgets", lambda masks, h, w: (widest - 1 + spare, masks * blocks))
+    assert graph_keep(logits, 0.3)[1] == bool(spare)
+
+
+@pytest.mark.parametrize("spare", [0, 1])
+def test_paste_beyond_the_frames_pair_budget_is_not_converged(monkeypatch, spare):
+    # Q pairs in all: exactly Q fit, one more does not.
+    feature, head, filters = ramp_masks(8.6, 11.7)
+    logits = head.dynamic_mask_logits(feature, filters[None])[0]
+    blocks = (logits.shape[1] + 1) * (logits.shape[2] + 1)
+    total = sum(crossed_blocks(logits))
+    monkeypatch.setattr(spinet, "pair_budgets", lambda masks, h, w: (blocks, total - 1 + spare))
+    assert graph_keep(logits, 0.3)[1] == bool(spare)
 
 
 def test_kept_masks_beyond_k_are_void_and_counted():

@@ -9,10 +9,10 @@
    (network.dynamic_mask_logits), stride-4 mask logits.
 3. `paste`: Panoptic FPN's merge, masks pasted by confidence one at a time, a mask dropped when
    more than overlap_threshold of its input pixels are already taken. Mask and overlap areas are
-   pixel-exact (`block_pixels`): between cell centres a mask holds all of a 4 x 4 block or none of
-   it unless its boundary crosses the block (`corner_fraction`), and only crossed blocks are
-   evaluated pixel by pixel (at most BOUNDARY_CHUNKS x BOUNDARY_BLOCKS blocks, BOUNDARY_MASKS
-   masks each; beyond, `converged` is 0 and the masks left out count their corner fraction).
+   pixel-exact (`mask_pairs`): between cell centres a mask holds all of a 4 x 4 block or none of
+   it unless its boundary crosses the block (`corner_fraction`), and only the crossing pairs
+   (mask, block) are evaluated pixel by pixel (at most B per mask and Q in all, shares of the
+   frame's blocks, `pair_budgets`; beyond, `converged` is 0 and the pairs left out count no pixels).
 4. `pixel_owner`: every input pixel takes the first kept mask (by confidence) whose bilinearly
    upsampled logit there has sigmoid > mask_sigma, and the arg-max of the bilinearly upsampled
    stuff logits where none does. Only the OWNER_CANDIDATES first kept masks that can reach a pixel's
@@ -25,8 +25,10 @@ center_threshold and nms_iou are not used by this method.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -38,7 +40,6 @@ from panoptic_ros.fusion.detections import flatten_locations
 from panoptic_ros.fusion.static_ops import (
     block_upsample,
     first_true,
-    first_true_positions,
     index_op_input,
     top_candidates,
 )
@@ -48,11 +49,12 @@ from panoptic_ros.pipeline_io import HEAD_CLASS_LOGITS, HEAD_FILTERS, HEAD_PANOP
 SAMPLES_PER_INSTANCE = 2  # sampled filters per output instance slot
 PEAK_WINDOW = 3  # cells
 OWNER_CANDIDATES = 4  # kept masks each 4 x 4 pixel block compares (pixel_owner)
-# Blocks that mask boundaries cross, counted pixel by pixel for the merge: TopKs of fewer than
-# onnx_audit.TOPK_MAX; the shipped model crosses at most 3544 of a 256 x 512 frame's 8385 blocks.
-BOUNDARY_BLOCKS = 3839
-BOUNDARY_CHUNKS = 2
-BOUNDARY_MASKS = 48  # masks whose boundary crosses one block (the shipped model at 256 x 512: 29, 37 at score 0.3)
+# Crossing pairs (a mask, a block its boundary crosses) evaluated pixel by pixel for the merge, as shares of
+# a frame's blocks (the budgets grow with the input): per mask, a quarter of the blocks (the shipped model's
+# noisiest mask crosses 8% of them at 256 x 512, 20% at 1024 x 2048, on the held-out frames), and in all
+# PAIRS_PER_BLOCK per block (the shipped model: at most 1.7 at 256 x 512, 9.3 at 1024 x 2048).
+MASK_BLOCK_SHARE = 4
+PAIRS_PER_BLOCK = 12
 
 
 class Samples(NamedTuple):
@@ -101,113 +103,171 @@ def corner_fraction(cells: Tensor) -> Tensor:
     return F.avg_pool2d(cells.to(torch.float32)[None], 2, stride=1, padding=1, count_include_pad=False).squeeze(0)
 
 
-class MaskBlocks(NamedTuple):
-    """The M masks' input pixels, counted on the (h + 1) x (w + 1) blocks between cell centres
-    (`block_pixels`).
+class MaskPairs(NamedTuple):
+    """The M masks' input pixels on the (h + 1) x (w + 1) blocks between cell centres (`mask_pairs`).
 
     A block's pixels interpolate its 4 corner cells only, so a mask holds all of a block's pixels
     when all its corner cells are in the mask and none when none is; only the blocks a mask's
-    boundary crosses are counted pixel by pixel.
-    whole (M, blocks) float32: the pixels of each block a mask holds, on the blocks counted whole
-    (0 on the others); pixels (P * (BOUNDARY_MASKS + 2), s * s) float32: on each of the P
-    pixel-counted blocks, the pixels (in the image) of each crossing mask, then all and none;
-    row (M, P): each mask's row of `pixels` on each pixel-counted block; area (M,) float32: each
-    mask's input pixels; exact 0-d bool: every crossed block was counted pixel by pixel (else the
-    masks left out count the fraction of their corner cells in the mask on it).
+    boundary crosses, its crossing pairs, are evaluated pixel by pixel. Per-block tensors have B
+    spare rows after the blocks (one per pair slot, so that a step's writes never collide).
+    whole (M, blocks + B) float32: each mask's pixels on the blocks it holds whole, 0 elsewhere;
+    size (blocks + B,) float32: each block's pixels in the image (0 on spare rows);
+    row (M, B) int64: the blocks each mask's boundary crosses, row-major (spare rows past them);
+    low, high (M, B) float32: the mask's pixels on each, bit u * s + v of the block's 16 pixels,
+    in two bytes; count (M, B) float32: how many; area (M,) float32: each mask's input pixels;
+    exact 0-d bool: every crossing pair was evaluated (else the pairs left out count no pixels).
     """
 
     whole: Tensor
-    pixels: Tensor
+    size: Tensor
     row: Tensor
+    low: Tensor
+    high: Tensor
+    count: Tensor
     area: Tensor
     exact: Tensor
 
 
-def block_pixels(logits: Tensor, fraction: Tensor, mask_sigma: Tensor) -> MaskBlocks:
+def pair_budgets(masks: int, h: int, w: int) -> tuple[int, int]:
+    """(B, Q): the crossing pairs evaluated per mask and in all, for `masks` masks on (h, w) cells,
+    shares of the frame's (h + 1) x (w + 1) blocks."""
+    blocks = (h + 1) * (w + 1)
+    per_mask = -(-blocks // MASK_BLOCK_SHARE)
+    return per_mask, min(PAIRS_PER_BLOCK * blocks, masks * per_mask)
+
+
+def mask_pairs(logits: Tensor, fraction: Tensor, mask_sigma: Tensor) -> MaskPairs:
     """Each mask's input pixels on the blocks between cell centres, from the stride-4 logits
     (M, h, w) and the masks' corner_fraction: the per-pixel masks of `pixel_owner`, evaluated only on
     the blocks a mask's boundary crosses.
 
-    The crossed blocks counted are the first BOUNDARY_CHUNKS x BOUNDARY_BLOCKS in row-major order;
-    on each, the first BOUNDARY_MASKS masks crossing it (in paste order) are evaluated pixel by pixel.
+    Each mask's first B crossed blocks (row-major) are its pairs, listed mask by mask (paste
+    order), and the first Q of the list are evaluated (`pair_budgets`).
     """
     m, h, w = logits.shape
     s = FEATURE_STRIDE
     blocks = (h + 1) * (w + 1)
+    per_mask, budget = pair_budgets(m, h, w)
+    device = logits.device
     fraction = fraction.reshape(m, blocks)
-    crossed = fraction - torch.floor(fraction)  # > 0 where crossed
-    in_image = _block_pixels_in_image(h, w, s, logits.device)  # (blocks, s * s)
-    size = in_image.sum(dim=1)
+    size = torch.cat((_block_pixels_in_image(h, w, s, device).sum(dim=1), torch.zeros(per_mask, device=device)))
+    whole = F.pad((fraction == 1).to(torch.float32), (0, per_mask)) * size
 
-    # The crossed blocks counted pixel by pixel, and the masks crossing each (M, P).
-    any_crossed = crossed.amax(dim=0) > 0
-    picked, found = first_true_positions(any_crossed, BOUNDARY_BLOCKS, BOUNDARY_CHUNKS)
-    last = torch.where(found, picked, torch.full_like(picked, -1)).amax()
-    counted = any_crossed & (torch.arange(blocks, device=logits.device) <= last)  # (blocks,): among picked
-    on_picked = fraction[:, picked] * found.to(torch.float32)[None, :]
-    crosses = (on_picked > 0) & (on_picked < 1)
-    before = torch.cumsum(crosses.to(torch.float32), dim=0)  # crossing masks up to each one
-    slots = min(BOUNDARY_MASKS, m)
-    order = torch.arange(m, 0, -1, device=logits.device, dtype=torch.float32)[:, None]  # paste order first
-    key, candidate = torch.topk(index_op_input(crosses) * order, slots, dim=0)  # (slots, P)
+    # The list: slot start[n] + j holds mask n's j-th crossed block (float32 counts: exact below 2^24).
+    crossing = (fraction > 0) & (fraction < 1)
+    rank = torch.cumsum(crossing.to(torch.float32), dim=1)  # crossed blocks up to each block
+    crossed = rank[:, -1]
+    counted = torch.minimum(crossed, torch.full((), float(per_mask), device=device))
+    start = torch.cumsum(counted, dim=0) - counted
+    listed = crossing & (rank <= per_mask) & (start[:, None] + rank <= budget)
+    slot = torch.where(listed, start[:, None] + rank - 1, torch.full((), float(budget), device=device))
+    # Each listed pair writes its (mask, block) position into its own slot; the others all write into the
+    # spare slot Q, which nothing reads. (A computed zero keeps export from storing the (M, blocks) positions
+    # as a constant.)
+    zero = (fraction[:1] * 0).to(torch.int64)
+    position = torch.arange(m, device=device)[:, None] * blocks + (torch.arange(blocks, device=device)[None, :] + zero)
+    # (ScatterND: TensorRT's ScatterElements takes no more indices than the data has entries.)
+    pair = zero[0, :1].expand(budget + 1).index_put((slot.reshape(-1).to(torch.int64),), position.reshape(-1))
+    used = torch.arange(budget + 1, device=device, dtype=torch.float32) < counted.sum().clamp(max=float(budget))
+    mask_of = pair // blocks
+    block_of = pair - mask_of * blocks
+
+    # The listed pairs' pixels.
     flat = logits.reshape(-1)
-    offsets = [o.reshape(-1)[picked] for o in _corner_offsets(h, w, logits.device)]
-    corner_logits = torch.stack([flat[candidate * (h * w) + o] for o in offsets])[..., None]  # (4, slots, P, 1)
-    values = upsample_blocks(corner_logits, s).reshape(slots, -1, s * s)  # (slots, P, s * s)
-    pixel_in_image = in_image[picked]
-    evaluated = (torch.sigmoid(values) > mask_sigma) & (key > 0)[..., None] & (pixel_in_image > 0)[None]
-    table = torch.cat((evaluated.to(torch.float32).permute(1, 0, 2), pixel_in_image[:, None],
-                       torch.zeros_like(pixel_in_image)[:, None]), dim=1)  # (P, slots + 2, s * s)
+    corners = [flat[mask_of * (h * w) + o.reshape(-1)[block_of]] for o in _corner_offsets(h, w, device)]
+    rows_in, cols_in = (_side_in_image(n, s, device).T for n in (h, w))  # (s, n + 1)
+    inside = ((rows_in[:, block_of // (w + 1)] * used.to(torch.float32))[:, None, :]
+              * cols_in[:, block_of % (w + 1)][None, :, :]) > 0
+    bits = (_pair_pixels(corners, s, mask_sigma) & inside).to(torch.float32)  # (s, s, Q + 1)
+    place = torch.tensor([float(2**p) for p in range(8)], device=device)
+    low, high = (bits.reshape(2, 8, -1) * place[None, :, None]).sum(dim=1)  # block rows 0-1, 2-3
+    count = bits.sum(dim=(0, 1))
 
-    # Each mask's row on each counted block: its slot where it crosses the block, the full row where
-    # it holds all of it, else the empty one (also for crossing masks beyond the slots: not exact).
-    full_row, empty_row = torch.full((), slots, device=logits.device), torch.full((), slots + 1, device=logits.device)
-    row = torch.where(crosses & (before <= slots), before.to(torch.int64) - 1,
-                      torch.where(on_picked == 1, full_row, empty_row))
-    row = row + (slots + 2) * torch.arange(picked.shape[0], device=logits.device)[None, :]
-    pixels = table.reshape(-1, s * s)
-    # Blocks counted whole: all pixels where all corners are in; the corner fraction of them on
-    # crossed blocks beyond the budget (not exact).
-    whole = fraction * (size * (~counted).to(torch.float32))[None, :]
-    area = whole.sum(dim=1) + pixels.sum(dim=1)[row].sum(dim=1)
-    exact = (any_crossed.to(torch.int32).sum() <= picked.shape[0]) & (before[-1].amax() <= slots)
-    return MaskBlocks(whole, pixels, row, area, exact)
+    # Each mask's window of B slots: its pairs, then the spare slot.
+    j = torch.arange(per_mask, device=device, dtype=torch.float32)
+    in_window = j[None, :] < torch.minimum(counted, budget - start)[:, None]
+    window = torch.where(in_window, start[:, None] + j[None, :], torch.full((), float(budget), device=device))
+    window = window.to(torch.int64)
+    row = torch.where(in_window, block_of[window],
+                      blocks + torch.arange(per_mask, device=device)[None, :])
+    count = count[window]
+    area = whole.sum(dim=1) + count.sum(dim=1)
+    exact = ((crossed - counted).amax() == 0) & (counted.sum() <= budget)
+    return MaskPairs(whole, size, row, low[window], high[window], count, area, exact)
 
 
-def paste(blocks: MaskBlocks, valid: Tensor, overlap_threshold: Tensor) -> tuple[Tensor, Tensor]:
+def paste(pairs: MaskPairs, valid: Tensor, overlap_threshold: Tensor) -> tuple[Tensor, Tensor]:
     """Panoptic FPN's merge on the masks' input pixels, one mask at a time by confidence: a mask is
     dropped when the fraction of its pixels taken by the masks kept before it, as float32, is >
     overlap_threshold (the reference's test), else it takes its free pixels. -> (keep (M,) bool,
     converged 0-d bool: every pixel was counted exactly, so the decisions are the sequential rule's).
 
-    The "taken" state: on the blocks counted whole, the pixels a kept mask holds there (every mask
-    reaching such a block holds all of it, so min(mine, taken) is the overlap); on the pixel-counted
-    blocks, each pixel."""
-    whole, pixels, row, area = blocks.whole, blocks.pixels, blocks.row, blocks.area
-    candidate = valid & (area > 0)
-    taken_blocks = torch.zeros_like(whole[0])
-    taken_pixels = torch.zeros_like(pixels[row[0]])
+    The "taken" state, per block: how many of its pixels are taken (the overlap of a mask holding
+    the block whole), and which (16 bits, read on the blocks a mask's boundary crosses; all of them
+    where the count is the block's size). A step reads and writes the bits of its mask's B pair
+    blocks only (bytes combined by table lookups), and the counts of all blocks."""
+    whole, row = pairs.whole, pairs.row
+    device = whole.device
+    and_count, union = (t.to(device) for t in _byte_tables())
+    candidate = valid & (pairs.area > 0)
+    safe_area = pairs.area.clamp(min=1.0)
+    size = pairs.size[row]  # (M, B)
+    taken_count = torch.zeros_like(pairs.size)
+    taken_bits = torch.zeros_like(pairs.size)
+    all_bits = torch.full((), float(2**16 - 1), device=device)
     keep = []
     for n in range(whole.shape[0]):
-        mine_blocks, mine_pixels = whole[n], pixels[row[n]]
-        taken = torch.minimum(mine_blocks, taken_blocks).sum() + (mine_pixels * taken_pixels).sum()
-        kept = candidate[n] & ~(taken / area[n].clamp(min=1.0) > overlap_threshold)
+        here = row[n]
+        count_here, bits_here = taken_count[here], taken_bits[here]
+        bits = torch.where(count_here >= size[n], all_bits, bits_here)
+        high = torch.floor(bits / 256.0)
+        low_index = ((bits - high * 256.0) * 256.0 + pairs.low[n]).to(torch.int64)
+        high_index = (high * 256.0 + pairs.high[n]).to(torch.int64)
+        overlap_here = and_count[low_index] + and_count[high_index]
+        taken = torch.minimum(whole[n], taken_count).sum() + overlap_here.sum()
+        kept = candidate[n] & ~(taken / safe_area[n] > overlap_threshold)
         claimed = kept.to(torch.float32)
-        taken_blocks = torch.maximum(taken_blocks, mine_blocks * claimed)
-        taken_pixels = torch.maximum(taken_pixels, mine_pixels * claimed)
+        taken_count = torch.maximum(taken_count, whole[n] * claimed)
+        taken_count = taken_count.index_put((here,), count_here + claimed * (pairs.count[n] - overlap_here))
+        taken_bits = taken_bits.index_put((here,), torch.where(kept, union[high_index] * 256.0 + union[low_index],
+                                                                bits_here))
         keep.append(kept)
-    return torch.stack(keep), blocks.exact
+    return torch.stack(keep), pairs.exact
+
+
+@cache
+def _byte_tables() -> tuple[Tensor, Tensor]:
+    """(and_count, union) (65536,) float32: at a * 256 + b, the bits set in both bytes a and b, and a | b."""
+    a, b = np.divmod(np.arange(65536), 256)
+    both = np.bitwise_and(a, b)
+    and_count = sum((both >> bit) & 1 for bit in range(8))
+    return (torch.from_numpy(and_count.astype(np.float32)), torch.from_numpy(np.bitwise_or(a, b).astype(np.float32)))
+
+
+def _pair_pixels(corners: list[Tensor], stride: int, mask_sigma: Tensor) -> Tensor:
+    """(s, s, N) bool: sigmoid > mask_sigma of the bilinear values inside N blocks given their 4 corner
+    logits (N,) each (top-left, top-right, bottom-left, bottom-right): upsample_blocks' float
+    operations with the block axis last, where elementwise ops broadcast fastest."""
+    top_left, top_right, bottom_left, bottom_right = corners
+    fraction = (torch.arange(stride, dtype=top_left.dtype, device=top_left.device) + 0.5) / stride
+    fy = fraction[:, None]
+    fx = fraction[None, :, None]
+    left = top_left[None, :] * (1 - fy) + bottom_left[None, :] * fy  # (s, N)
+    right = top_right[None, :] * (1 - fy) + bottom_right[None, :] * fy
+    values = left[:, None, :] * (1 - fx) + right[:, None, :] * fx  # (s, s, N)
+    return torch.sigmoid(values) > mask_sigma
+
+
+def _side_in_image(size: int, stride: int, device: torch.device) -> Tensor:
+    """(size + 1, s) float32: 1 where pixel u of the blocks in row (column) a lies in the image (blocks
+    start s / 2 pixels before the first cell's centre, _crop). Constants of the shape."""
+    pixel = torch.arange(size + 1, device=device)[:, None] * stride - stride // 2 + torch.arange(stride, device=device)
+    return ((pixel >= 0) & (pixel < size * stride)).to(torch.float32)
 
 
 def _block_pixels_in_image(h: int, w: int, stride: int, device: torch.device) -> Tensor:
-    """(blocks, s * s) float32: 1 where pixel (u, v) of block (a, b) lies in the image (blocks start
-    s / 2 pixels before the first cell's centre, _crop). Constants of the shape."""
-    def side(size: int) -> Tensor:
-        pixel = torch.arange(size + 1, device=device)[:, None] * stride - stride // 2 + torch.arange(stride,
-                                                                                                 device=device)
-        return ((pixel >= 0) & (pixel < size * stride)).to(torch.float32)  # (size + 1, s)
-
-    rows, cols = side(h), side(w)
+    """(blocks, s * s) float32: 1 where pixel (u, v) of block (a, b) lies in the image. Constants of the shape."""
+    rows, cols = _side_in_image(h, stride, device), _side_in_image(w, stride, device)
     return (rows[:, None, :, None] * cols[None, :, None, :]).reshape((h + 1) * (w + 1), stride * stride)
 
 
@@ -298,7 +358,7 @@ class SPINetFusion(NetworkFusion):
         samples = sampling_locations(heads[HEAD_CLASS_LOGITS], thresholds.score_threshold, SAMPLES_PER_INSTANCE * k)
         logits = instance_masks(self.network, feature, heads[HEAD_FILTERS], samples)
         fraction = corner_fraction(cell_masks(logits, thresholds.mask_sigma, samples.valid))
-        keep, converged = paste(block_pixels(logits, fraction, thresholds.mask_sigma), samples.valid,
+        keep, converged = paste(mask_pairs(logits, fraction, thresholds.mask_sigma), samples.valid,
                                 thresholds.overlap_threshold)
         m = keep.shape[0]
 
