@@ -19,12 +19,14 @@ from panoptic_ros.fusion.spinet import (
     PEAK_WINDOW,
     Samples,
     SPINetFusion,
+    block_pixel_masks,
     block_pixels,
     cell_masks,
     corner_fraction,
     instance_masks,
     paste,
     pixel_owner,
+    upsample_blocks,
 )
 from panoptic_ros.fusion.spinet import (
     sampling_locations as graph_sampling_locations,
@@ -214,3 +216,12 @@ def test_kept_masks_beyond_k_are_void_and_counted():
     assert lost.any() and (capped.panoptic[lost] == VOID_ID).all()
     np.testing.assert_array_equal(capped.panoptic, reference.panoptic)
     assert LABEL_SET.thing[int(capped.valid_instances[0, COL["class_id"]])]  # the best thing comes first
+
+
+def test_block_pixel_masks_are_upsample_blocks_bit_for_bit():
+    # Logits spread around the threshold's logit, so that many pixels of a block fall on either side.
+    corners = torch.from_numpy(np.random.default_rng(3).normal(0.0, 0.3, (4, 7, 5, 1)).astype(np.float32))
+    expected = torch.sigmoid(upsample_blocks(corners, 4)) > SIGMA  # (7, 5 * 4, 4): blocks stacked by row
+    found = block_pixel_masks([c.reshape(-1) for c in corners], 4, SIGMA)  # (4, 4, 35)
+    assert 0.2 < expected.float().mean() < 0.8
+    np.testing.assert_array_equal(found.permute(2, 0, 1).numpy(), expected.reshape(35, 4, 4).numpy())

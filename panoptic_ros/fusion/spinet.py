@@ -152,12 +152,12 @@ def block_pixels(logits: Tensor, fraction: Tensor, mask_sigma: Tensor) -> MaskBl
     key, candidate = torch.topk(index_op_input(crosses) * order, slots, dim=0)  # (slots, P)
     flat = logits.reshape(-1)
     offsets = [o.reshape(-1)[picked] for o in _corner_offsets(h, w, logits.device)]
-    corner_logits = torch.stack([flat[candidate * (h * w) + o] for o in offsets])[..., None]  # (4, slots, P, 1)
-    values = upsample_blocks(corner_logits, s).reshape(slots, -1, s * s)  # (slots, P, s * s)
+    corner_logits = [flat[candidate * (h * w) + o].reshape(-1) for o in offsets]  # (slots * P,) each
+    inside = block_pixel_masks(corner_logits, s, mask_sigma).to(torch.float32).reshape(s * s, slots, -1)
     pixel_in_image = in_image[picked]
-    evaluated = (torch.sigmoid(values) > mask_sigma) & (key > 0)[..., None] & (pixel_in_image > 0)[None]
-    table = torch.cat((evaluated.to(torch.float32).permute(1, 0, 2), pixel_in_image[:, None],
-                       torch.zeros_like(pixel_in_image)[:, None]), dim=1)  # (P, slots + 2, s * s)
+    evaluated = inside.permute(2, 1, 0) * (key > 0).to(torch.float32).T[..., None] * pixel_in_image[:, None, :]
+    table = torch.cat((evaluated, pixel_in_image[:, None], torch.zeros_like(pixel_in_image)[:, None]),
+                      dim=1)  # (P, slots + 2, s * s)
 
     # Each mask's row on each counted block: its slot where it crosses the block, the full row where
     # it holds all of it, else the empty one (also for crossing masks beyond the slots: not exact).
@@ -225,6 +225,21 @@ def upsample_blocks(corners: Tensor, stride: int) -> Tensor:
     values = left * (1 - fx) + right * fx  # (C, a, s, b, s)
     c, a, _, b, _ = values.shape
     return values.reshape(c, a * stride, b * stride)
+
+
+def block_pixel_masks(corners: list[Tensor], stride: int, mask_sigma: Tensor) -> Tensor:
+    """(s, s, N) bool: sigmoid > mask_sigma of the bilinear values inside N blocks, given the 4 corner
+    logits (N,) each (top-left, top-right, bottom-left, bottom-right): upsample_blocks' float
+    operations, bit for bit, with the block axis last, where ONNX Runtime's elementwise broadcasts
+    are fast (upsample_blocks' layout, pixels innermost, made them the fusion's main cost at 256 x 512)."""
+    top_left, top_right, bottom_left, bottom_right = corners
+    fraction = (torch.arange(stride, dtype=top_left.dtype, device=top_left.device) + 0.5) / stride
+    fy = fraction[:, None]
+    fx = fraction[None, :, None]
+    left = top_left[None, :] * (1 - fy) + bottom_left[None, :] * fy  # (s, N)
+    right = top_right[None, :] * (1 - fy) + bottom_right[None, :] * fy
+    values = left[:, None, :] * (1 - fx) + right[:, None, :] * fx  # (s, s, N)
+    return torch.sigmoid(values) > mask_sigma
 
 
 def pixel_owner(logits: Tensor, fraction: Tensor, kept: Tensor, mask_sigma: Tensor) -> tuple[Tensor, Tensor]:
