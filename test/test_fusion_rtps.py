@@ -44,11 +44,9 @@ def graph_steps(heads: dict, thresholds: Thresholds = THRESHOLDS):
 
 
 def masks_per_query(candidates: rtps.CandidateMasks, pool: int) -> np.ndarray:
-    """(P, H, W): the graph's candidate masks written out per query."""
-    masks, query = candidates.masks.numpy(), candidates.query.numpy()
-    cell = FCOS_STRIDES[0]
-    block_query = np.repeat(np.repeat(query.reshape(query.shape[0], masks.shape[1] // cell, -1), cell, 1), cell, 2)
-    return np.stack([(masks & (block_query == j)).any(axis=0) for j in range(pool)])
+    """(P, H, W): the graph's candidate masks (per block) written out per query on the 128 x 256 frame."""
+    masks, query = candidates.masks, candidates.query[:, :, None]
+    return np.stack([rtps.from_blocks((masks & (query == j)).any(dim=1), 128, 256).numpy() for j in range(pool)])
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -96,7 +94,7 @@ def test_paste_is_the_references_on_the_same_masks(overlap):
     _, heads = scene_heads(5)
     # NMS at 0.95 keeps near-duplicate boxes of each object: their masks overlap.
     queries, _, candidates = graph_steps(heads, Thresholds(mask_sigma=0.1, nms_iou=0.95))
-    keep, owner, exact = rtps.paste(candidates, queries.valid, torch.tensor(overlap), FCOS_STRIDES[0])
+    keep, owner, exact = rtps.paste(candidates, queries.valid, torch.tensor(overlap), 128, 256)
     masks = masks_per_query(candidates, POOL)
     expected_owner, pasted = paste_by_confidence(list(masks), overlap)
     assert bool(exact) and (masks.sum(axis=0) > 1).sum() > 100  # masks meet on many pixels
@@ -120,20 +118,18 @@ def test_a_block_with_more_reaching_queries_than_candidates_is_not_exact(reachin
     queries = _queries([[float(i), 0.0, 16.0 + i, 16.0] for i in range(reaching)])
     candidates = rtps.instance_masks(queries, boxes, torch.ones(1, 16, 16), torch.tensor(0.3), 8)
     assert bool(candidates.exact) == exact
-    assert candidates.query[:, 0].tolist() == list(range(rtps.CELL_CANDIDATES))  # the best ones, best first
+    assert candidates.query[0].tolist() == list(range(rtps.CELL_CANDIDATES))  # the best ones, best first
 
 
 def test_more_blocks_where_masks_meet_than_the_paste_state_holds_is_not_exact(monkeypatch):
-    masks = torch.zeros(2, 16, 16, dtype=torch.bool)
-    masks[:, :, :] = True  # both candidates cover all four blocks
-    query = torch.tensor([[0, 0, 0, 0], [1, 1, 1, 1]])
-    slot = torch.tensor([[0, 0, 0, 0], [1, 1, 1, 1]])
+    masks = torch.ones(4, 2, 64, dtype=torch.bool)  # both candidates cover all four 8 x 8 blocks
+    query = slot = torch.tensor([[0, 1]] * 4)  # (cells, C) and (cells, P)
     candidates = rtps.CandidateMasks(query, slot, masks, torch.tensor(True))
     valid = torch.ones(2, dtype=torch.bool)
-    keep, _, exact = rtps.paste(candidates, valid, torch.tensor(0.5), 8)
+    keep, _, exact = rtps.paste(candidates, valid, torch.tensor(0.5), 16, 16)
     assert bool(exact) and keep.tolist() == [True, False]
     monkeypatch.setattr(rtps, "OVERLAP_BLOCKS", 3)
-    _, _, exact = rtps.paste(candidates, valid, torch.tensor(0.5), 8)
+    _, _, exact = rtps.paste(candidates, valid, torch.tensor(0.5), 16, 16)
     assert not bool(exact)
 
 
