@@ -123,7 +123,8 @@ def test_a_block_with_more_reaching_queries_than_candidates_is_not_exact(reachin
 
 def test_more_blocks_where_masks_meet_than_the_paste_state_holds_is_not_exact(monkeypatch):
     masks = torch.ones(4, 2, 64, dtype=torch.bool)  # both candidates cover all four 8 x 8 blocks
-    query = slot = torch.tensor([[0, 1]] * 4)  # (cells, C) and (cells, P)
+    query = torch.tensor([[0, 1]] * 4)  # (cells, C)
+    slot = query.T  # (P, cells)
     candidates = rtps.CandidateMasks(query, slot, masks, torch.tensor(True))
     valid = torch.ones(2, dtype=torch.bool)
     keep, _, exact = rtps.paste(candidates, valid, torch.tensor(0.5), 16, 16)

@@ -110,7 +110,7 @@ def block_rows(index: Tensor) -> Tensor:
 
 class CandidateMasks(NamedTuple):
     """instance_masks' result, per CELL x CELL block (row-major): query (cells, C) the queries the
-    block's pixels evaluate, best first (the pool size where none); slot (cells, P) each query's
+    block's pixels evaluate, best first (the pool size where none); slot (P, cells) each query's
     position among its block's candidates (C where it is none); masks (cells, C, CELL * CELL) the
     block's pixels (to_blocks order) in candidate c's mask; exact 0-d bool: no block had more
     queries reaching it than C."""
@@ -148,7 +148,7 @@ def largest_iou(queries: Detections, boxes: PixelBoxes, present: Tensor) -> Tens
 def reaching_queries(queries: Detections, boxes: PixelBoxes, probability: Tensor, sigma: Tensor,
                      cell: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The queries whose mask can reach each block, best first: (query (cells, C), taken (cells, C)
-    bool, slot (cells, P), exact 0-d bool); see CandidateMasks."""
+    bool, slot (P, cells), exact 0-d bool); see CandidateMasks."""
     cells = boxes.level.numel() // (cell * cell)
     pool = queries.valid.shape[0]
     levels = torch.arange(1, len(boxes.boxes) + 1, device=boxes.level.device)[:, None, None]
@@ -165,9 +165,11 @@ def reaching_queries(queries: Detections, boxes: PixelBoxes, probability: Tensor
     key, query = torch.topk(index_op_input(reach) * rank, count, dim=1)
     taken = key > 0
     query = torch.where(taken, query, query.new_tensor(pool))  # (0-d fills: full-size ones become constants)
-    before = torch.cumsum(reach.to(torch.float32), dim=1)  # reaching queries up to each one
-    slot = torch.where(reach & (before <= count), before - 1, before.new_tensor(float(count))).to(torch.int64)
-    exact = before[:, -1].amax() <= count
+    # Slots counted along the queries in (P, cells) layout: ONNX Runtime's CumSum is fast over an outer axis.
+    reached = reach.T
+    before = torch.cumsum(reached.to(torch.float32), dim=0)  # reaching queries up to each one
+    slot = torch.where(reached & (before <= count), before - 1, before.new_tensor(float(count))).to(torch.int64)
+    exact = before[-1].amax() <= count
     return query, taken, slot, exact
 
 
@@ -202,8 +204,8 @@ def paste(candidates: CandidateMasks, valid: Tensor, overlap_threshold: Tensor, 
     pool = valid.shape[0]
     blocks = candidates.masks.to(torch.float32)  # (cells, C, pixels of the block)
     # Areas: each block's pixel count of each candidate, summed per query (column C: not a candidate).
-    block_area = F.pad(blocks.sum(dim=2), (0, 1))
-    area = torch.gather(block_area, 1, slot).sum(dim=0)
+    block_area = F.pad(blocks.sum(dim=2).T, (0, 0, 0, 1))
+    area = torch.gather(block_area, 0, slot).sum(dim=1)
 
     # Only pixels two masks cover can be taken already: the state lives on the blocks holding them.
     meet = blocks.sum(dim=1).amax(dim=1) > 1
@@ -211,17 +213,17 @@ def paste(candidates: CandidateMasks, valid: Tensor, overlap_threshold: Tensor, 
     order = torch.arange(cells, 0, -1, device=blocks.device, dtype=torch.float32)
     _, picked = torch.topk(index_op_input(meet) * order, state_blocks)
     exact = meet.to(torch.int32).sum() <= state_blocks
-    picked_blocks = F.pad(blocks[picked], (0, 0, 0, 1)).reshape(-1, pixels)
+    picked_blocks = F.pad(blocks[picked], (0, 0, 0, 1)).reshape(-1, pixels) > 0  # (bool: a quarter of the bytes)
     # Row of each query's pixels in each picked block (the empty row C where it is no candidate).
-    row = (torch.arange(state_blocks, device=blocks.device)[:, None] * (count + 1) + slot[picked]).T  # (P, B)
+    row = torch.arange(state_blocks, device=blocks.device)[None] * (count + 1) + slot[:, picked]  # (P, B)
     candidate = valid & (area > 0)
     safe_area = area.clamp(min=1.0)
-    taken = torch.zeros_like(picked_blocks[row[0]])  # (B, pixels) 1 where a kept query took the pixel
+    taken = torch.zeros_like(picked_blocks[row[0]])  # (B, pixels) True where a kept query took the pixel
     keep = []
     for j in range(pool):
         mine = picked_blocks[row[j]]
-        kept = candidate[j] & ~((taken * mine).sum() / safe_area[j] > overlap_threshold)
-        taken = torch.maximum(taken, mine * kept.to(torch.float32))
+        kept = candidate[j] & ~((taken & mine).to(torch.float32).sum() / safe_area[j] > overlap_threshold)
+        taken = taken | (mine & kept)
         keep.append(kept)
     keep = torch.stack(keep)
 
