@@ -38,7 +38,7 @@ def graph_steps(heads: dict, thresholds: Thresholds = THRESHOLDS):
     queries = rtps.query_boxes(heads, FCOS_STRIDES, (height, width), runtime, POOL)
     boxes = rtps.pixel_boxes(heads, FCOS_STRIDES, (height, width))
     logits = torch.nn.functional.interpolate(heads["semantic"], scale_factor=4, mode="bilinear")[0]
-    probability = rtps.thing_probabilities(logits, torch.tensor(LABEL_SET.thing_ids))
+    probability = rtps.thing_probabilities(logits, torch.tensor(LABEL_SET.thing_ids), logits.argmax(dim=0))
     candidates = rtps.instance_masks(queries, boxes, probability, runtime.mask_sigma, FCOS_STRIDES[0])
     return queries, boxes, candidates
 

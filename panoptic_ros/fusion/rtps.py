@@ -236,10 +236,12 @@ def paste(candidates: CandidateMasks, valid: Tensor, overlap_threshold: Tensor, 
     return keep, from_blocks(torch.gather(owner_of, 1, first), height, width), exact
 
 
-def thing_probabilities(logits: Tensor, thing_ids: Tensor) -> Tensor:
-    """P_sem of the thing classes (T, H, W) from logits (classes, H, W). (A softmax written out:
-    ONNX Runtime's Softmax over the first of three axes is several times slower.)"""
-    exp = torch.exp(logits - logits.amax(dim=0, keepdim=True))
+def thing_probabilities(logits: Tensor, thing_ids: Tensor, top_class: Tensor) -> Tensor:
+    """P_sem of the thing classes (T, H, W) from logits (classes, H, W) and their arg-max top_class
+    (H, W). (A softmax written out: ONNX Runtime's Softmax over the first of three axes is several
+    times slower; the largest logit read at the arg-max, which the stuff labels need anyway, is the
+    same value as a maximum over the classes, one gather instead of a second reduction.)"""
+    exp = torch.exp(logits - torch.gather(logits, 0, top_class[None]))
     return exp[thing_ids] / exp.sum(dim=0, keepdim=True)
 
 
@@ -258,12 +260,13 @@ class RTPSFusion(DenseBoxFusion):
         queries = query_boxes(heads, self.strides, (height, width), thresholds, pool)
         boxes = pixel_boxes(heads, self.strides, (height, width))
         logits = to_input_pixels(semantic)
-        probability = thing_probabilities(logits, self.thing_ids)
+        top_class = index_op_input(logits).argmax(dim=0)
+        probability = thing_probabilities(logits, self.thing_ids, top_class)
         candidates = instance_masks(queries, boxes, probability, thresholds.mask_sigma, cell)
         keep, owner, pasted_exactly = paste(candidates, queries.valid, thresholds.overlap_threshold, height,
                                             width)
 
-        stuff = self.semantic_labels(index_op_input(logits).argmax(dim=0))
+        stuff = self.semantic_labels(top_class)
         void = owner.new_tensor(k + len(self.label_set.stuff_ids))
         labels = torch.where(owner < k, owner, torch.where(owner < pool, void, stuff))
         survivors = queries.valid.to(torch.int64).sum() + queries.dropped
