@@ -1,13 +1,8 @@
 """eval-bag: every frame of a rosbag2 through a real exported pipeline, evaluated like the same frames directly.
 
-The model is a tiny untrained Panoptic SwiftNet exported to ONNX (seeded); its car and person
-semantic logits track those of two stuff classes so that thing instances appear in its output.
-Bags are written with rosbags (data.rosbag_io) from synthetic scenes. Their ground truth is the
-model's own prediction, shifted and with a void band, so that true positives (IoU < 1), false
-positives and false negatives all occur: against the scenes' true labels an untrained model scores
-PQ 0, which would test little. The reference numbers come from running the backend on the same
-decoded frames, resizing with OpenCV as the node's contract says (bilinear in, nearest out), and a
-PQAccumulator.
+The model and the frames are eval_cases' (a tiny seeded Panoptic SwiftNet; ground truth is its own
+shifted prediction). The reference numbers come from running the backend on the same decoded
+frames and a PQAccumulator.
 """
 
 from __future__ import annotations
@@ -19,20 +14,32 @@ import cv2
 import numpy as np
 import pytest
 import yaml
+from eval_cases import (
+    DIVISOR,
+    GT_TOPIC,
+    IMAGE_TOPIC,
+    MODEL_HW,
+    PERIOD_NS,
+    START_NS,
+    bag_pairs,
+    direct_metrics,
+    image_msg,
+    predict,
+    scene_frames,
+    write_bag_with_undecodable,
+    write_folder,
+)
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from panoptic_ros.classes import SYNTHETIC, LabelSet
 from panoptic_ros.cli import main
-from panoptic_ros.data.formats import CocoPanopticWriter, from_id_map, label_set_categories
 from panoptic_ros.data.rosbag_io import (
     IMAGE_TYPE,
     BagError,
     BagFrame,
     BagWriter,
-    header,
     read_id_images,
-    read_images,
     read_messages,
     typestore,
     write_frames,
@@ -41,79 +48,11 @@ from panoptic_ros.data.synthetic import generate_scene
 from panoptic_ros.evaluation.bag_eval import evaluate_bag
 from panoptic_ros.evaluation.ground_truth import FolderGroundTruth, TopicGroundTruth, stamp_from_file_name
 from panoptic_ros.evaluation.node_params import read_params_file
-from panoptic_ros.evaluation.pq import PQAccumulator
 from panoptic_ros.evaluation.scoring import INVALID_GROUND_TRUTH, NO_GROUND_TRUTH, SIZE_MISMATCH, UNDECODABLE_IMAGE
 from panoptic_ros.pipeline_io import Thresholds
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL_HW = (128, 256)
-DIVISOR = 1000
-START_NS = 1_700_000_000_000_000_000
-PERIOD_NS = 100_000_000
-IMAGE_TOPIC, GT_TOPIC = "/camera/image_raw", "/camera/panoptic_gt"
 REPORT_FILES = ("metrics.json", "report.md", "latency_histogram.png", "pq_per_class.png")
-DEFAULT_THRESHOLDS = Thresholds()
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    import torch
-
-    from panoptic_ros.fusion.pipeline import build_pipeline
-    from panoptic_ros.networks import build_network
-    from panoptic_ros.networks.checkpoint import save_checkpoint
-    from panoptic_ros.runtime.export import export_onnx
-
-    torch.manual_seed(0)
-    network = build_network("psn", SYNTHETIC, width=0.25)
-    with torch.no_grad():  # car follows vegetation-like logits, person sidewalk-like ones (see module doc)
-        weight = network.semantic_head[2].weight
-        weight[SYNTHETIC.names.index("car")] = weight[SYNTHETIC.names.index("vegetation")] * 1.05
-        weight[SYNTHETIC.names.index("person")] = weight[SYNTHETIC.names.index("sidewalk")] * 1.05
-    pipeline = build_pipeline("psn", SYNTHETIC, *MODEL_HW, network=network, max_instances=16)
-    directory = tmp_path_factory.mktemp("model")
-    save_checkpoint(directory / "psn.pt", network, "psn")  # the same network for the torch backend
-    return export_onnx(pipeline, directory / "psn.onnx")
-
-
-@pytest.fixture(scope="module")
-def backend(model_path):
-    from panoptic_ros.runtime.backends import create_backend
-
-    return create_backend("onnxruntime", model_path, device="cpu")
-
-
-def predict(backend, image: np.ndarray, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> np.ndarray:
-    """The pipeline's id map at the image's size: bilinear to the model, nearest back."""
-    height, width = backend.input_hw
-    model_image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
-    panoptic = backend.run(model_image, thresholds, DIVISOR).panoptic
-    return cv2.resize(panoptic, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
-
-
-def scene_frames(backend, count: int, hw: tuple[int, int] = MODEL_HW, first_seed: int = 0,
-                 thresholds: Thresholds = DEFAULT_THRESHOLDS) -> list[BagFrame]:
-    """Synthetic frames with the model's prediction, shifted 2 rows and 5 columns and a void band, as ground truth."""
-    frames = []
-    for i in range(count):
-        image = generate_scene(first_seed + i, *hw).image
-        ground_truth = np.roll(predict(backend, image, thresholds), (2, 5), axis=(0, 1))
-        ground_truth[:, :8] = -1
-        frames.append(BagFrame(START_NS + i * PERIOD_NS, image, ground_truth))
-    return frames
-
-
-def direct_metrics(backend, pairs, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> dict:
-    accumulator = PQAccumulator.from_label_set(SYNTHETIC)
-    for image, gt in pairs:
-        accumulator.add_id_maps(gt, predict(backend, image, thresholds), DIVISOR)
-    return accumulator.result().to_dict()
-
-
-def bag_pairs(path) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(decoded image, ground truth) of a bag written by write_frames, as a reader sees them."""
-    return [(image.pixels, gt.pixels) for image, gt in
-            zip(read_images(path, IMAGE_TOPIC), read_id_images(path, GT_TOPIC), strict=True)]
 
 
 @pytest.mark.parametrize(("storage", "name", "compressed"), [("mcap", "bag.mcap", False), ("sqlite3", "bag.db3", True),
@@ -231,13 +170,6 @@ def test_a_shipped_model_runs_with_its_own_default_thresholds(tmp_path, capsys):
     assert not all(np.array_equal(w, p) for w, p in zip(written, project, strict=True)), "0.45 must matter here"
 
 
-def write_folder(root, frames, name_of) -> None:
-    json_path = root / "panoptic.json"
-    with CocoPanopticWriter(json_path, root / "panoptic", label_set_categories(SYNTHETIC)) as writer:
-        for i, frame in enumerate(frames):
-            writer.add(from_id_map(frame.ground_truth, DIVISOR, SYNTHETIC, name_of(i, frame)))
-
-
 @pytest.mark.parametrize(("match", "layout", "name_of"), [
     ("stamp", "coco", lambda i, frame: f"frame_{frame.stamp_ns}.png"),
     ("index", "cityscapes", lambda i, frame: f"city_000000_{i:06d}_gtFine_panoptic.png")])
@@ -321,14 +253,6 @@ def test_truncated_bag_is_refused_clearly(tmp_path, backend, model_path, capsys,
     code = main(["eval-bag", str(bag), "--image-topic", IMAGE_TOPIC, "--onnx", str(model_path),
                  "--report", str(tmp_path / "report")])
     assert code == 2 and f"cannot open bag {bag}" in capsys.readouterr().err
-
-
-def image_msg(stamp_ns: int, pixels: np.ndarray, encoding: str):
-    """A rosbags sensor_msgs/Image of rgb8 (H, W, 3) uint8 or 32SC1 (H, W) int32 pixels."""
-    height, width = pixels.shape[:2]
-    data = np.ascontiguousarray(pixels).view(np.uint8).reshape(-1)
-    return typestore().types[IMAGE_TYPE](header=header(stamp_ns, "camera"), height=height, width=width,
-                                         encoding=encoding, is_bigendian=0, step=data.size // height, data=data)
 
 
 def test_damage_part_way_keeps_the_frames_before(tmp_path, backend, model_path, capsys):
@@ -425,19 +349,6 @@ def test_each_ground_truth_serves_one_frame(tmp_path, backend):
     assert topic.lookup(frames[0].stamp_ns, 1) is None  # taken
     assert np.array_equal(topic.lookup(frames[1].stamp_ns, 2).id_map, frames[1].ground_truth)
     assert topic.lookup(frames[1].stamp_ns + PERIOD_NS, 3) is None and topic.notes == []
-
-
-def write_bag_with_undecodable(path: Path, frames: list[BagFrame], undecodable: int) -> None:
-    """The frames' images and ground truth, the image message at position `undecodable` cut to 10 bytes of data."""
-    with BagWriter(path) as writer:
-        for i, frame in enumerate(frames):
-            if i == undecodable:
-                broken = image_msg(frame.stamp_ns, frame.image, "rgb8")
-                broken.data = broken.data[:10]
-                writer.write(IMAGE_TOPIC, IMAGE_TYPE, frame.stamp_ns, broken)
-            else:
-                writer.write_image(IMAGE_TOPIC, frame.stamp_ns, frame.image)
-            writer.write_image(GT_TOPIC, frame.stamp_ns, frame.ground_truth, "32SC1")
 
 
 def test_undecodable_messages_count_toward_max_frames(tmp_path, backend):

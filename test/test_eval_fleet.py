@@ -11,14 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_eval_bag import (  # noqa: F401  (backend, model_path: fixtures)
+from eval_cases import (
     DIVISOR,
     GT_TOPIC,
     IMAGE_TOPIC,
-    backend,
     direct_metrics,
-    model_path,
     scene_frames,
+    tasks_of,
+    without_latency,
     write_bag_with_undecodable,
     write_folder,
 )
@@ -28,9 +28,6 @@ from panoptic_ros.cli import main
 from panoptic_ros.data.rosbag_io import read_id_images, write_frames
 from panoptic_ros.evaluation.bag_eval import evaluate_bag
 from panoptic_ros.evaluation.fleet import (
-    BagTask,
-    GroundTruthSpec,
-    ModelSpec,
     evaluate_bags,
     find_bags,
     overlay_shares,
@@ -44,7 +41,7 @@ pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture(scope="module")
-def bags(tmp_path_factory, backend):  # noqa: F811
+def bags(tmp_path_factory, backend):
     """Three bags of 3, 2 and 4 frames, the third with an undecodable message; and their frames."""
     root = tmp_path_factory.mktemp("bags")
     frames = [scene_frames(backend, 3, first_seed=0), scene_frames(backend, 2, first_seed=10),
@@ -56,17 +53,7 @@ def bags(tmp_path_factory, backend):  # noqa: F811
     return paths, frames
 
 
-def tasks_of(paths, model_path, **options) -> list[BagTask]:  # noqa: F811
-    model = ModelSpec("onnxruntime", str(model_path), "cpu", (("threads", 1),))
-    return [BagTask(str(path), IMAGE_TOPIC, model, GroundTruthSpec(topic=GT_TOPIC), label_divisor=DIVISOR, **options)
-            for path in paths]
-
-
-def without_latency(rows: list[dict]) -> list[dict]:
-    return [{key: value for key, value in row.items() if key != "total p50 ms"} for row in rows]
-
-
-def test_combined_report_is_every_frame_together_and_a_row_per_bag(bags, backend, model_path, tmp_path):  # noqa: F811
+def test_combined_report_is_every_frame_together_and_a_row_per_bag(bags, backend, model_path, tmp_path):
     paths, frames = bags
     fleet = evaluate_bags(tasks_of(paths, model_path))
     per_bag = [evaluate_bag(path, IMAGE_TOPIC, backend, ground_truth=TopicGroundTruth(path, GT_TOPIC),
@@ -99,7 +86,7 @@ def test_combined_report_is_every_frame_together_and_a_row_per_bag(bags, backend
     assert "## Bags (3)" in markdown and f"| {paths[2]} | 3 | 3 | 1 |" in markdown
 
 
-def test_jobs_give_the_sequential_report(bags, model_path, tmp_path, capsys):  # noqa: F811
+def test_jobs_give_the_sequential_report(bags, model_path, tmp_path, capsys):
     paths, _ = bags
     reports = {}
     for jobs in (1, 2):
@@ -119,7 +106,7 @@ def test_jobs_give_the_sequential_report(bags, model_path, tmp_path, capsys):  #
     assert f"{paths[2]}: PQ" in printed and "3 bags, 8 frames run" in printed
 
 
-def test_a_bag_that_cannot_be_read_is_a_row_and_the_others_are_kept(bags, model_path, tmp_path, capsys):  # noqa: F811
+def test_a_bag_that_cannot_be_read_is_a_row_and_the_others_are_kept(bags, model_path, tmp_path, capsys):
     paths, _ = bags
     broken = tmp_path / "broken.mcap"
     broken.write_bytes(paths[0].read_bytes()[:300])
@@ -139,7 +126,7 @@ def test_a_bag_that_cannot_be_read_is_a_row_and_the_others_are_kept(bags, model_
     assert metrics["metrics"] == good.result.to_dict() and metrics["info"]["bags with errors"] == 2
 
 
-def test_an_unreadable_ground_truth_file_names_the_bag_and_frame_and_keeps_the_frames_before(tmp_path, backend):  # noqa: F811
+def test_an_unreadable_ground_truth_file_names_the_bag_and_frame_and_keeps_the_frames_before(tmp_path, backend):
     bag = tmp_path / "bag.mcap"
     frames = scene_frames(backend, 3)
     write_frames(bag, frames)
@@ -152,7 +139,7 @@ def test_an_unreadable_ground_truth_file_names_the_bag_and_frame_and_keeps_the_f
     assert evaluation.result.to_dict() == direct_metrics(backend, [(frames[0].image, frames[0].ground_truth)])
 
 
-def test_overlapped_stages_give_the_plain_loop_results(bags, backend):  # noqa: F811
+def test_overlapped_stages_give_the_plain_loop_results(bags, backend):
     paths, _ = bags
     runs = [evaluate_bag(paths[2], IMAGE_TOPIC, backend, ground_truth=TopicGroundTruth(paths[2], GT_TOPIC),
                          label_divisor=DIVISOR, num_overlays=2, overlap=overlap) for overlap in (False, True)]
@@ -222,7 +209,7 @@ def test_folders_of_bags_and_overlay_shares(tmp_path):
     assert overlay_shares(4, 3) == [2, 1, 1] and overlay_shares(2, 3) == [1, 1, 0] and sum(overlay_shares(7, 7)) == 7
 
 
-def test_several_bags_refuse_options_for_one(bags, model_path, tmp_path, capsys):  # noqa: F811
+def test_several_bags_refuse_options_for_one(bags, model_path, tmp_path, capsys):
     paths, _ = bags
     common = ["eval-bag", str(paths[0]), str(paths[1]), "--image-topic", IMAGE_TOPIC, "--onnx", str(model_path),
               "--report", str(tmp_path / "report")]
@@ -249,7 +236,7 @@ def sequences(tmp_path_factory):
     return paths
 
 
-def test_tracking_and_predictions_of_several_bags_are_those_of_each_bag(sequences, model_path, tmp_path, capsys):  # noqa: F811
+def test_tracking_and_predictions_of_several_bags_are_those_of_each_bag(sequences, model_path, tmp_path, capsys):
     """--tracking and --output-bag with several bags (on 2 processes): each bag tracked on its own, its STQ in its
     row, and its predictions bag in the folder, all as when the bag is evaluated alone."""
     common = ["--image-topic", IMAGE_TOPIC, "--gt-topic", GT_TOPIC, "--onnx", str(model_path), "--device", "cpu",
@@ -279,7 +266,7 @@ def id_images(path) -> list[bytes]:
     return [frame.pixels.tobytes() for frame in read_id_images(path, "/camera/panoptic/id_image")]
 
 
-def test_without_ray_the_error_says_how_to_get_it(bags, model_path, monkeypatch):  # noqa: F811
+def test_without_ray_the_error_says_how_to_get_it(bags, model_path, monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed: `import ray` raises ImportError
@@ -288,7 +275,7 @@ def test_without_ray_the_error_says_how_to_get_it(bags, model_path, monkeypatch)
         evaluate_bags(tasks_of(bags[0], model_path), ray_address="auto")
 
 
-def test_three_bags_through_a_local_ray_cluster_equal_the_sequential_run(bags, model_path):  # noqa: F811
+def test_three_bags_through_a_local_ray_cluster_equal_the_sequential_run(bags, model_path):
     ray = pytest.importorskip("ray", reason="Ray (the cluster extra) is not installed")
     paths, _ = bags
     tasks = tasks_of(paths, model_path, num_overlays=1)

@@ -9,18 +9,17 @@ import json
 
 import numpy as np
 import pytest
-from test_eval_bag import (  # noqa: F401  (backend, model_path: fixtures)
+from eval_cases import (
     DIVISOR,
     GT_TOPIC,
     IMAGE_TOPIC,
-    backend,
     image_msg,
-    model_path,
     scene_frames,
+    tasks_of,
+    without_latency,
     write_bag_with_undecodable,
     write_folder,
 )
-from test_eval_fleet import tasks_of, without_latency
 
 from panoptic_ros.classes import SYNTHETIC
 from panoptic_ros.cli import main
@@ -35,7 +34,7 @@ pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture(scope="module")
-def long_bag(tmp_path_factory, backend):  # noqa: F811
+def long_bag(tmp_path_factory, backend):
     """7 frames, the 3rd message undecodable; and its frames."""
     path = tmp_path_factory.mktemp("long") / "long.mcap"
     frames = scene_frames(backend, 7, first_seed=30)
@@ -96,7 +95,7 @@ def test_a_stamp_falling_back_into_reach_of_the_frames_before_the_range_is_refus
 
 
 @pytest.mark.parametrize("per_range", [1, 2, 3, 5])
-def test_ranges_of_a_bag_join_to_the_bag_in_one_piece(long_bag, model_path, per_range):  # noqa: F811
+def test_ranges_of_a_bag_join_to_the_bag_in_one_piece(long_bag, model_path, per_range):
     path, _ = long_bag
     tasks = tasks_of([path], model_path, num_overlays=3)
     whole = evaluate_bags(tasks)
@@ -107,7 +106,7 @@ def test_ranges_of_a_bag_join_to_the_bag_in_one_piece(long_bag, model_path, per_
     assert without_latency(split.rows()) == without_latency(whole.rows())
 
 
-def test_index_matched_folder_ground_truth_goes_by_position_in_every_range(tmp_path, long_bag, backend):  # noqa: F811
+def test_index_matched_folder_ground_truth_goes_by_position_in_every_range(tmp_path, long_bag, backend):
     path, frames = long_bag
     write_folder(tmp_path, frames, lambda i, frame: f"{i:04d}.png")
     folder = FolderGroundTruth(tmp_path / "panoptic", SYNTHETIC, match="index")
@@ -120,7 +119,7 @@ def test_index_matched_folder_ground_truth_goes_by_position_in_every_range(tmp_p
     assert whole.result.num_frames == 6
 
 
-def test_a_failed_frame_ends_the_joined_bag_and_the_later_ranges_are_left_out(tmp_path, long_bag, backend):  # noqa: F811
+def test_a_failed_frame_ends_the_joined_bag_and_the_later_ranges_are_left_out(tmp_path, long_bag, backend):
     path, frames = long_bag
     write_folder(tmp_path, frames, lambda i, frame: f"{i:04d}.png")
     (tmp_path / "panoptic" / "0003.png").write_bytes(b"not a png")  # scoring the 4th frame fails
@@ -136,7 +135,7 @@ def test_a_failed_frame_ends_the_joined_bag_and_the_later_ranges_are_left_out(tm
     assert_same_bag(join_evaluations(parts), whole)
 
 
-def test_frames_sharing_a_stamp_stay_in_one_range(tmp_path, backend, model_path):  # noqa: F811
+def test_frames_sharing_a_stamp_stay_in_one_range(tmp_path, backend, model_path):
     """Frames 1 and 2 carry one stamp and the ground-truth topic one message for it: the frame that takes it first
     in the whole bag takes it in the ranges too, and the other one is left without, as in the whole bag."""
     path = tmp_path / "shared.mcap"
@@ -159,7 +158,7 @@ def test_frames_sharing_a_stamp_stay_in_one_range(tmp_path, backend, model_path)
     assert [r.frames for r in ranges] == [3, 1] and ranges[0].skipped == {NO_GROUND_TRUTH: 1}
 
 
-def test_stamps_going_back_across_a_boundary_end_the_bag_with_a_clear_error(tmp_path, backend, model_path):  # noqa: F811
+def test_stamps_going_back_across_a_boundary_end_the_bag_with_a_clear_error(tmp_path, backend, model_path):
     path = tmp_path / "back.mcap"
     frames = scene_frames(backend, 4, first_seed=50)
     stamps = [frames[0].stamp_ns, frames[1].stamp_ns, frames[2].stamp_ns, frames[1].stamp_ns]  # the last goes back
@@ -173,7 +172,7 @@ def test_stamps_going_back_across_a_boundary_end_the_bag_with_a_clear_error(tmp_
                                                                       f"stamp {stamps[3]} falls back")
 
 
-def test_damage_ends_the_joined_bag_where_it_ends_the_whole(tmp_path, backend, model_path):  # noqa: F811
+def test_damage_ends_the_joined_bag_where_it_ends_the_whole(tmp_path, backend, model_path):
     from rosbags.rosbag2 import StoragePlugin, Writer
 
     from panoptic_ros.data.rosbag_io import typestore
@@ -198,7 +197,7 @@ def test_damage_ends_the_joined_bag_where_it_ends_the_whole(tmp_path, backend, m
         assert_same_bag(evaluate_bags(tasks, split_frames=per_range).evaluations[0], whole)
 
 
-def test_cli_split_frames_on_jobs_gives_the_one_piece_report(long_bag, model_path, tmp_path, capsys):  # noqa: F811
+def test_cli_split_frames_on_jobs_gives_the_one_piece_report(long_bag, model_path, tmp_path, capsys):
     path, _ = long_bag
     common = ["eval-bag", str(path), "--image-topic", IMAGE_TOPIC, "--gt-topic", GT_TOPIC, "--onnx", str(model_path),
               "--device", "cpu", "--threads", "1", "--overlays", "3"]
@@ -211,7 +210,7 @@ def test_cli_split_frames_on_jobs_gives_the_one_piece_report(long_bag, model_pat
     assert split["bags"][0]["frames run"] == 6 and len(split["files"]["overlays"]) == len(one["files"]["overlays"]) == 3
 
 
-def test_split_frames_refuses_what_needs_a_bag_in_one_piece(long_bag, model_path, tmp_path, capsys, backend):  # noqa: F811
+def test_split_frames_refuses_what_needs_a_bag_in_one_piece(long_bag, model_path, tmp_path, capsys, backend):
     path, _ = long_bag
     common = ["eval-bag", str(path), "--image-topic", IMAGE_TOPIC, "--onnx", str(model_path), "--report",
               str(tmp_path / "report"), "--split-frames", "2"]

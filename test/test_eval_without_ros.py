@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_eval_bag import GT_TOPIC, IMAGE_TOPIC, backend, model_path, scene_frames  # noqa: F401  (fixtures)
+from eval_cases import GT_TOPIC, IMAGE_TOPIC, scene_frames
 
 from panoptic_ros.data.rosbag_io import write_frames
 
@@ -44,7 +44,7 @@ def test_the_check_sees_ros_code_where_it_is_loaded():
     assert "std_msgs.msg" in found and "panoptic_ros.msg" in found
 
 
-def test_eval_bag_runs_where_ros_cannot_be_imported(tmp_path, backend, model_path):  # noqa: F811
+def test_eval_bag_runs_where_ros_cannot_be_imported(tmp_path, backend, model_path):
     """eval-bag on a bag, one piece and as frame ranges, in an interpreter where importing ROS code fails."""
     bag = tmp_path / "bag.mcap"
     write_frames(bag, scene_frames(backend, 3), compressed=True)

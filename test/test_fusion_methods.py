@@ -90,22 +90,6 @@ def run_method(method: str, heads: dict, thresholds: Thresholds = THRESHOLDS,
 
 HEADS = {"psn": psn_heads, "rtps": rtps_heads, "lpsnet": lpsnet_heads, "fpsnet": fpsnet_heads,
          "spinet": spinet_heads}
-# Methods whose graph still decides on the stride-4 grid while their references decide per input
-# pixel (issue #12): they agree with the reference on most, not all, pixels.
-STRIDE4_METHODS = ()
-STRIDE4_AGREEMENT = 0.985
-STILL_ON_THE_GRID = pytest.mark.xfail(strict=True, reason="#12: no graph still decides on the "
-                                                          "stride-4 grid; their references decide per input pixel")
-
-
-def agreement_for(method: str) -> float:
-    return STRIDE4_AGREEMENT if method in STRIDE4_METHODS else 1.0
-
-
-def by_method(methods) -> list:
-    return [pytest.param(m, marks=STILL_ON_THE_GRID) if m in STRIDE4_METHODS else m for m in methods]
-
-
 def instance_of(result: PanopticResult, x: int, y: int) -> int:
     return int(result.panoptic[y, x])
 
@@ -119,7 +103,7 @@ def test_hand_made_street_gives_one_instance_per_object(method):
                (BICYCLE, 200, 80, 231, 111)]
     scene = make_scene(128, 256, BANDS, objects)
     graph, reference = run_method(method, HEADS[method](scene, np.random.default_rng(3), noise=0.05))
-    assert_same_result(graph, reference, agreement_for(method))
+    assert_same_result(graph, reference)
     rows = graph.valid_instances
     things = rows[[LABEL_SET.thing[int(c)] for c in rows[:, COL["class_id"]]]]
     assert sorted(things[:, COL["class_id"]].astype(int).tolist()) == [PERSON, CAR, CAR, BICYCLE]
@@ -226,13 +210,13 @@ def test_spinet_merge_drops_the_duplicate_mask_of_an_object():
 
 # --- random structured scenes --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method", by_method(HEADS))
+@pytest.mark.parametrize("method", list(HEADS))
 def test_random_scenes_match_the_reference(method):
     rng = np.random.default_rng(100)
     for _ in range(4):
         scene = random_scene(rng, count=8)
         graph, reference = run_method(method, HEADS[method](scene, rng))
-        assert_same_result(graph, reference, min_agreement=0.999)
+        assert_same_result(graph, reference)
 
 
 def _pq_annotation(result: PanopticResult) -> tuple[np.ndarray, dict[int, Segment]]:

@@ -503,6 +503,10 @@ def test_load_benchmark_runs_and_its_checks_hold(models, tmp_path, capsys):
     assert "| overhead share of the frame time |" in out and "logical cores usable, threads used: the node's" in out
 
 
+def constraints_of(client: PanopticClient, name: str) -> str:
+    return client.describe_parameters([name])[name].additional_constraints
+
+
 def test_lifecycle_transitions_and_immediate_warning_of_a_failed_device_change(models, tmp_path):
     # autostart off, as the launch file starts it. A 30 s diagnostics period: every status this test waits for
     # must come from the node's publish at once (transition, failed switch), not from the timer.
@@ -530,9 +534,13 @@ def test_lifecycle_transitions_and_immediate_warning_of_a_failed_device_change(m
         status = client.camera_status("", lambda v: v["message"].startswith("inactive"), timeout=60)
         assert (status["level"], status["model_state"], status["model"]) == (OK, "not loaded (inactive)", "")
         client.wait_for(lambda: camera.get_subscription_count() == 0, 60, "the node to unsubscribe")
+        client.wait_until(lambda: constraints_of(client, "center_threshold") == (
+            "no model loaded: unless set, the next model's default will apply"), 60, "the freed model's descriptors")
 
         assert client.change_state("activate")  # loads the model again
         assert request(client, image_msg(81), ("instances",))["instances"].model_name == "psn"
+        client.wait_until(lambda: constraints_of(client, "center_threshold") == "in force for psn: 0.1 (model default)",
+                          60, "the loaded model's descriptors")
         assert client.change_state("deactivate") and client.change_state("cleanup")
         assert client.lifecycle_state() == "unconfigured"
         assert client.change_state("shutdown") and client.lifecycle_state() == "finalized"

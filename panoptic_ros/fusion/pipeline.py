@@ -124,7 +124,10 @@ class PanopticPipeline(nn.Module):
         """Graph inputs, in INPUT_NAMES order, from a NumPy image and Thresholds."""
         device = self.pixel_scale.device
         scalars = thresholds.as_inputs(label_divisor)
-        return (torch.from_numpy(np.ascontiguousarray(image)).to(device),
+        pixels = np.ascontiguousarray(image)
+        if not pixels.flags.writeable:  # decoded message buffers are read-only; torch wants its own
+            pixels = pixels.copy()
+        return (torch.from_numpy(pixels).to(device),
                 *(torch.from_numpy(scalars[name]).to(device) for name in INPUT_NAMES[1:]))
 
     @torch.no_grad()

@@ -248,6 +248,8 @@ class PanopticNode(LifecycleNode):
             self._load_generation += 1  # a load still finishing must not bring the model back
             self._backend = None
             self._model_state = "not loaded (inactive)"
+        for name in THRESHOLD_INPUTS:  # no descriptor may still speak of the freed model
+            self.set_descriptor(name, params.threshold_descriptor(name, None))
         torch = sys.modules.get("torch")  # only if a backend imported it: never import torch just to free it
         if torch is not None and torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -168,14 +168,18 @@ def declare_parameters(node) -> None:
 
 
 UNLOADED_THRESHOLD = "no model loaded yet: unset, the model's default will apply"
+# After a deactivate: a threshold never set still shows the freed model's value.
+FREED_THRESHOLD = "no model loaded: unless set, the next model's default will apply"
 
 
-def threshold_descriptor(name: str, in_force: ThresholdsInForce) -> ParameterDescriptor:
-    """`name`'s descriptor once a model is loaded: additional_constraints says whether the model uses it, and
-    where its value comes from."""
+def threshold_descriptor(name: str, in_force: ThresholdsInForce | None) -> ParameterDescriptor:
+    """`name`'s descriptor: with a model loaded (`in_force`), additional_constraints says whether the model
+    uses it and where its value comes from; with none (None: freed), that the next model's default applies."""
     from rclpy.parameter import Parameter
 
-    if name in in_force.unused:
+    if in_force is None:
+        state = FREED_THRESHOLD
+    elif name in in_force.unused:
         state = f"not used by the loaded model {in_force.model}: setting it changes nothing for this model"
     else:
         state = f"in force for {in_force.model}: {getattr(in_force.thresholds, name):g} ({in_force.source(name)})"
