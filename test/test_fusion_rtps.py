@@ -152,3 +152,16 @@ def test_queries_beyond_k_void_their_pixels():
     assert len(kept) == 2
     lost = np.isin(full.panoptic // DIVISOR, [CAR, PERSON]) & ~np.isin(capped.panoptic, kept)
     assert lost.sum() > 500 and (capped.panoptic[lost] == -1).all()  # void, never stuff or a kept instance
+
+
+def test_block_rows_hold_each_blocks_pixels_and_invert():
+    image = torch.arange(16 * 24).reshape(16, 24)
+    blocks = rtps.to_blocks(image, 8)  # 2 x 3 blocks of 8 x 8
+    assert blocks.shape == (6, 64)
+    np.testing.assert_array_equal(blocks[4].numpy(), image[8:16, 8:16].reshape(-1).numpy())  # row 1, column 1
+    np.testing.assert_array_equal(rtps.from_blocks(blocks, 16, 24).numpy(), image.numpy())
+    # Two maps stacked as rows map * cells + block: block b reads map 1 (negated) where b is even.
+    table = rtps.to_blocks(torch.stack([image, -image]), 8).reshape(-1, 64)
+    which = torch.tensor([[1], [0], [1], [0], [1], [0]])
+    expected = torch.where(torch.arange(6)[:, None] % 2 == 0, -blocks, blocks)
+    np.testing.assert_array_equal(table[rtps.block_rows(which)][:, 0].numpy(), expected.numpy())

@@ -15,6 +15,9 @@ the CELL_CANDIDATES best queries whose mask can reach one of its pixels (an uppe
 block's largest IoU and probability), and each pixel evaluates those. Pasting is the sequential
 rule itself, one query at a time: a query's overlap counts only pixels of blocks where two masks
 meet, so those blocks' pixels (at most OVERLAP_BLOCKS of them) carry the "already taken" state.
+Layouts follow ONNX Runtime's costs (broadcasts and transposes are slow when the innermost axis is
+repeated or moved): per-block statistics are (blocks, queries), per-pixel work is on block rows
+(`to_blocks`: a block's pixels contiguous), so candidates are gathered as whole rows.
 `converged` is 0 when NMS did not converge or either bound was exceeded (then the result may
 differ from the sequential rule's).
 Overflow: the best QUERY_POOL * K queries are pasted; pixels of queries ranked beyond K become void
