@@ -116,7 +116,7 @@ def test_label_counts_per_row_is_a_histogram_of_every_row():
 @pytest.mark.parametrize("width", [2047, 2048, 4096])
 def test_label_counts_per_row_counts_a_full_row_of_every_digit_place(width):
     # Rows as wide as the packing allows, each all one label: the largest count (width) in every
-    # place of the packed lo digits (113 labels: base 11, every hi and lo digit used).
+    # place of the packed lo digits (113 labels: every hi digit and every lo place used).
     rng = np.random.default_rng(width)
     labels = torch.from_numpy(rng.integers(0, 113, size=(6, width))).to(torch.int32)
     labels[:3] = torch.tensor([112, 111, 110], dtype=torch.int32)[:, None]

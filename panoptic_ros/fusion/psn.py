@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from panoptic_ros.classes import LabelSet
 from panoptic_ros.fusion.base import Fusion, Heads, RuntimeThresholds
-from panoptic_ros.fusion.core import Segments
+from panoptic_ros.fusion.core import Segments, lookup_columns
 from panoptic_ros.fusion.static_ops import first_true, index_op_input, place_table, read_places, top_candidates
 from panoptic_ros.pipeline_io import HEAD_CENTER, HEAD_OFFSET, HEAD_SEMANTIC
 
@@ -65,7 +65,8 @@ def find_instance_centres(center: Tensor, threshold: Tensor, kernel: int, count:
     y = torch.div(index, width, rounding_mode="floor")
     x = index - y * width
     duplicate = plateau_followers(center, y, x, score, kernel // 2) & valid
-    total = peak.to(torch.int64).sum() - duplicate.to(torch.int64).sum()
+    # Counted in float32 (exact below 2^24 pixels): ONNX Runtime sums int64 several times slower.
+    total = (peak.to(torch.float32).sum() - duplicate.to(torch.float32).sum()).to(torch.int64)
     return Centres(y.to(torch.float32), x.to(torch.float32), score, valid & ~duplicate), total
 
 
@@ -145,6 +146,13 @@ def block_repeat(x: Tensor, factor: int) -> Tensor:
     return spread.reshape(hs * factor * ws * factor, *rest)
 
 
+def squared_distance(y: Tensor, x: Tensor, centre_y: Tensor, centre_x: Tensor) -> Tensor:
+    """(y - centre_y)^2 + (x - centre_x)^2, squares as products: the values PyTorch's and ONNX
+    Runtime's Pow of 2 give (both multiply), one op cheaper per square."""
+    dy, dx = y - centre_y, x - centre_x
+    return dy * dy + dx * dx
+
+
 def group_pixels(offset: Tensor, centres: Centres, values: Tensor, thing: Tensor) -> Grouping:
     """Each `thing` (H, W) pixel takes `values` (P,) of the centre closest to its position + offset
     (dy, dx) (2, H, W) (ties: the earlier centre); other pixels take any centre's.
@@ -153,9 +161,10 @@ def group_pixels(offset: Tensor, centres: Centres, values: Tensor, thing: Tensor
     GROUP_STRIDE-pixel cells keeps the SUPER_CANDIDATES centres nearest to the box of its thing
     pixels' targets (`nearest_centres`), and each cell the CANDIDATES of those nearest to its own
     box. Exact unless the nearest centre left out at either step is as close to the cell's box as
-    some thing pixel of the cell is to its pick (`crowded`). Pixels are compared in cells, (h, s, w, s)
-    views of the (H, W) maps, so that each cell's candidates broadcast over its pixels without being
-    repeated; a running minimum over the candidates, in centre order, keeps the pick and its value.
+    some thing pixel of the cell is to its pick (`crowded`). Pixels are compared in cells: the maps
+    as (cells, s * s) rows, one per cell (`to_cells`), so that each cell's candidate broadcasts over
+    its row (ONNX Runtime runs that broadcast several times faster than an (h, 1, w, 1) one over
+    (h, s, w, s)); a running minimum over the candidates, in centre order, keeps the pick and its value.
     """
     s = GROUP_STRIDE
     _, height, width = offset.shape
@@ -165,11 +174,11 @@ def group_pixels(offset: Tensor, centres: Centres, values: Tensor, thing: Tensor
     inf = offset.new_tensor(float("inf"))
     ys = torch.arange(height, dtype=torch.float32, device=device)[:, None]
     xs = torch.arange(width, dtype=torch.float32, device=device)[None, :]
-    target_y, target_x = ys + offset[0], xs + offset[1]
+    target = to_cells(torch.stack((ys + offset[0], xs + offset[1])), s)  # (2, cells, s * s)
+    in_thing = to_cells(thing, s)
     # Box of each cell's thing-pixel targets, (2, h, w): empty (+inf low, -inf high) without thing pixels.
-    target = torch.stack((target_y, target_x))[None]
-    high = F.max_pool2d(torch.where(thing, target, -inf), s)[0]
-    low = -F.max_pool2d(torch.where(thing, -target, -inf), s)[0]
+    high = torch.where(in_thing, target, -inf).amax(dim=2).reshape(2, h, w)
+    low = torch.where(in_thing, target, inf).amin(dim=2).reshape(2, h, w)
     # Step 1, per block: the SUPER_CANDIDATES nearest centres, and one more to bound those left out.
     pool = centres.y.shape[0]
     kept = min(SUPER_CANDIDATES, pool)
@@ -181,27 +190,29 @@ def group_pixels(offset: Tensor, centres: Centres, values: Tensor, thing: Tensor
     shortlist = block_repeat(block_nearest[:, :kept].reshape(block_hs, block_ws, kept), f)  # (cells, kept)
     # Step 2, per cell: the CANDIDATES nearest of its block's shortlist.
     count = min(CANDIDATES, kept)
-    cell_keys, cell_nearest = nearest_centres(low.reshape(2, -1, 1), high.reshape(2, -1, 1), centres.y[shortlist],
-                                              centres.x[shortlist], centres.valid[shortlist], min(count + 1, kept))
+    listed = lookup_columns([centres.y, centres.x, centres.valid.to(torch.float32)], shortlist)  # one Gather
+    cell_keys, cell_nearest = nearest_centres(low.reshape(2, -1, 1), high.reshape(2, -1, 1), listed[0], listed[1],
+                                              listed[2] > 0, min(count + 1, kept))
     picked = torch.gather(shortlist, 1, cell_nearest[:, :count])
     # In centre order (lower pool index first), so that ties go to the earlier centre as in the paper's loop.
     picked = -torch.topk(index_op_input(-picked), count, dim=1).values.to(picked.dtype)
     candidates = picked.T.reshape(count, h, w)
-    # Each cell's candidates as (C, h, 1, w, 1), against its pixels' targets (h, s, w, s);
+    # Each cell's candidates as (C, cells, 1), against its pixels' targets (cells, s * s);
     # invalid centres sit infinitely far away.
     far = torch.where(centres.valid, centres.y, inf)
-    cell_y, cell_x = far[candidates][:, :, None, :, None], centres.x[candidates][:, :, None, :, None]
-    target_y, target_x = target_y.reshape(h, s, w, s), target_x.reshape(h, s, w, s)
-    best = (target_y - cell_y[0]) ** 2 + (target_x - cell_x[0]) ** 2
+    cell_y, cell_x = (c.reshape(count, -1, 1) for c in lookup_columns([far, centres.x], candidates))
+    target_y, target_x = target
+    # The pick's value is carried along (a Where per candidate is cheaper than one Gather per pixel).
+    cell_value = values[candidates].reshape(count, -1, 1)
+    best = squared_distance(target_y, target_x, cell_y[0], cell_x[0])
     choice = torch.zeros_like(best, dtype=torch.int32)
+    taken = cell_value[0]
     for c in range(1, count):
-        distance = (target_y - cell_y[c]) ** 2 + (target_x - cell_x[c]) ** 2
+        distance = squared_distance(target_y, target_x, cell_y[c], cell_x[c])
         closer = distance < best
         best = torch.minimum(distance, best)
         choice = torch.where(closer, torch.tensor(c, dtype=torch.int32, device=device), choice)
-    # The pick's value, looked up once: entry choice * cells + cell of the candidates' values (C, h, w).
-    cell = torch.arange(h * w, dtype=torch.int32, device=device).reshape(h, 1, w, 1)
-    taken = values[candidates].reshape(-1)[choice * (h * w) + cell]
+        taken = torch.where(closer, cell_value[c], taken)
     # A centre left out is no closer to any target in the box than to the box: the picks are exact
     # unless the nearest one left out (by the cell or by its block) is as close to the box as some
     # thing pixel of the cell is to its pick.
@@ -210,10 +221,24 @@ def group_pixels(offset: Tensor, centres: Centres, values: Tensor, thing: Tensor
         left_out = cell_keys[:, count]
     if block_keys.shape[1] > kept:
         left_out = torch.minimum(left_out, block_repeat(block_keys[:, kept].reshape(block_hs, block_ws), f))
-    counted = torch.where(thing.reshape(h, s, w, s), best, torch.zeros_like(best))
-    farthest_pick = F.max_pool2d(counted.reshape(1, 1, height, width), s).reshape(-1)
+    farthest_pick = torch.where(in_thing, best, torch.zeros_like(best)).amax(dim=1)
     crowded = ((left_out < inf) & (left_out <= farthest_pick)).to(torch.int32).amax() > 0
-    return Grouping(taken.reshape(height, width), candidates, choice.reshape(height, width), crowded)
+    if count == 1:  # (otherwise the Wheres made it full size already)
+        taken = taken.expand(best.shape)
+    return Grouping(from_cells(taken, h, s), candidates, from_cells(choice, h, s), crowded)
+
+
+def to_cells(x: Tensor, s: int) -> Tensor:
+    """(..., H, W) -> (..., cells, s * s): the pixels of each s x s cell as one row, cells row-major."""
+    *lead, height, width = x.shape
+    cells = x.reshape(*lead, height // s, s, width // s, s).transpose(-3, -2)
+    return cells.reshape(*lead, (height // s) * (width // s), s * s)
+
+
+def from_cells(x: Tensor, h: int, s: int) -> Tensor:
+    """to_cells' inverse for one map: (cells, s * s) -> (h * s, W), h cells high."""
+    w = x.shape[0] // h
+    return x.reshape(h, w, s, s).transpose(1, 2).reshape(h * s, w * s)
 
 
 def vote_classes(grouping: Grouping, instance_of: Tensor, thing_index: Tensor, thing_ids: Tensor,
@@ -248,10 +273,12 @@ def cell_pair_counts(code: Tensor, codes: int, s: int) -> Tensor:
     bits = (s * s).bit_length()
     table = place_table(codes, bits, codes + 1, code.device)  # (codes + 1, channels)
     # Gathered along the table's first axis (rows of `channels` values: ONNX Runtime's fast Gather), the block
-    # sums taken in that pixel-major layout, so only the per-cell sums are transposed.
+    # sums taken in that pixel-major layout, so only the per-cell sums are transposed. The cells' rows are
+    # added first, a sum of s contiguous slices of whole pixel rows (several times faster in ONNX Runtime
+    # than first adding each row's s pixels, a reduction over an axis only `channels` apart).
     height, width = code.shape
     packed = torch.index_select(table, 0, code.reshape(-1)).reshape(height // s, s, width // s, s, -1)
-    sums = packed.sum(dim=3).sum(dim=1).reshape(-1, table.shape[1])  # (cells, channels)
+    sums = packed.sum(dim=1).sum(dim=2).reshape(-1, table.shape[1])  # (cells, channels)
     return read_places(sums, bits)[:, :codes].T
 
 
@@ -259,16 +286,19 @@ def instance_votes(instance: Tensor, counts: Tensor, count: int) -> Tensor:
     """(count, T) float32: counts (T, N) summed per instance (N,) in [0, count] (count: none).
 
     A histogram without scatter-add and without an (N, count) one-hot: the instance as two digits,
-    hi * base + lo, and one mat-mul of the hi one-hot with the lo one-hot times the counts.
+    hi * base + lo, and one batched mat-mul, per class, of the hi one-hot times that class's counts
+    with the lo one-hot. (Weighting the hi side, (T, 1, N) by (1, base, N), broadcasts along one
+    axis only: ONNX Runtime multiplies that several times faster than an (N, base, 1) by (N, 1, T).)
     """
     base = math.isqrt(count) + 1
     digits = torch.arange(base, device=instance.device, dtype=instance.dtype)
-    hi = torch.div(instance, base, rounding_mode="floor")
+    hi = torch.div(instance, base, rounding_mode="trunc")  # (instance >= 0: one Div, not floor's six ops)
     lo = instance - hi * base
     hi_one_hot = (hi[None, :] == digits[:, None]).to(torch.float32)  # (base, N)
-    lo_weighted = (lo[:, None, None] == digits[None, :, None]).to(torch.float32) * counts.T[:, None, :]  # (N, base, T)
-    votes = torch.matmul(hi_one_hot, lo_weighted.reshape(instance.shape[0], -1))  # (base, base * T)
-    return votes.reshape(base * base, counts.shape[0])[:count]
+    lo_one_hot = (lo[None, :] == digits[:, None]).to(torch.float32)  # (base, N)
+    hi_weighted = hi_one_hot[None, :, :] * counts[:, None, :]  # (T, base, N)
+    votes = torch.matmul(hi_weighted, lo_one_hot.T)  # (T, hi, lo)
+    return votes.permute(1, 2, 0).reshape(base * base, counts.shape[0])[:count]
 
 
 def semantic_codes(logits: Tensor, class_codes: list[int]) -> Tensor:
