@@ -20,6 +20,7 @@ from panoptic_ros.fusion.base import RuntimeThresholds
 from panoptic_ros.fusion.detections import PRE_NMS_TOP, Detections
 from panoptic_ros.fusion.reference import rtps as reference
 from panoptic_ros.fusion.reference.common import paste_by_confidence, softmax, upsample_bilinear
+from panoptic_ros.fusion.static_ops import from_cells, to_cells
 from panoptic_ros.pipeline_io import Thresholds
 
 THRESHOLDS = Thresholds(mask_sigma=0.3, min_stuff_area=64)
@@ -46,7 +47,7 @@ def graph_steps(heads: dict, thresholds: Thresholds = THRESHOLDS):
 def masks_per_query(candidates: rtps.CandidateMasks, pool: int) -> np.ndarray:
     """(P, H, W): the graph's candidate masks (per block) written out per query on the 128 x 256 frame."""
     masks, query = candidates.masks, candidates.query[:, :, None]
-    return np.stack([rtps.from_blocks((masks & (query == j)).any(dim=1), 128, 256).numpy() for j in range(pool)])
+    return np.stack([from_cells((masks & (query == j)).any(dim=1), 16, 8).numpy() for j in range(pool)])
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -94,7 +95,7 @@ def test_paste_is_the_references_on_the_same_masks(overlap):
     _, heads = scene_heads(5)
     # NMS at 0.95 keeps near-duplicate boxes of each object: their masks overlap.
     queries, _, candidates = graph_steps(heads, Thresholds(mask_sigma=0.1, nms_iou=0.95))
-    keep, owner, exact = rtps.paste(candidates, queries.valid, torch.tensor(overlap), 128, 256)
+    keep, owner, exact = rtps.paste(candidates, queries.valid, torch.tensor(overlap), 8, 16)
     masks = masks_per_query(candidates, POOL)
     expected_owner, pasted = paste_by_confidence(list(masks), overlap)
     assert bool(exact) and (masks.sum(axis=0) > 1).sum() > 100  # masks meet on many pixels
@@ -127,10 +128,10 @@ def test_more_blocks_where_masks_meet_than_the_paste_state_holds_is_not_exact(mo
     slot = query.T  # (P, cells)
     candidates = rtps.CandidateMasks(query, slot, masks, torch.tensor(True))
     valid = torch.ones(2, dtype=torch.bool)
-    keep, _, exact = rtps.paste(candidates, valid, torch.tensor(0.5), 16, 16)
+    keep, _, exact = rtps.paste(candidates, valid, torch.tensor(0.5), 8, 2)
     assert bool(exact) and keep.tolist() == [True, False]
     monkeypatch.setattr(rtps, "OVERLAP_BLOCKS", 3)
-    _, _, exact = rtps.paste(candidates, valid, torch.tensor(0.5), 16, 16)
+    _, _, exact = rtps.paste(candidates, valid, torch.tensor(0.5), 8, 2)
     assert not bool(exact)
 
 
@@ -154,14 +155,14 @@ def test_queries_beyond_k_void_their_pixels():
     assert lost.sum() > 500 and (capped.panoptic[lost] == -1).all()  # void, never stuff or a kept instance
 
 
-def test_block_rows_hold_each_blocks_pixels_and_invert():
+def test_block_rows_read_each_blocks_own_entry():
     image = torch.arange(16 * 24).reshape(16, 24)
-    blocks = rtps.to_blocks(image, 8)  # 2 x 3 blocks of 8 x 8
+    blocks = to_cells(image, 8)  # 2 x 3 blocks of 8 x 8
     assert blocks.shape == (6, 64)
     np.testing.assert_array_equal(blocks[4].numpy(), image[8:16, 8:16].reshape(-1).numpy())  # row 1, column 1
-    np.testing.assert_array_equal(rtps.from_blocks(blocks, 16, 24).numpy(), image.numpy())
+    np.testing.assert_array_equal(from_cells(blocks, 2, 8).numpy(), image.numpy())
     # Two maps stacked as rows map * cells + block: block b reads map 1 (negated) where b is even.
-    table = rtps.to_blocks(torch.stack([image, -image]), 8).reshape(-1, 64)
+    table = to_cells(torch.stack([image, -image]), 8).reshape(-1, 64)
     which = torch.tensor([[1], [0], [1], [0], [1], [0]])
     expected = torch.where(torch.arange(6)[:, None] % 2 == 0, -blocks, blocks)
     np.testing.assert_array_equal(table[rtps.block_rows(which)][:, 0].numpy(), expected.numpy())

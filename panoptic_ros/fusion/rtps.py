@@ -17,7 +17,7 @@ rule itself, one query at a time: a query's overlap counts only pixels of blocks
 meet, so those blocks' pixels (at most OVERLAP_BLOCKS of them) carry the "already taken" state.
 Layouts follow ONNX Runtime's costs (broadcasts and transposes are slow when the innermost axis is
 repeated or moved): per-block statistics are (blocks, queries), per-pixel work is on block rows
-(`to_blocks`: a block's pixels contiguous), so candidates are gathered as whole rows.
+(static_ops.to_cells: a block's pixels contiguous), so candidates are gathered as whole rows.
 `converged` is 0 when NMS did not converge or either bound was exceeded (then the result may
 differ from the sequential rule's).
 Overflow: the best QUERY_POOL * K queries are pasted; pixels of queries ranked beyond K become void
@@ -27,7 +27,6 @@ center_threshold is not used by this method.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
@@ -38,7 +37,7 @@ from panoptic_ros.classes import LabelSet
 from panoptic_ros.fusion.base import DenseBoxFusion, Heads, RuntimeThresholds
 from panoptic_ros.fusion.core import FUSION_STRIDE, Segments
 from panoptic_ros.fusion.detections import Detections, level_boxes, quality_ranked_detections
-from panoptic_ros.fusion.static_ops import block_upsample, coordinate_iou, index_op_input
+from panoptic_ros.fusion.static_ops import block_upsample, coordinate_iou, from_cells, index_op_input, to_cells
 from panoptic_ros.pipeline_io import HEAD_BOX_REG, HEAD_CENTERNESS, HEAD_LEVELNESS, HEAD_SEMANTIC
 
 QUERY_POOL = 2  # queries pasted per K slot: pixels of queries beyond K become void, not stuff
@@ -87,22 +86,6 @@ def pixel_boxes(heads: Heads, strides: tuple[int, ...], image_size: tuple[int, i
     return PixelBoxes(level, blocks, native)
 
 
-def to_blocks(x: Tensor, cell: int) -> Tensor:
-    """(..., H, W) -> (..., cells, cell * cell): the pixels of each cell x cell block in a row,
-    blocks row-major. The per-pixel steps work in this layout: a block's candidates are then
-    gathered as whole rows, and pasting reads blocks without transposing the masks."""
-    *lead, height, width = x.shape
-    rows, cols = height // cell, width // cell
-    blocks = x.reshape(*lead, rows, cell, cols, cell).transpose(-3, -2)
-    return blocks.reshape(*lead, rows * cols, cell * cell)
-
-
-def from_blocks(x: Tensor, height: int, width: int) -> Tensor:
-    """to_blocks' inverse for one map: (cells, cell * cell) -> (H, W)."""
-    cell = math.isqrt(x.shape[-1])
-    return x.reshape(height // cell, width // cell, cell, cell).transpose(1, 2).reshape(height, width)
-
-
 def block_rows(index: Tensor) -> Tensor:
     """index (cells, ...) of per-block tables stacked in blocks of `cells` rows -> the row numbers
     index * cells + the block (row b of the result reads its own block's entry)."""
@@ -115,7 +98,7 @@ class CandidateMasks(NamedTuple):
     """instance_masks' result, per CELL x CELL block (row-major): query (cells, C) the queries the
     block's pixels evaluate, best first (the pool size where none); slot (P, cells) each query's
     position among its block's candidates (C where it is none); masks (cells, C, CELL * CELL) the
-    block's pixels (to_blocks order) in candidate c's mask; exact 0-d bool: no block had more
+    block's pixels (to_cells order) in candidate c's mask; exact 0-d bool: no block had more
     queries reaching it than C."""
 
     query: Tensor
@@ -189,19 +172,19 @@ def instance_masks(queries: Detections, boxes: PixelBoxes, probability: Tensor, 
     table = torch.stack([coordinate_iou(chosen_box, list(level_box.reshape(4, cells, 1)))
                          for level_box in boxes.boxes]) * taken.to(torch.float32)  # (L, cells, C)
     table = F.pad(table, (0, 0, 0, 0, 1, 0)).reshape(-1, count)
-    pixel_iou = table[block_rows(to_blocks(boxes.level, cell))].transpose(1, 2)  # (cells, C, pixels)
+    pixel_iou = table[block_rows(to_cells(boxes.level, cell))].transpose(1, 2)  # (cells, C, pixels)
     # times the probability of the candidate's class, gathered as block rows.
-    class_blocks = to_blocks(probability, cell).reshape(-1, cell * cell)  # rows class * cells + block
+    class_blocks = to_cells(probability, cell).reshape(-1, cell * cell)  # rows class * cells + block
     pixel_probability = class_blocks[block_rows(queries.thing[chosen])]  # (cells, C, pixels)
     return CandidateMasks(query, slot, in_mask(pixel_iou * pixel_probability, sigma), exact)
 
 
-def paste(candidates: CandidateMasks, valid: Tensor, overlap_threshold: Tensor, height: int,
-          width: int) -> tuple[Tensor, Tensor, Tensor]:
+def paste(candidates: CandidateMasks, valid: Tensor, overlap_threshold: Tensor, cell: int,
+          rows: int) -> tuple[Tensor, Tensor, Tensor]:
     """Panoptic FPN's merge, one query at a time best first: a query is dropped when more than
     `overlap_threshold` of its mask's pixels are taken by queries kept before it, else it takes its
-    free pixels. -> (keep (P,) bool, owner (H, W) query index or P, exact 0-d bool: every block
-    where masks meet carried its pixels' state)."""
+    free pixels; the frame is `rows` blocks high. -> (keep (P,) bool, owner (H, W) query index or P,
+    exact 0-d bool: every block where masks meet carried its pixels' state)."""
     query, slot = candidates.query, candidates.slot
     cells, count, pixels = candidates.masks.shape
     pool = valid.shape[0]
@@ -236,7 +219,7 @@ def paste(candidates: CandidateMasks, valid: Tensor, overlap_threshold: Tensor, 
     weight = kept_query * torch.arange(count, 0, -1, device=blocks.device, dtype=torch.float32)
     first = (count - (blocks * weight[:, :, None]).amax(dim=1)).to(torch.int64)  # (cells, pixels)
     owner_of = torch.cat((query, torch.full((cells, 1), pool, device=blocks.device)), dim=1)
-    return keep, from_blocks(torch.gather(owner_of, 1, first), height, width), exact
+    return keep, from_cells(torch.gather(owner_of, 1, first), rows, cell), exact
 
 
 def thing_probabilities(logits: Tensor, thing_ids: Tensor, top_class: Tensor) -> Tensor:
@@ -266,8 +249,8 @@ class RTPSFusion(DenseBoxFusion):
         top_class = index_op_input(logits).argmax(dim=0)
         probability = thing_probabilities(logits, self.thing_ids, top_class)
         candidates = instance_masks(queries, boxes, probability, thresholds.mask_sigma, cell)
-        keep, owner, pasted_exactly = paste(candidates, queries.valid, thresholds.overlap_threshold, height,
-                                            width)
+        keep, owner, pasted_exactly = paste(candidates, queries.valid, thresholds.overlap_threshold, cell,
+                                            height // cell)
 
         stuff = self.semantic_labels(top_class)
         void = owner.new_tensor(k + len(self.label_set.stuff_ids))
