@@ -20,6 +20,7 @@ from panoptic_ros.fusion.base import RuntimeThresholds
 from panoptic_ros.fusion.detections import PRE_NMS_TOP, Detections
 from panoptic_ros.fusion.reference import rtps as reference
 from panoptic_ros.fusion.reference.common import paste_by_confidence, softmax, upsample_bilinear
+from panoptic_ros.fusion.static_ops import from_cells, to_cells
 from panoptic_ros.pipeline_io import Thresholds
 
 THRESHOLDS = Thresholds(mask_sigma=0.3, min_stuff_area=64)
@@ -38,17 +39,15 @@ def graph_steps(heads: dict, thresholds: Thresholds = THRESHOLDS):
     queries = rtps.query_boxes(heads, FCOS_STRIDES, (height, width), runtime, POOL)
     boxes = rtps.pixel_boxes(heads, FCOS_STRIDES, (height, width))
     logits = torch.nn.functional.interpolate(heads["semantic"], scale_factor=4, mode="bilinear")[0]
-    probability = rtps.thing_probabilities(logits, torch.tensor(LABEL_SET.thing_ids))
+    probability = rtps.thing_probabilities(logits, torch.tensor(LABEL_SET.thing_ids), logits.argmax(dim=0))
     candidates = rtps.instance_masks(queries, boxes, probability, runtime.mask_sigma, FCOS_STRIDES[0])
     return queries, boxes, candidates
 
 
 def masks_per_query(candidates: rtps.CandidateMasks, pool: int) -> np.ndarray:
-    """(P, H, W): the graph's candidate masks written out per query."""
-    masks, query = candidates.masks.numpy(), candidates.query.numpy()
-    cell = FCOS_STRIDES[0]
-    block_query = np.repeat(np.repeat(query.reshape(query.shape[0], masks.shape[1] // cell, -1), cell, 1), cell, 2)
-    return np.stack([(masks & (block_query == j)).any(axis=0) for j in range(pool)])
+    """(P, H, W): the graph's candidate masks (per block) written out per query on the 128 x 256 frame."""
+    masks, query = candidates.masks, candidates.query[:, :, None]
+    return np.stack([from_cells((masks & (query == j)).any(dim=1), 16, 8).numpy() for j in range(pool)])
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -96,7 +95,7 @@ def test_paste_is_the_references_on_the_same_masks(overlap):
     _, heads = scene_heads(5)
     # NMS at 0.95 keeps near-duplicate boxes of each object: their masks overlap.
     queries, _, candidates = graph_steps(heads, Thresholds(mask_sigma=0.1, nms_iou=0.95))
-    keep, owner, exact = rtps.paste(candidates, queries.valid, torch.tensor(overlap), FCOS_STRIDES[0])
+    keep, owner, exact = rtps.paste(candidates, queries.valid, torch.tensor(overlap), 8, 16)
     masks = masks_per_query(candidates, POOL)
     expected_owner, pasted = paste_by_confidence(list(masks), overlap)
     assert bool(exact) and (masks.sum(axis=0) > 1).sum() > 100  # masks meet on many pixels
@@ -120,20 +119,19 @@ def test_a_block_with_more_reaching_queries_than_candidates_is_not_exact(reachin
     queries = _queries([[float(i), 0.0, 16.0 + i, 16.0] for i in range(reaching)])
     candidates = rtps.instance_masks(queries, boxes, torch.ones(1, 16, 16), torch.tensor(0.3), 8)
     assert bool(candidates.exact) == exact
-    assert candidates.query[:, 0].tolist() == list(range(rtps.CELL_CANDIDATES))  # the best ones, best first
+    assert candidates.query[0].tolist() == list(range(rtps.CELL_CANDIDATES))  # the best ones, best first
 
 
 def test_more_blocks_where_masks_meet_than_the_paste_state_holds_is_not_exact(monkeypatch):
-    masks = torch.zeros(2, 16, 16, dtype=torch.bool)
-    masks[:, :, :] = True  # both candidates cover all four blocks
-    query = torch.tensor([[0, 0, 0, 0], [1, 1, 1, 1]])
-    slot = torch.tensor([[0, 0, 0, 0], [1, 1, 1, 1]])
+    masks = torch.ones(4, 2, 64, dtype=torch.bool)  # both candidates cover all four 8 x 8 blocks
+    query = torch.tensor([[0, 1]] * 4)  # (cells, C)
+    slot = query.T  # (P, cells)
     candidates = rtps.CandidateMasks(query, slot, masks, torch.tensor(True))
     valid = torch.ones(2, dtype=torch.bool)
-    keep, _, exact = rtps.paste(candidates, valid, torch.tensor(0.5), 8)
+    keep, _, exact = rtps.paste(candidates, valid, torch.tensor(0.5), 8, 2)
     assert bool(exact) and keep.tolist() == [True, False]
     monkeypatch.setattr(rtps, "OVERLAP_BLOCKS", 3)
-    _, _, exact = rtps.paste(candidates, valid, torch.tensor(0.5), 8)
+    _, _, exact = rtps.paste(candidates, valid, torch.tensor(0.5), 8, 2)
     assert not bool(exact)
 
 
@@ -155,3 +153,16 @@ def test_queries_beyond_k_void_their_pixels():
     assert len(kept) == 2
     lost = np.isin(full.panoptic // DIVISOR, [CAR, PERSON]) & ~np.isin(capped.panoptic, kept)
     assert lost.sum() > 500 and (capped.panoptic[lost] == -1).all()  # void, never stuff or a kept instance
+
+
+def test_block_rows_read_each_blocks_own_entry():
+    image = torch.arange(16 * 24).reshape(16, 24)
+    blocks = to_cells(image, 8)  # 2 x 3 blocks of 8 x 8
+    assert blocks.shape == (6, 64)
+    np.testing.assert_array_equal(blocks[4].numpy(), image[8:16, 8:16].reshape(-1).numpy())  # row 1, column 1
+    np.testing.assert_array_equal(from_cells(blocks, 2, 8).numpy(), image.numpy())
+    # Two maps stacked as rows map * cells + block: block b reads map 1 (negated) where b is even.
+    table = to_cells(torch.stack([image, -image]), 8).reshape(-1, 64)
+    which = torch.tensor([[1], [0], [1], [0], [1], [0]])
+    expected = torch.where(torch.arange(6)[:, None] % 2 == 0, -blocks, blocks)
+    np.testing.assert_array_equal(table[rtps.block_rows(which)][:, 0].numpy(), expected.numpy())

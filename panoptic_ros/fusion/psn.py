@@ -33,7 +33,15 @@ from torch import Tensor, nn
 from panoptic_ros.classes import LabelSet
 from panoptic_ros.fusion.base import Fusion, Heads, RuntimeThresholds
 from panoptic_ros.fusion.core import Segments, lookup_columns
-from panoptic_ros.fusion.static_ops import first_true, index_op_input, place_table, read_places, top_candidates
+from panoptic_ros.fusion.static_ops import (
+    first_true,
+    from_cells,
+    index_op_input,
+    place_table,
+    read_places,
+    to_cells,
+    top_candidates,
+)
 from panoptic_ros.pipeline_io import HEAD_CENTER, HEAD_OFFSET, HEAD_SEMANTIC
 
 CENTRE_POOL = 2  # centres grouped per K slot: pixels of centres beyond K become void, not another instance
@@ -226,19 +234,6 @@ def group_pixels(offset: Tensor, centres: Centres, values: Tensor, thing: Tensor
     if count == 1:  # (otherwise the Wheres made it full size already)
         taken = taken.expand(best.shape)
     return Grouping(from_cells(taken, h, s), candidates, from_cells(choice, h, s), crowded)
-
-
-def to_cells(x: Tensor, s: int) -> Tensor:
-    """(..., H, W) -> (..., cells, s * s): the pixels of each s x s cell as one row, cells row-major."""
-    *lead, height, width = x.shape
-    cells = x.reshape(*lead, height // s, s, width // s, s).transpose(-3, -2)
-    return cells.reshape(*lead, (height // s) * (width // s), s * s)
-
-
-def from_cells(x: Tensor, h: int, s: int) -> Tensor:
-    """to_cells' inverse for one map: (cells, s * s) -> (h * s, W), h cells high."""
-    w = x.shape[0] // h
-    return x.reshape(h, w, s, s).transpose(1, 2).reshape(h * s, w * s)
 
 
 def vote_classes(grouping: Grouping, instance_of: Tensor, thing_index: Tensor, thing_ids: Tensor,

@@ -48,6 +48,19 @@ def block_upsample(x: Tensor, stride: int) -> Tensor:
     return blocks.reshape(*lead, h * stride, w * stride)
 
 
+def to_cells(x: Tensor, s: int) -> Tensor:
+    """(..., H, W) -> (..., cells, s * s): the pixels of each s x s cell as one row, cells row-major."""
+    *lead, height, width = x.shape
+    cells = x.reshape(*lead, height // s, s, width // s, s).transpose(-3, -2)
+    return cells.reshape(*lead, (height // s) * (width // s), s * s)
+
+
+def from_cells(x: Tensor, h: int, s: int) -> Tensor:
+    """to_cells' inverse for one map: (cells, s * s) -> (h * s, W), h cells high."""
+    w = x.shape[0] // h
+    return x.reshape(h, w, s, s).transpose(1, 2).reshape(h * s, w * s)
+
+
 def place_table(codes: int, bits: int, rows: int, device: torch.device) -> Tensor:
     """(rows, channels) float32: row d < codes is code d's one-hot packed into places of radix 2^bits,
     24 // bits codes per float32 channel (code d writes 2^(bits * (d % per)) in channel d // per); rows
