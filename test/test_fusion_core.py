@@ -6,7 +6,7 @@ import torch
 from fusion_cases import chain_keep, iou_matrix, nms_chain, paste_chain
 
 from panoptic_ros.classes import SYNTHETIC
-from panoptic_ros.fusion.core import PanopticAssembler, Segments, label_counts_per_row
+from panoptic_ros.fusion.core import PanopticAssembler, Segments, count_per_row, label_digits
 from panoptic_ros.fusion.reference.assemble import Thing, assemble
 from panoptic_ros.fusion.reference.common import greedy_nms as nms_reference
 from panoptic_ros.fusion.reference.common import paste_by_confidence as paste_reference
@@ -103,27 +103,39 @@ def test_assembler_equals_reference_on_random_label_maps(seed, stride):
     np.testing.assert_allclose(result.instances, expected.instances, atol=1e-4)
 
 
-def test_label_counts_per_row_is_a_histogram_of_every_row():
+def bincounts(labels: torch.Tensor, num_labels: int) -> np.ndarray:
+    """(num_labels, h): NumPy's histogram of every row."""
+    return np.stack([np.bincount(row, minlength=num_labels) for row in labels.numpy()], axis=1)
+
+
+def test_label_digits_count_every_row_and_every_column():
     labels = torch.tensor([[0, 2, 2, 10], [10, 10, 1, 0]])
-    counts = label_counts_per_row(labels, 11)
-    expected = np.zeros((11, 2))
-    for row in range(2):
-        for value in labels[row].tolist():
-            expected[value, row] += 1
-    np.testing.assert_array_equal(counts.numpy(), expected)
+    digits = label_digits(labels, 11)
+    np.testing.assert_array_equal(count_per_row(digits).numpy(), bincounts(labels, 11))
+    np.testing.assert_array_equal(count_per_row(digits.transposed()).numpy(), bincounts(labels.T, 11))
 
 
 @pytest.mark.parametrize("width", [2047, 2048, 4096])
-def test_label_counts_per_row_counts_a_full_row_of_every_digit_place(width):
+def test_label_digits_count_a_full_row_of_every_digit_place(width):
     # Rows as wide as the packing allows, each all one label: the largest count (width) in every
     # place of the packed lo digits (113 labels: every hi digit and every lo place used).
     rng = np.random.default_rng(width)
     labels = torch.from_numpy(rng.integers(0, 113, size=(6, width))).to(torch.int32)
     labels[:3] = torch.tensor([112, 111, 110], dtype=torch.int32)[:, None]
-    counts = label_counts_per_row(labels, 113).numpy()
-    expected = np.stack([np.bincount(row, minlength=113) for row in labels.numpy()], axis=1)
-    np.testing.assert_array_equal(counts, expected)
+    counts = count_per_row(label_digits(labels, 113)).numpy()
+    np.testing.assert_array_equal(counts, bincounts(labels, 113))
     assert counts[112, 0] == counts[111, 1] == counts[110, 2] == width
+
+
+@pytest.mark.parametrize("height", [2047, 2048])
+def test_label_digits_count_a_full_column_of_a_tall_map(height):
+    # The columns are counted from the rows' digits transposed: their places must hold the height.
+    rng = np.random.default_rng(height)
+    labels = torch.from_numpy(rng.integers(0, 113, size=(height, 6))).to(torch.int32)
+    labels[:, 0] = 112
+    counts = count_per_row(label_digits(labels, 113).transposed()).numpy()
+    np.testing.assert_array_equal(counts, bincounts(labels.T, 113))
+    assert counts[112, 0] == height
 
 
 def test_block_upsample_repeats_cells_as_blocks():

@@ -95,8 +95,7 @@ class PanopticAssembler(nn.Module):
 
         # Per-segment pixel counts in every row and column of the label map (void is the last label).
         # One gather of the digits serves both: the columns' digits are the rows' transposed.
-        bits = max(int(n) for n in labels.shape).bit_length()  # a row or column count is below 2^bits
-        digits = label_digits(labels, num_segments + 1, bits)
+        digits = label_digits(labels, num_segments + 1)
         rows = count_per_row(digits)[:num_segments]  # (segments, h)
         cols = count_per_row(digits.transposed())[:num_segments]  # (segments, w)
         cells = rows.sum(dim=1)
@@ -193,7 +192,7 @@ def lookup_columns(tables: list[Tensor], index: Tensor) -> list[Tensor]:
 
 class LabelDigits(NamedTuple):
     """A label map written as two digits, label = hi * base + lo, ready to be counted per row:
-    hi (h, w) and the lo digit's one-hot packed (h, w, channels) (see label_counts_per_row)."""
+    hi (h, w) and the lo digit's one-hot packed (h, w, channels) (see count_per_row)."""
 
     hi: Tensor
     lo_packed: Tensor
@@ -207,9 +206,9 @@ class LabelDigits(NamedTuple):
         return self._replace(hi=self.hi.T.contiguous(), lo_packed=self.lo_packed.transpose(0, 1).contiguous())
 
 
-def label_digits(labels: Tensor, num_labels: int, bits: int) -> LabelDigits:
-    """(h, w) labels in [0, num_labels) as LabelDigits whose packed places have `bits` bits (row
-    counts must stay below 2^bits).
+def label_digits(labels: Tensor, num_labels: int) -> LabelDigits:
+    """(h, w) labels in [0, num_labels) as LabelDigits, counted per row by count_per_row, and per
+    column by count_per_row of their transposed(): the packed places hold any count up to max(h, w).
 
     The lo digit fills every place of its channels (base = channels * places per channel). Per
     cell, the hi one-hot writes hi_count floats (after a compare and a cast) and the gather
@@ -217,6 +216,7 @@ def label_digits(labels: Tensor, num_labels: int, bits: int) -> LabelDigits:
     1024x2048 and 106 labels, 6 hi digits x 9 channels count ~15% faster than 9 x 6).
     """
     height, width = (int(n) for n in labels.shape)
+    bits = max(height, width).bit_length()  # a row or column count is at most max(h, w) < 2^bits
     per = 24 // bits
     channels = min(range(1, -(-num_labels // per) + 1), key=lambda c: (c + -(-num_labels // (c * per)), -c))
     base = channels * per
@@ -231,25 +231,19 @@ def label_digits(labels: Tensor, num_labels: int, bits: int) -> LabelDigits:
 
 
 def count_per_row(digits: LabelDigits) -> Tensor:
-    """LabelDigits of an (h, w) map -> (num_labels, h) float32: how many cells of each row hold each label."""
+    """LabelDigits of an (h, w) map -> (num_labels, h) float32: how many cells of each row hold each label.
+
+    A histogram without scatter-add (TensorRT has none without a plugin) and without a
+    (num_labels, h, w) one-hot: each label is written as two digits, hi * base + lo, and one batched
+    mat-mul of the hi digit's one-hot (h, hi_count, w) with the lo digit's (h, w, base) counts every
+    (hi, lo) pair per row. The lo one-hot is packed: several lo digits share one float32 channel as
+    places of radix 2^bits > max(h, w) (static_ops.place_table: a Gather from a small table, a fraction
+    of the one-hot's writes), read back with read_places. Exact in float32: every sum is an integer
+    below 2^24.
+    """
     height = digits.hi.shape[0]
     hi_values = torch.arange(digits.hi_count, device=digits.hi.device, dtype=digits.hi.dtype)[None, :, None]
     # (h, hi_count, w): the layout whose compare is fast
     hi_one_hot = (digits.hi[:, None, :] == hi_values).to(torch.float32)
     counts = read_places(torch.matmul(hi_one_hot, digits.lo_packed), digits.bits)  # (h, hi_count, channels * places)
     return counts[:, :, :digits.base].reshape(height, -1)[:, :digits.num_labels].T
-
-
-def label_counts_per_row(labels: Tensor, num_labels: int) -> Tensor:
-    """(h, w) labels in [0, num_labels) -> (num_labels, h) float32: how many cells of each row hold each label.
-
-    A histogram without scatter-add (TensorRT has none without a plugin) and without a
-    (num_labels, h, w) one-hot: each label is written as two digits, hi * base + lo, and one batched
-    mat-mul of the hi digit's one-hot (h, hi_count, w) with the lo digit's (h, w, base) counts every
-    (hi, lo) pair per row. The lo one-hot is packed: several lo digits share one float32 channel as
-    places of radix 2^bits > w (static_ops.place_table: a Gather from a small table, a fraction of the
-    one-hot's writes), read back with read_places. Exact in float32: every sum is an integer below 2^24.
-    """
-    width = int(labels.shape[1])
-    bits = width.bit_length()  # a row count is at most width < 2^bits
-    return count_per_row(label_digits(labels, num_labels, bits))
