@@ -15,14 +15,13 @@ center_threshold, mask_sigma and overlap_threshold are not used by this method.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from panoptic_ros.classes import LabelSet
 from panoptic_ros.fusion.base import Heads, NetworkFusion, RuntimeThresholds
 from panoptic_ros.fusion.core import Segments
 from panoptic_ros.fusion.detections import clip_boxes, level_index, select_detections
-from panoptic_ros.fusion.static_ops import index_op_input
+from panoptic_ros.fusion.static_ops import index_op_input, to_input_pixels
 from panoptic_ros.networks.box_coding import decode_deltas, retinanet_anchors
 from panoptic_ros.networks.fpsnet import FEATURE_STRIDE, flatten_anchor_predictions, gaussian_attention_masks
 from panoptic_ros.pipeline_io import HEAD_BOX_CLS, HEAD_BOX_REG, HEAD_FEATURES
@@ -74,7 +73,7 @@ class FPSNetFusion(NetworkFusion):
         logits = self.network.panoptic_head(features, masks)
 
         # 3. Arg-max per input pixel: channel index == segment label (things first, then stuff).
-        upsampled = F.interpolate(logits, scale_factor=FEATURE_STRIDE, mode="bilinear", align_corners=False)[0]
+        upsampled = to_input_pixels(logits, FEATURE_STRIDE)
         labels = index_op_input(upsampled).argmax(dim=0)
         no_thing = torch.zeros(empty, dtype=torch.int64, device=device)
         thing_class = self.thing_ids[torch.cat((detections.thing, no_thing))]

@@ -33,7 +33,7 @@ from panoptic_ros.classes import LabelSet
 from panoptic_ros.fusion.base import DenseBoxFusion, Heads, RuntimeThresholds
 from panoptic_ros.fusion.core import Segments
 from panoptic_ros.fusion.detections import Detections, quality_ranked_detections
-from panoptic_ros.fusion.static_ops import first_true_positions, index_op_input, paste_groups_in_order
+from panoptic_ros.fusion.static_ops import first_true_positions, index_op_input, paste_groups_in_order, to_input_pixels
 from panoptic_ros.pipeline_io import HEAD_BORDERNESS, HEAD_SEMANTIC
 
 SEMANTIC_STRIDE = 4  # the semantic logits' stride: upsampled by it to input pixels
@@ -44,7 +44,7 @@ OWNER_CANDIDATES = 6  # kept boxes a pixel compares (the shipped model: at most 
 
 def semantic_classes(logits: Tensor) -> Tensor:
     """(1, C, h, w) stride-4 logits -> (4h, 4w) int64: the arg-max of the bilinearly upsampled logits."""
-    upsampled = F.interpolate(logits, scale_factor=SEMANTIC_STRIDE, mode="bilinear", align_corners=False)[0]
+    upsampled = to_input_pixels(logits, SEMANTIC_STRIDE)
     return index_op_input(upsampled).argmax(dim=0)
 
 

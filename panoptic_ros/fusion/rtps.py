@@ -37,7 +37,14 @@ from panoptic_ros.classes import LabelSet
 from panoptic_ros.fusion.base import DenseBoxFusion, Heads, RuntimeThresholds
 from panoptic_ros.fusion.core import FUSION_STRIDE, Segments
 from panoptic_ros.fusion.detections import Detections, level_boxes, quality_ranked_detections
-from panoptic_ros.fusion.static_ops import block_upsample, coordinate_iou, from_cells, index_op_input, to_cells
+from panoptic_ros.fusion.static_ops import (
+    block_upsample,
+    coordinate_iou,
+    from_cells,
+    index_op_input,
+    to_cells,
+    to_input_pixels,
+)
 from panoptic_ros.pipeline_io import HEAD_BOX_REG, HEAD_CENTERNESS, HEAD_LEVELNESS, HEAD_SEMANTIC
 
 QUERY_POOL = 2  # queries pasted per K slot: pixels of queries beyond K become void, not stuff
@@ -65,15 +72,9 @@ class PixelBoxes(NamedTuple):
     native: list[Tensor]
 
 
-def to_input_pixels(logits: Tensor) -> Tensor:
-    """Stride-4 logits (1, C, h, w) bilinearly upsampled to input pixels (C, H, W). (Squeeze, not
-    [0]: ONNX Runtime copies the 4 x 4 larger map for a Gather, not for a Squeeze.)"""
-    return F.interpolate(logits, scale_factor=FUSION_STRIDE, mode="bilinear", align_corners=False).squeeze(0)
-
-
 def pixel_boxes(heads: Heads, strides: tuple[int, ...], image_size: tuple[int, int]) -> PixelBoxes:
     """Eq. 14, B(x, y) = b_xy^(argmax I(x, y)), with the levelness upsampled to input pixels."""
-    levelness = to_input_pixels(heads[HEAD_LEVELNESS])
+    levelness = to_input_pixels(heads[HEAD_LEVELNESS], FUSION_STRIDE)
     level = index_op_input(levelness).argmax(dim=0)
     per_level = level_boxes(heads[HEAD_BOX_REG], strides, image_size)
     blocks, native = [], []
@@ -245,7 +246,7 @@ class RTPSFusion(DenseBoxFusion):
 
         queries = query_boxes(heads, self.strides, (height, width), thresholds, pool)
         boxes = pixel_boxes(heads, self.strides, (height, width))
-        logits = to_input_pixels(semantic)
+        logits = to_input_pixels(semantic, FUSION_STRIDE)
         top_class = index_op_input(logits).argmax(dim=0)
         probability = thing_probabilities(logits, self.thing_ids, top_class)
         candidates = instance_masks(queries, boxes, probability, thresholds.mask_sigma, cell)

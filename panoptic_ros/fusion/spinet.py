@@ -40,6 +40,7 @@ from panoptic_ros.fusion.static_ops import (
     first_true,
     first_true_positions,
     index_op_input,
+    to_input_pixels,
     top_candidates,
 )
 from panoptic_ros.networks.spinet import FEATURE_STRIDE
@@ -323,8 +324,7 @@ class SPINetFusion(NetworkFusion):
         void = torch.full((1,), k + len(self.label_set.stuff_ids), dtype=torch.int64, device=keep.device)
         label_of = torch.cat((torch.where(slot_of < min(k, m), slot_of, void), void))  # index m: no mask
         owner, owners_exact = pixel_owner(logits, fraction, keep, thresholds.mask_sigma)
-        stuff_logits = F.interpolate(self.network.stuff_mask_logits(feature), scale_factor=FEATURE_STRIDE,
-                                     mode="bilinear", align_corners=False).squeeze(0)
+        stuff_logits = to_input_pixels(self.network.stuff_mask_logits(feature), FEATURE_STRIDE)
         stuff = index_op_input(stuff_logits).argmax(dim=0) + k
         labels = torch.where(owner < m, label_of[owner], stuff)
         dropped = torch.maximum(keep.to(torch.int64).sum() - k, torch.zeros((), dtype=torch.int64))

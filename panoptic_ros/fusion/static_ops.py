@@ -21,6 +21,7 @@ panoptic_ros/fusion/reference are the literal sequential versions the tests comp
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 # Unrolled sweeps of greedy NMS (see above): a chain of n decisions, each flipping the next, needs
@@ -46,6 +47,13 @@ def block_upsample(x: Tensor, stride: int) -> Tensor:
     *lead, h, w = (int(n) for n in x.shape)
     blocks = x[..., :, None, :, None] + torch.zeros((stride, 1, stride), dtype=x.dtype, device=x.device)
     return blocks.reshape(*lead, h * stride, w * stride)
+
+
+def to_input_pixels(logits: Tensor, stride: int) -> Tensor:
+    """Stride-`stride` logits (1, C, h, w) bilinearly upsampled to input pixels (C, H, W), as the
+    papers upsample their heads. (Squeeze, not [0]: ONNX Runtime copies the stride^2 larger map for a
+    Gather, not for a Squeeze.)"""
+    return F.interpolate(logits, scale_factor=stride, mode="bilinear", align_corners=False).squeeze(0)
 
 
 def to_cells(x: Tensor, s: int) -> Tensor:
